@@ -1,0 +1,297 @@
+"""Typed configuration: one dataclass tree per model variant, the five published ones plus a CPU demo.
+
+`get_config(name)` returns a fresh `Config` for an official config name (`fastinst_R50_ppm-fpn_x1_576`) or an alias
+(`fastinst-d1-r50`). `apply_overrides(cfg, ["solver.base_lr=2e-4", ...])` edits it with `key=value` strings and
+raises `ConfigError` naming the key and what it accepts. Values follow SPEC §1 (the official YAML files resolved).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import FastInstError
+
+
+class ConfigError(FastInstError, ValueError):
+    """A config name, file or override that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet"              # "resnet" (detectron2 layout) or "resnet_vd" (timm layout, deep stem, DCN)
+    depth: int = 50                       # 18, 34, 50 or 101
+    deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # DCN per res2..res5 (vd only)
+    num_classes: int = 80
+    hidden_dim: int = 256
+    num_queries: int = 100                # IA-guided queries (N_a)
+    num_aux_queries: int = 8              # learnable auxiliary queries (N_b)
+    nheads: int = 8
+    dim_feedforward: int = 1024
+    dec_layers: int = 1
+    size_divisibility: int = 32
+    pixel_mean: tuple[float, float, float] = (123.675, 116.280, 103.530)
+    pixel_std: tuple[float, float, float] = (58.395, 57.120, 57.375)
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    location_weight: float = 1000.0
+    proposal_weight: float = 20.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    deep_supervision: bool = True
+
+
+@dataclass
+class InputConfig:
+    min_size_train: tuple[int, ...] = (416, 448, 480, 512, 544, 576, 608, 640)
+    max_size_train: int = 853
+    crop_enabled: bool = True
+    crop_resize_sizes: tuple[int, ...] = (400, 500, 600)
+    crop_size: tuple[int, int] = (384, 600)
+    random_flip: bool = True
+    min_size_test: int = 640
+    max_size_test: int = 853
+
+
+@dataclass
+class SolverConfig:
+    base_lr: float = 1e-4
+    weight_decay: float = 0.05
+    backbone_multiplier: float = 0.1
+    ims_per_batch: int = 16              # global batch (split over processes)
+    max_iter: int = 368750               # ~50 COCO epochs at batch 16
+    steps: tuple[int, ...] = (327778, 355092)
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    amp: bool = True                     # fp16 + GradScaler on CUDA; bf16 autocast on CPU when amp_cpu is set
+    amp_cpu_bf16: bool = False
+    clip_grad_norm: float = 0.0          # 0 = off (paper)
+    ema_decay: float = 0.0               # 0 = off (paper)
+    checkpoint_period: int = 5000
+    eval_period: int = 5000
+    log_period: int = 20
+    seed: int = 42
+    num_workers: int = 4
+    max_nonfinite_steps: int = 5         # consecutive NaN/Inf losses tolerated before the run stops
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    weights_url: str = ""                # official release file, if any
+    coco_ap: float | None = None         # the paper's COCO val2017 mask AP
+
+
+_RELEASE = "https://github.com/junjiehe96/FastInst/releases/download/v0.1.0/"
+
+
+def _variant(name: str, backbone: str, depth: int, dec_layers: int, test: tuple[int, int], ap: float, ckpt: str) -> Config:
+    dcn = (False, False, True, True) if backbone == "resnet_vd" else (False, False, False, False)
+    return Config(
+        name=name,
+        model=ModelConfig(backbone=backbone, depth=depth, deform_stages=dcn, dec_layers=dec_layers),
+        input=InputConfig(min_size_test=test[0], max_size_test=test[1]),
+        weights_url=_RELEASE + ckpt, coco_ap=ap)
+
+
+def _demo() -> Config:
+    """A small CPU-trainable variant: ResNet-18 (basic blocks, 512-ch res5), D1, 64-d decoder, 256-px inputs.
+
+    The synthetic demo data is simple (flat shapes on textured backgrounds), so a narrow decoder and a short side of 256
+    keep a training step around a tenth of a second on two cores while leaving enough resolution (stride 8 = 32 cells)
+    for instances down to ~12 px. Everything else is the FastInst architecture unchanged.
+    """
+    return Config(
+        name="fastinst-demo",
+        model=ModelConfig(backbone="resnet", depth=18, num_classes=4, hidden_dim=64, num_queries=16,
+                          num_aux_queries=4, nheads=4, dim_feedforward=128, dec_layers=1),
+        loss=LossConfig(num_points=4096),
+        input=InputConfig(min_size_train=(224, 256, 288), max_size_train=384, crop_enabled=False,
+                          min_size_test=256, max_size_test=384),
+        solver=SolverConfig(base_lr=4e-4, weight_decay=0.05, backbone_multiplier=1.0, ims_per_batch=8, max_iter=1500,
+                            steps=(1200,), amp=False, checkpoint_period=500, eval_period=0, log_period=10,
+                            num_workers=0))
+
+
+VARIANTS: dict[str, typing.Callable[[], Config]] = {
+    "fastinst_R50_ppm-fpn_x1_576": lambda: _variant(
+        "fastinst_R50_ppm-fpn_x1_576", "resnet", 50, 1, (576, 777), 34.9, "fastinst_R50_ppm-fpn_x1_576_34.9.pth"),
+    "fastinst_R50_ppm-fpn_x3_640": lambda: _variant(
+        "fastinst_R50_ppm-fpn_x3_640", "resnet", 50, 3, (640, 853), 37.9, "fastinst_R50_ppm-fpn_x3_640_37.9.pth"),
+    "fastinst_R101_ppm-fpn_x3_640": lambda: _variant(
+        "fastinst_R101_ppm-fpn_x3_640", "resnet", 101, 3, (640, 853), 38.9, "fastinst_R101_ppm-fpn_x3_640_38.9.pth"),
+    "fastinst_R50-vd-dcn_ppm-fpn_x1_576": lambda: _variant(
+        "fastinst_R50-vd-dcn_ppm-fpn_x1_576", "resnet_vd", 50, 1, (576, 777), 37.4,
+        "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth"),
+    "fastinst_R50-vd-dcn_ppm-fpn_x3_640": lambda: _variant(
+        "fastinst_R50-vd-dcn_ppm-fpn_x3_640", "resnet_vd", 50, 3, (640, 853), 40.1,
+        "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth"),
+    "fastinst-demo": _demo,
+}
+
+ALIASES: dict[str, str] = {
+    "fastinst-d1-r50": "fastinst_R50_ppm-fpn_x1_576",
+    "fastinst-d3-r50": "fastinst_R50_ppm-fpn_x3_640",
+    "fastinst-d3-r101": "fastinst_R101_ppm-fpn_x3_640",
+    "fastinst-d1-r50vd-dcn": "fastinst_R50-vd-dcn_ppm-fpn_x1_576",
+    "fastinst-d3-r50vd-dcn": "fastinst_R50-vd-dcn_ppm-fpn_x3_640",
+}
+
+PUBLISHED = [n for n in VARIANTS if n != "fastinst-demo"]
+
+
+def canonical_name(name: str) -> str:
+    """Official config name for a variant name, alias, or `<name>.yaml` / release file name."""
+    key = Path(name).name
+    for suffix in (".yaml", ".yml"):
+        key = key.removesuffix(suffix)
+    if key in ALIASES:
+        return ALIASES[key]
+    if key in VARIANTS:
+        return key
+    for official in PUBLISHED:  # release file names carry the AP: fastinst_R50_ppm-fpn_x1_576_34.9.pth
+        if key.startswith(official + "_"):
+            return official
+    choices = sorted(VARIANTS) + sorted(ALIASES)
+    close = difflib.get_close_matches(key, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown model {name!r}{hint}; choose one of: {', '.join(choices)}")
+
+
+def get_config(name: str) -> Config:
+    """A fresh config for a variant name or alias, or a YAML file (with optional `base:` variant) on disk."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return load_yaml(name)
+    return VARIANTS[canonical_name(name)]()
+
+
+def load_yaml(path: str | Path) -> Config:
+    """A YAML config: `base: <variant>` plus nested sections (model, loss, input, solver) that override it."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read YAML config ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    cfg = get_config(data.pop("base", "fastinst-demo"))
+    overrides = []
+    for section, values in data.items():
+        if isinstance(values, dict):
+            overrides += [f"{section}.{k}={_yaml_scalar(v)}" for k, v in values.items()]
+        else:
+            overrides.append(f"{section}={_yaml_scalar(values)}")
+    try:
+        return apply_overrides(cfg, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _yaml_scalar(v) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    """Inverse of `to_dict` (used when a checkpoint carries its config)."""
+    cfg = Config()
+    for f in dataclasses.fields(Config):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(getattr(cfg, f.name)):
+            sub = getattr(cfg, f.name)
+            for sf in dataclasses.fields(sub):
+                if sf.name in value:
+                    setattr(sub, sf.name, _coerce(value[sf.name], _field_type(type(sub), sf.name), sf.name))
+        else:
+            setattr(cfg, f.name, value)
+    return cfg
+
+
+def _field_type(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value, tp, key: str):
+    """Convert a parsed YAML value to the field's declared type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        elem = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, elem, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} needs {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Return a copy of `cfg` with `section.key=value` overrides applied (values parsed as YAML)."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. solver.max_iter=1000)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if len(parts) == 1 and parts[0] in ("name", "weights_url", "coco_ap"):
+            setattr(cfg, parts[0], value)
+            continue
+        sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(cfg, f.name))]
+        if len(parts) != 2 or parts[0] not in sections:
+            raise ConfigError(f"unknown config key {key!r}; keys look like <section>.<name> with section one of "
+                              f"{', '.join(sections)}")
+        sub = getattr(cfg, parts[0])
+        names = [f.name for f in dataclasses.fields(sub)]
+        if parts[1] not in names:
+            close = difflib.get_close_matches(parts[1], names, n=1)
+            hint = f" (did you mean {parts[0]}.{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}; {parts[0]} has: {', '.join(names)}")
+        setattr(sub, parts[1], _coerce(value, _field_type(type(sub), parts[1]), key))
+    return cfg
