@@ -27,6 +27,7 @@ class ModelConfig:
     backbone: str = "resnet"              # "resnet" (detectron2 layout) or "resnet_vd" (timm layout, deep stem, DCN)
     depth: int = 50                       # 18, 34, 50 or 101
     deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # DCN per res2..res5 (vd only)
+    backbone_norm: str = "FrozenBN"       # FrozenBN (official) or BN (trainable; the from-scratch demo)
     num_classes: int = 80
     hidden_dim: int = 256
     num_queries: int = 100                # IA-guided queries (N_a)
@@ -119,7 +120,7 @@ def _demo() -> Config:
     """
     return Config(
         name="fastinst-demo",
-        model=ModelConfig(backbone="resnet", depth=18, num_classes=4, hidden_dim=64, num_queries=16,
+        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", num_classes=4, hidden_dim=64, num_queries=16,
                           num_aux_queries=4, nheads=4, dim_feedforward=128, dec_layers=1),
         loss=LossConfig(num_points=4096),
         input=InputConfig(min_size_train=(224, 256, 288), max_size_train=384, crop_enabled=False,

@@ -1,0 +1,225 @@
+"""Every way weights come in, safely: official release `.pth`, our checkpoints, torchvision / timm / detectron2 backbones.
+
+* `read_state_dict(path)` -> {name: Tensor}: `torch.load(weights_only=True)` for `.pth/.pt/.bin`, a restricted
+  unpickler (numpy arrays and plain containers only) for `.pkl`, `numpy.load(allow_pickle=False)` for `.npz`.
+  Nothing in a file can run code.
+* `load_checkpoint(model, path)`: a full FastInst state dict (official `{"model": ...}`, `module.`-prefixed DDP
+  dicts, our training checkpoints); a mismatch raises `CheckpointError` naming the variant the file seems to be for.
+* `load_backbone(model, path)`: ImageNet weights in torchvision, timm or detectron2 naming, renamed in memory.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Allows only what a detectron2 backbone .pkl needs: numpy arrays/dtypes and builtin containers."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are allowed)")
+
+
+def _load_pkl(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw object stored in a weights file (a dict), read without executing anything from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: file is empty (0 bytes), not a checkpoint")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".pkl":
+            obj = _load_pkl(path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                obj = {k: z[k] for k in z.files}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused to unpickle ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "Weights only load failed" in msg or "weights_only" in str(e):
+            raise CheckpointError(f"{path}: refused to load: the file contains Python objects other than tensors "
+                                  "(loading it could run code)") from None
+        kind = "truncated or corrupt" if isinstance(e, (EOFError, zipfile.BadZipFile)) or "zip" in msg.lower() \
+            or "central directory" in msg or "failed finding" in msg else "not a readable checkpoint"
+        raise CheckpointError(f"{path}: {kind} ({msg[:160]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def to_state_dict(obj: dict) -> "OrderedDict[str, torch.Tensor]":
+    """Unwrap `{"model": ...}` / `{"state_dict": ...}`, strip `module.` (DDP) prefixes, turn arrays into tensors."""
+    for key in ("model", "state_dict", "model_state"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    out = OrderedDict()
+    for name, value in obj.items():
+        if not isinstance(name, str):
+            continue
+        name = name.removeprefix("module.")
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        if isinstance(value, torch.Tensor):
+            out[name] = value
+    return out
+
+
+def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
+    sd = to_state_dict(read_checkpoint(path))
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors (not a model checkpoint)")
+    return sd
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Full FastInst checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def guess_variant(keys) -> str:
+    """Describe which FastInst variant a set of state-dict keys belongs to (for error messages)."""
+    keys = set(keys)
+    if not any(k.startswith("sem_seg_head.") for k in keys):
+        if any(k.startswith(("layer1.", "conv1.", "res2.", "stem.", "backbone.")) for k in keys):
+            return "a backbone-only file (use --backbone-weights / load_backbone)"
+        return "not a FastInst checkpoint"
+    vd = any(k.startswith("backbone.conv1.0.") for k in keys)
+    stage3 = "layer3" if vd else "res4"
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(rf"backbone\.{stage3}\.(\d+)\.", k))}
+    depth = {6: 50, 23: 101, 2: 18}.get(len(blocks), f"?({len(blocks)} res4 blocks)")
+    layers = {int(m.group(1)) for k in keys
+              if (m := re.match(r"sem_seg_head\.predictor\.transformer_query_ffn_layers\.(\d+)\.", k))}
+    backbone = f"R{depth}-vd-DCN" if vd else f"R{depth}"
+    name = f"FastInst-D{len(layers)} {backbone}"
+    from .config import PUBLISHED, get_config
+    for official in PUBLISHED:
+        c = get_config(official).model
+        if (c.backbone == "resnet_vd") == vd and c.depth == depth and c.dec_layers == len(layers):
+            return f"{name} ({official})"
+    return name
+
+
+def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:
+    """Load a FastInst checkpoint (path or state dict) into `model`; returns the file's extra entries (iteration...)."""
+    label = str(source) if isinstance(source, (str, Path)) else "state dict"
+    raw = read_checkpoint(source) if isinstance(source, (str, Path)) else dict(source)
+    sd = to_state_dict(raw)
+    if not sd:
+        raise CheckpointError(f"{label}: holds no tensors (not a model checkpoint)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    # the criterion buffer is a loss constant: files without it (or with only one copy) are fine
+    missing = [k for k in missing if not k.endswith("criterion.empty_weight")]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in sd and sd[k].shape != own[k].shape]
+    if strict and (missing or unexpected or shape):
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:3])})")
+        if shape:
+            problems.append(f"{len(shape)} mis-shaped (first: {'; '.join(shape[:2])})")
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        raise CheckpointError(f"{label}: does not fit {name}: it looks like {guess_variant(sd)}; "
+                              + "; ".join(problems))
+    usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    for k in [k for k in own if k.endswith("criterion.empty_weight") and k not in usable]:
+        usable[k] = own[k]
+    model.load_state_dict(usable, strict=strict)
+    return {k: v for k, v in raw.items() if k not in ("model", "state_dict")} if isinstance(raw, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ImageNet backbones
+# ---------------------------------------------------------------------------------------------------------------------
+
+_BN_LEAVES = ("weight", "bias", "running_mean", "running_var")
+
+
+def torchvision_to_detectron2(name: str) -> str | None:
+    """`layer1.0.bn2.weight` -> `res2.0.conv2.norm.weight` etc.; None for keys with no counterpart (fc, counters)."""
+    if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+        return None
+    if name == "conv1.weight":
+        return "stem.conv1.weight"
+    if name.startswith("bn1."):
+        return "stem.conv1.norm." + name[4:]
+    m = re.match(r"layer(\d)\.(\d+)\.(.+)$", name)
+    if not m:
+        return name
+    stage, block, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
+    rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
+    rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+    return f"res{stage}.{block}.{rest}"
+
+
+def backbone_state_dict(sd: dict, backbone: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Rename an ImageNet state dict (torchvision, timm or detectron2 names, with or without `backbone.`) to ours."""
+    own = backbone.state_dict()
+    sd = OrderedDict((k.removeprefix("backbone."), v) for k, v in sd.items())
+    if not any(k in own for k in sd) or "conv1.weight" in sd and "stem.conv1.weight" in own:
+        sd = OrderedDict((n, v) for k, v in sd.items() if (n := torchvision_to_detectron2(k)) is not None)
+    out = OrderedDict()
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked") or k.startswith("fc."):
+            continue
+        out[k] = v
+    return out
+
+
+def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
+    """Initialise `model.backbone` from an ImageNet file; DCN offsets stay zero. Returns (missing, unexpected)."""
+    label = str(source)
+    sd = read_state_dict(source) if isinstance(source, (str, Path)) else to_state_dict(dict(source))
+    backbone = model.backbone
+    own = backbone.state_dict()
+    renamed = backbone_state_dict(sd, backbone)
+    usable = {k: v for k, v in renamed.items() if k in own}
+    if not usable:
+        raise CheckpointError(f"{label}: no tensor matches the {type(backbone).__name__} backbone "
+                              f"(first keys: {', '.join(list(sd)[:3])})")
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{label}: backbone shapes differ ({'; '.join(bad[:2])}); wrong depth?")
+    result = backbone.load_state_dict(usable, strict=False)
+    missing = [k for k in result.missing_keys if "conv2_offset" not in k]
+    if missing:
+        raise CheckpointError(f"{label}: backbone file lacks {len(missing)} tensors (first: {', '.join(missing[:3])})")
+    return result.missing_keys, [k for k in renamed if k not in own]
