@@ -1,0 +1,53 @@
+"""`fastinst <command>`: every sub-command lives in `fastinst.commands.<name>` with `add_parser` and `run`.
+
+User mistakes (`FastInstError`) print one line `error: ...` and exit 2; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["demo", "train", "eval", "predict", "export", "benchmark", "info", "convert"]
+_MODULES = {"eval": "evaluate"}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="fastinst", description="FastInst instance segmentation in pure PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    runners = {}
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"fastinst.commands.{_MODULES.get(name, name)}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("fastinst.commands"):
+                continue  # command not built into this install
+            raise
+        mod.add_parser(sub)
+        runners[name] = mod.run
+    return parser, runners
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import FastInstError
+    argv = sys.argv[1:] if argv is None else argv
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return int(runners[args.command](args) or 0)
+    except FastInstError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The training loop: the official recipe (AdamW groups, multi-step LR, AMP), DDP, atomic checkpoints, exact resume.
+
+`Trainer(cfg, model, loader_fn, output_dir).train()` runs `cfg.solver.max_iter` iterations. `loader_fn(start_iter)`
+returns an iterator of batches whose content depends only on the stream position, so a resumed run (`resume=True`,
+reading `last.pth`) sees exactly the batches the uninterrupted run would have seen; model, optimizer, scaler, EMA and
+every RNG are restored too, so both end with the same weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config, to_dict
+from ..errors import FastInstError
+from . import distributed as dist_utils
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d,
+          nn.LocalResponseNorm)
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW, one group per parameter (SPEC §4.4): backbone lr × multiplier; no weight decay on norms and embeddings."""
+    s = cfg.solver
+    groups, seen = [], set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            lr = s.base_lr * (s.backbone_multiplier if "backbone" in mod_name else 1.0)
+            wd = 0.0 if isinstance(module, _NORMS + (nn.Embedding,)) else s.weight_decay
+            groups.append({"params": [p], "lr": lr, "weight_decay": wd, "initial_lr": lr,
+                           "name": f"{mod_name}.{p_name}".lstrip(".")})
+    return torch.optim.AdamW(groups, lr=s.base_lr)
+
+
+def lr_factor(iteration: int, cfg: Config) -> float:
+    """Multi-step decay (gamma at each step) after an optional linear warm-up (the paper's warm-up is a no-op)."""
+    s = cfg.solver
+    factor = s.gamma ** sum(iteration >= step for step in s.steps)
+    if s.warmup_iters and iteration < s.warmup_iters:
+        factor *= (iteration + 1) / s.warmup_iters
+    return factor
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EMA:
+    """Exponential moving average of the weights (off by default, as in the paper)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+
+class NonFiniteLoss(FastInstError):
+    """Raised when the loss stays NaN/Inf for too many consecutive steps."""
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: nn.Module, loader_fn: Callable[[int], Iterable[list[dict]]],
+                 output_dir: str | Path, device: str = "cpu", resume: bool = False,
+                 evaluate_fn: Callable[[nn.Module], dict] | None = None, rand=None,
+                 max_seconds: float | None = None, progress: bool = True):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.output_dir = Path(output_dir)
+        self.loader_fn, self.evaluate_fn, self.rand = loader_fn, evaluate_fn, rand
+        self.max_seconds, self.progress = max_seconds, progress
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        use_cuda_amp = cfg.solver.amp and self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if use_cuda_amp else (
+            torch.bfloat16 if cfg.solver.amp_cpu_bf16 and self.device.type == "cpu" else None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
+        self.ema = EMA(self.model, cfg.solver.ema_decay) if cfg.solver.ema_decay > 0 else None
+        self.iteration = 0
+        self.nonfinite = 0
+        self.ddp = None
+        if dist_utils.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+        if dist_utils.is_main():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "ema": self.ema.shadow if self.ema else None,
+                "iteration": self.iteration, "rng": rng_state(), "config": to_dict(self.cfg),
+                "nonfinite": self.nonfinite}
+
+    def save(self, name: str = "last.pth") -> Path | None:
+        path = self.output_dir / name
+        if dist_utils.is_main():
+            save_atomic(self.state(), path)
+        dist_utils.barrier()
+        return path
+
+    def resume(self) -> bool:
+        path = self.output_dir / "last.pth"
+        if not path.is_file():
+            return False
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a broken last.pth must not be silently replaced
+            raise FastInstError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})") from None
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema and ckpt.get("ema"):
+            self.ema.shadow = ckpt["ema"]
+        self.iteration = int(ckpt["iteration"])
+        self.nonfinite = int(ckpt.get("nonfinite", 0))
+        set_rng_state(ckpt["rng"])
+        self._log({"event": "resumed", "iter": self.iteration})
+        return True
+
+    # -- one step -------------------------------------------------------------------------------------------------
+
+    def step(self, batch: list[dict]) -> dict[str, float]:
+        """Forward, backward, optimizer step at the current iteration's learning rate; returns the loss terms."""
+        factor = lr_factor(self.iteration, self.cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * factor
+        self.model.train()
+        net = self.ddp or self.model
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = net(batch, rand=self.rand) if self.rand is not None else net(batch)
+        total = sum(losses.values())
+        bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
+        self.optimizer.zero_grad(set_to_none=True)
+        if bad:
+            self.nonfinite += 1
+            msg = (f"iteration {self.iteration}: non-finite loss in {', '.join(bad)} "
+                   f"({self.nonfinite} consecutive); step skipped")
+            self._log({"event": "nonfinite", "iter": self.iteration, "terms": bad})
+            print(msg, flush=True)
+            if self.nonfinite > self.cfg.solver.max_nonfinite_steps:
+                raise NonFiniteLoss(f"training stopped at iteration {self.iteration}: {', '.join(bad)} was NaN/Inf "
+                                    f"for {self.nonfinite} consecutive steps; last good checkpoint: "
+                                    f"{self.output_dir / 'last.pth'}")
+            # keep DDP's collectives aligned: a zero loss still runs backward through every rank
+            if self.ddp is not None:
+                (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
+                self.optimizer.zero_grad(set_to_none=True)
+            return {k: float("nan") for k in losses}
+        self.nonfinite = 0
+        self.scaler.scale(total).backward()
+        if self.cfg.solver.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.solver.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["total_loss"] = float(total.detach())
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        s = self.cfg.solver
+        start = time.time()
+        writer = self._tensorboard()
+        bar = None
+        if self.progress and dist_utils.is_main():
+            from tqdm import tqdm
+            bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
+        last_metrics: dict = {}
+        try:
+            for batch in self.loader_fn(self.iteration):
+                if self.iteration >= s.max_iter:
+                    break
+                losses = self.step(batch)
+                self.iteration += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses.get('total_loss', float('nan')):.3f}",
+                                    lr=f"{self.optimizer.param_groups[-1]['lr']:.1e}")
+                if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
+                    record = {"iter": self.iteration, "lr": self.optimizer.param_groups[-1]["lr"],
+                              "time": round(time.time() - start, 2), **losses}
+                    self._log(record)
+                    if writer:
+                        for k, v in losses.items():
+                            if math.isfinite(v):
+                                writer.add_scalar(f"train/{k}", v, self.iteration)
+                done = self.iteration >= s.max_iter or (
+                    self.max_seconds is not None and time.time() - start > self.max_seconds)
+                if s.checkpoint_period and self.iteration % s.checkpoint_period == 0 and not done:
+                    self.save()
+                if self.evaluate_fn and s.eval_period and self.iteration % s.eval_period == 0 and not done:
+                    last_metrics = self._evaluate(writer)
+                if done:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save()
+        if self.evaluate_fn:
+            last_metrics = self._evaluate(writer)
+        if writer:
+            writer.close()
+        if dist_utils.is_main():
+            self._plot()
+        return {"iteration": self.iteration, "seconds": time.time() - start, **last_metrics}
+
+    def _evaluate(self, writer) -> dict:
+        model = self.model
+        metrics = self.evaluate_fn(model) or {}
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._log({"iter": self.iteration, **scalars})
+        if writer:
+            for k, v in scalars.items():
+                writer.add_scalar(f"eval/{k}", v, self.iteration)
+        return metrics
+
+    def _tensorboard(self):
+        if not dist_utils.is_main():
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard missing: metrics.jsonl still has everything
+            return None
+        return SummaryWriter(str(self.output_dir / "tensorboard"))
+
+    def _log(self, record: dict) -> None:
+        if dist_utils.is_main():
+            with open(self.output_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _plot(self) -> None:
+        try:
+            from ..visualize import plot_training_curves
+            plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "curves.png")
+        except Exception as e:  # plotting must never lose a finished run
+            print(f"warning: could not plot training curves ({e})")
