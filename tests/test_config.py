@@ -36,3 +36,12 @@ def test_yaml_and_dict_roundtrip(tmp_path):
     bad.write_text("solver:\n  nope: 1\n")
     with pytest.raises(ConfigError, match="bad.yaml.*solver.nope"):
         load_yaml(bad)
+
+
+def test_shipped_yaml_configs_match_the_registry():
+    from pathlib import Path
+    from fastinst.config import VARIANTS
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name in VARIANTS:
+        c = load_yaml(root / f"{name}.yaml")
+        assert to_dict(c) == to_dict(get_config(name))
