@@ -109,7 +109,7 @@ def test_torchvision_resnet50_backbone_matches_torchvision_forward(tmp_path):
         c4 = tv.layer3(c3)
         c5 = tv.layer4(c4)
     for a, b in [(ours["res3"], c3), (ours["res4"], c4), (ours["res5"], c5)]:
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), float((a - b).abs().max() / b.abs().max())
 
 
 def test_detectron2_pkl_and_timm_vd_backbones(tmp_path):
@@ -135,5 +135,5 @@ def test_detectron2_pkl_and_timm_vd_backbones(tmp_path):
     load_backbone(fresh, path)
     assert torch.equal(fresh.backbone.layer3[0].conv2.weight, src["layer3.0.conv2.weight"])
     assert torch.count_nonzero(fresh.backbone.layer3[0].conv2_offset.weight) == 0
-    with pytest.raises(CheckpointError, match="shapes differ|no tensor"):
+    with pytest.raises(CheckpointError, match="wrong depth"):
         load_backbone(build_model("fastinst-d1-r50"), pkl)

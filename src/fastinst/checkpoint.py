@@ -218,8 +218,17 @@ def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if v.shape != own[k].shape]
     if bad:
         raise CheckpointError(f"{label}: backbone shapes differ ({'; '.join(bad[:2])}); wrong depth?")
+    extra = [k for k in renamed if k not in own]
+    if extra:
+        raise CheckpointError(f"{label}: has {len(extra)} tensors the {type(backbone).__name__}-{_depth(backbone)} "
+                              f"backbone lacks (first: {', '.join(extra[:3])}); wrong depth?")
     result = backbone.load_state_dict(usable, strict=False)
     missing = [k for k in result.missing_keys if "conv2_offset" not in k]
     if missing:
         raise CheckpointError(f"{label}: backbone file lacks {len(missing)} tensors (first: {', '.join(missing[:3])})")
-    return result.missing_keys, [k for k in renamed if k not in own]
+    return result.missing_keys, extra
+
+
+def _depth(backbone: nn.Module) -> int:
+    blocks = sum(len(m) for n, m in backbone.named_children() if n.startswith(("res", "layer")))
+    return {8: 18, 16: 50, 33: 101}.get(blocks, blocks)

@@ -102,6 +102,17 @@ class EMA:
                 self.shadow[k].copy_(v)
 
 
+def _clean_interrupted_writes(folder: Path) -> None:
+    """Remove temp files of checkpoint writes a killed run left behind, and a half-written last line of metrics.jsonl."""
+    for tmp in folder.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+    log = folder / "metrics.jsonl"
+    if log.is_file():
+        data = log.read_bytes()
+        if data and not data.endswith(b"\n"):
+            log.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 class NonFiniteLoss(FastInstError):
     """Raised when the loss stays NaN/Inf for too many consecutive steps."""
 
@@ -130,6 +141,7 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         if dist_utils.is_main():
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            _clean_interrupted_writes(self.output_dir)
         if resume:
             self.resume()
 

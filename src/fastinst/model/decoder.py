@@ -136,7 +136,8 @@ class FastInstDecoder(nn.Module):
     def heads(self, q: torch.Tensor, x: torch.Tensor, stage: int, size: tuple[int, int], with_cls: bool,
               with_mask: bool):
         """q (Nq, B, D), x (HW8, B, D) -> class logits (B, N, K+1) | None, mask logits (B, N, h8, w8), attn mask."""
-        qn = self.decoder_query_norm_layers[stage](q[: self.num_queries]).transpose(0, 1)      # (B, N, D)
+        n = q.shape[0] - self.num_aux_queries        # = num_queries unless the image has fewer stride-16 cells
+        qn = self.decoder_query_norm_layers[stage](q[:n]).transpose(0, 1)                        # (B, N, D)
         cls = self.class_embed_layers[stage](qn) if with_cls else None
         emb = self.mask_embed_layers[stage](qn)                                                 # (B, N, D)
         feats = self.mask_features_layers[stage](x.transpose(0, 1))                             # (B, HW8, D)
@@ -191,7 +192,7 @@ class FastInstDecoder(nn.Module):
         if training and L > 0:
             final = {"pred_logits": preds[-1][0], "pred_masks": preds[-1][1], "query_locations": locations}
             matching = match(final, targets)
-            gt_attn = self.gt_attention_mask(matching, targets, (h8, w8))
+            gt_attn = self.gt_attention_mask(matching, targets, (h8, w8), q.shape[0] - self.num_aux_queries)
             for i in range(L):
                 gq, gx = self.layer(i, *memory[i + 1], qpos, pos8, gt_attn)
                 gcls, gmasks, _ = self.heads(gq, gx, i + 1, (h8, w8), with_cls=True, with_mask=False)
@@ -205,10 +206,10 @@ class FastInstDecoder(nn.Module):
                                "pred_matching_indices": mi} for c, m, mi in aux]
         return out
 
-    def gt_attention_mask(self, matching, targets, size) -> torch.Tensor:
+    def gt_attention_mask(self, matching, targets, size, n: int) -> torch.Tensor:
         """Matched queries see only their GT mask (nearest-sampled at stride 8); others see everything."""
         b = len(targets)
-        blocked = torch.zeros(b, self.num_queries, size[0] * size[1], dtype=torch.bool,
+        blocked = torch.zeros(b, n, size[0] * size[1], dtype=torch.bool,
                               device=self.meta_pos_embed.device)
         for i, ((src, tgt), t) in enumerate(zip(matching, targets)):
             if len(src) == 0:

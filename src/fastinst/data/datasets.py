@@ -1,0 +1,660 @@
+"""Instance-segmentation datasets in five layouts, all loaded into one COCO-shaped `InstanceDataset`.
+
+`load_dataset(spec, split)` accepts a COCO folder or annotation json, an Ultralytics segmentation YAML, a Cityscapes
+root, an ADE20K `ADEChallengeData2016` folder, or a short name (`coco`, `cityscapes`, `ade20k`) looked up under
+`$FASTINST_DATASETS` (default `./datasets`). Every loader first builds a COCO instances dict; `from_coco` then checks it
+and turns it into records (see docs/DEVELOPING.md). Category ids become contiguous indices in the order of the dataset's
+own ids (the COCO rule). Problems that leave the data usable (bad polygon parts, bbox-only annotations, coordinates
+outside the image) are fixed or skipped and reported in one warning per kind with a count; anything else raises
+`DatasetError` naming the file and the entry. The layouts are documented in docs/datasets.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+from ..errors import DatasetError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SHORT_NAMES = {"coco": "coco", "cityscapes": "cityscapes", "ade20k": "ADEChallengeData2016"}
+COCO_SPLITS = {"train": "train2017", "val": "val2017"}
+
+# Cityscapes label ids of the eight classes with instances (the "thing" classes of the instance benchmark).
+CITYSCAPES_THINGS = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 31: "train", 32: "motorcycle",
+                     33: "bicycle"}
+
+# ADE20K instance track (ADEChallengeData2016 `annotations_instance`): its 100 classes as the ids of the 150-class
+# scene-parsing benchmark minus one (the ids `ade20k_instance_{train,val}.json` uses). Instance class k (1..100, the
+# R value in the PNGs) is the k-th entry; the mapping to the 150 semantic classes is monotonic.
+ADE20K_THINGS: tuple[tuple[int, str], ...] = (
+    (7, "bed"), (8, "windowpane"), (10, "cabinet"), (12, "person"), (14, "door"), (15, "table"), (18, "curtain"),
+    (19, "chair"), (20, "car"), (22, "painting"), (23, "sofa"), (24, "shelf"), (27, "mirror"), (30, "armchair"),
+    (31, "seat"), (32, "fence"), (33, "desk"), (35, "wardrobe"), (36, "lamp"), (37, "bathtub"), (38, "railing"),
+    (39, "cushion"), (41, "box"), (42, "column"), (43, "signboard"), (44, "chest of drawers"), (45, "counter"),
+    (47, "sink"), (49, "fireplace"), (50, "refrigerator"), (53, "stairs"), (55, "case"), (56, "pool table"),
+    (57, "pillow"), (58, "screen door"), (62, "bookcase"), (64, "coffee table"), (65, "toilet"), (66, "flower"),
+    (67, "book"), (69, "bench"), (70, "countertop"), (71, "stove"), (72, "palm"), (73, "kitchen island"),
+    (74, "computer"), (75, "swivel chair"), (76, "boat"), (78, "arcade machine"), (80, "bus"), (81, "towel"),
+    (82, "light"), (83, "truck"), (85, "chandelier"), (86, "awning"), (87, "streetlight"), (88, "booth"),
+    (89, "television receiver"), (90, "airplane"), (92, "apparel"), (93, "pole"), (95, "bannister"), (97, "ottoman"),
+    (98, "bottle"), (102, "van"), (103, "ship"), (104, "fountain"), (107, "washer"), (108, "plaything"),
+    (110, "stool"), (111, "barrel"), (112, "basket"), (115, "bag"), (116, "minibike"), (118, "oven"), (119, "ball"),
+    (120, "food"), (121, "step"), (123, "trade name"), (124, "microwave"), (125, "pot"), (126, "animal"),
+    (127, "bicycle"), (129, "dishwasher"), (130, "screen"), (132, "sculpture"), (133, "hood"), (134, "sconce"),
+    (135, "vase"), (136, "traffic light"), (137, "tray"), (138, "ashcan"), (139, "fan"), (142, "plate"),
+    (143, "monitor"), (144, "bulletin board"), (146, "radiator"), (147, "glass"), (148, "clock"), (149, "flag"),
+)
+assert len(ADE20K_THINGS) == 100
+ADE20K_SPLITS = {"train": "training", "val": "validation"}
+
+_ISSUES = {
+    "bad_parts": "dropped polygon parts with an odd number of or fewer than 6 coordinates",
+    "no_polygon": "dropped annotations left without a valid polygon",
+    "bbox_only": "skipped annotations without a segmentation (bbox only)",
+    "clipped": "clipped polygons reaching outside their image",
+    "mixed_class": "instances whose pixels carry several classes (majority class used)",
+    "no_class": "skipped instances whose pixels carry no thing class",
+    "renumbered": "renumbered annotation ids (missing, repeated or not positive)",
+}
+
+
+@dataclass
+class InstanceDataset:
+    """One split: `records` (see docs/DEVELOPING.md), contiguous `names` / `category_ids`, and the COCO dict `coco`.
+
+    `coco["images"][i]["file_name"]` is relative to `image_root`; record `file_name`s are absolute.
+    """
+
+    name: str
+    root: Path
+    image_root: Path
+    records: list[dict]
+    names: list[str]
+    category_ids: list[int]
+    coco: dict
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry point and layout detection
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def datasets_root() -> Path:
+    """Where short dataset names live: `$FASTINST_DATASETS`, default `./datasets`."""
+    return Path(os.environ.get("FASTINST_DATASETS", "datasets"))
+
+
+def load_dataset(spec: str | os.PathLike, split: str = "val", *, filter_empty: bool = False,
+                 image_root: str | os.PathLike | None = None, ade_labels: str = "instance") -> InstanceDataset:
+    """Load split `split` of the dataset `spec` (a folder, a .json / .yaml file or a short name).
+
+    `filter_empty` drops images without a non-crowd annotation (for training). `image_root` overrides where the
+    images of a COCO json are. `ade_labels`: how to read the R channel of ADE20K instance PNGs: `"instance"` (the
+    released data: instance-track class 1..100) or `"semantic"` (a 150-class scene-parsing id; non-thing ids ignored).
+    """
+    path = _resolve(spec)
+    root = Path(image_root) if image_root is not None else None
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            ds = load_coco_json(path, image_root=root)
+        elif suffix in (".yaml", ".yml"):
+            ds = load_yolo(path, split)
+        else:
+            raise DatasetError(f"{path}: expected a COCO .json, an Ultralytics .yaml or a dataset folder")
+    else:
+        kind, base = detect_layout(path)
+        if kind == "cityscapes":
+            ds = load_cityscapes(base, split)
+        elif kind == "ade20k":
+            ds = load_ade20k(base, split, image_root=root, labels=ade_labels)
+        elif kind == "coco":
+            ds = load_coco_folder(base, split, image_root=root)
+        else:
+            ds = load_yolo(base, split)
+    if filter_empty:
+        ds.records = [r for r in ds.records if any(a["iscrowd"] == 0 for a in r["annotations"])]
+    return ds
+
+
+def _resolve(spec: str | os.PathLike) -> Path:
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    base = datasets_root()
+    candidate = base / SHORT_NAMES.get(str(spec).lower(), str(spec))
+    if candidate.exists():
+        return candidate
+    raise DatasetError(f"{spec}: no such file or folder (nor {candidate}); the short names "
+                       f"{', '.join(SHORT_NAMES)} are looked up under $FASTINST_DATASETS (now {base})")
+
+
+def detect_layout(folder: Path) -> tuple[str, Path]:
+    """-> (`cityscapes` | `ade20k` | `coco` | `yolo`, the folder or YAML file to load) for a dataset folder."""
+    if (folder / "gtFine").is_dir():
+        return "cityscapes", folder
+    for base in (folder / "ADEChallengeData2016", folder):
+        if (base / "annotations_instance").is_dir() or any(base.glob("ade20k_instance_*.json")):
+            return "ade20k", base
+    if any((folder / "annotations").glob("instances_*.json")):
+        return "coco", folder
+    yamls = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    if len(yamls) == 1:
+        return "yolo", yamls[0]
+    raise DatasetError(f"{folder}: not a dataset layout fastinst knows (COCO annotations/instances_*.json, "
+                       "Cityscapes gtFine/, ADE20K annotations_instance/ or one Ultralytics .yaml); see docs/datasets.md")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# File helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON, or `DatasetError` for a missing, empty or malformed file."""
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DatasetError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a YAML mapping with path/train/val/names keys")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    if not text.strip():
+        raise DatasetError(f"{path}: file is empty")
+    return text
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image as `read_image` returns it (EXIF rotation applied), from the header only."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except Exception as e:  # PIL raises many types for broken files
+        raise DatasetError(f"{path}: cannot read image ({e})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """A bool (H, W) mask as compressed COCO RLE with a str `counts` (JSON-ready)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def _rle_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int, iscrowd: int) -> dict:
+    rle = mask_to_rle(mask)
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle,
+            "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)],
+            "iscrowd": iscrowd}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# COCO dict -> records (shared by every layout)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def from_coco(data: Any, image_root: Path, source: str | Path, *, name: str | None = None, root: Path | None = None,
+              check_files: bool = True) -> InstanceDataset:
+    """Check a COCO instances dict and build the dataset; `source` names the file in messages."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise DatasetError(f"{source}: not a COCO instances file (needs 'images' and 'categories' lists)")
+    anns_in = data.get("annotations") or []
+    if not isinstance(anns_in, list):
+        raise DatasetError(f"{source}: 'annotations' is not a list")
+    cats = _categories(data["categories"], source)
+    category_ids = sorted(cats)
+    contiguous = {cid: i for i, cid in enumerate(category_ids)}
+    images, id_map = _images(data["images"], source)
+    issues: Counter = Counter()
+    records = [{"file_name": str(image_root / im["file_name"]), "image_id": im["id"], "height": im["height"],
+                "width": im["width"], "annotations": []} for im in images]
+    by_id = {r["image_id"]: r for r in records}
+    anns_out = []
+    for j, a in enumerate(anns_in):
+        if not isinstance(a, dict):
+            raise DatasetError(f"{source}: annotations[{j}] is not an object")
+        label = f"{source}: annotations[{j}] (id {a.get('id')})"
+        image_id = id_map.get(_key(a.get("image_id")))
+        if image_id is None:
+            raise DatasetError(f"{label} refers to unknown image id {a.get('image_id')!r}")
+        cid = a.get("category_id")
+        if cid not in contiguous or isinstance(cid, bool):
+            raise DatasetError(f"{label} refers to unknown category id {cid!r}")
+        rec = by_id[image_id]
+        seg = _clean_segmentation(a.get("segmentation"), rec["height"], rec["width"], label, issues)
+        if seg is None:
+            continue
+        iscrowd = int(bool(a.get("iscrowd", 0)))
+        rec["annotations"].append({"category_id": contiguous[cid], "segmentation": seg, "iscrowd": iscrowd})
+        out = dict(a, image_id=image_id, segmentation=seg, iscrowd=iscrowd)
+        has_area, has_box = isinstance(out.get("area"), (int, float)), isinstance(out.get("bbox"), list)
+        if not (has_area and has_box):  # pycocotools needs `area` (area ranges); `bbox` for completeness
+            rle = _to_rle(seg, rec["height"], rec["width"])
+            if not has_area:
+                out["area"] = float(mask_util.area(rle))
+            if not has_box:
+                out["bbox"] = [float(v) for v in mask_util.toBbox(rle)]
+        anns_out.append(out)
+    ids = [a.get("id") for a in anns_out]
+    if any(not isinstance(i, int) or isinstance(i, bool) or i <= 0 for i in ids) or len(set(ids)) != len(ids):
+        issues["renumbered"] += len(anns_out)
+        for n, a in enumerate(anns_out, 1):
+            a["id"] = n
+    if check_files:
+        _check_files(records, image_root, source)
+    for kind, count in issues.items():
+        warnings.warn(f"{source}: {_ISSUES[kind]}: {count}", stacklevel=3)
+    coco = {"info": data.get("info", {}), "licenses": data.get("licenses", []), "images": images,
+            "annotations": anns_out, "categories": [{**cats[c], "id": c} for c in category_ids]}
+    src = Path(source)
+    return InstanceDataset(name=name or src.stem, root=root or src.parent, image_root=Path(image_root),
+                           records=records, names=[str(cats[c].get("name", c)) for c in category_ids],
+                           category_ids=category_ids, coco=coco)
+
+
+def _key(value: Any) -> Any:
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else repr(value)
+
+
+def _categories(entries: list, source) -> dict[int, dict]:
+    cats: dict[int, dict] = {}
+    for i, c in enumerate(entries):
+        cid = c.get("id") if isinstance(c, dict) else None
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DatasetError(f"{source}: categories[{i}] has no integer 'id'")
+        if cid in cats:
+            raise DatasetError(f"{source}: categories[{i}] repeats category id {cid}")
+        cats[cid] = {k: v for k, v in c.items() if k != "id"} | {"name": str(c.get("name", cid))}
+    if not cats:
+        raise DatasetError(f"{source}: no categories")
+    return cats
+
+
+def _images(entries: list, source) -> tuple[list[dict], dict]:
+    """Checked copies of the image entries (integer ids: non-integer ids are renumbered 1..N) and old key -> id."""
+    if not entries:
+        raise DatasetError(f"{source}: no images")
+    seen: dict = {}
+    for i, im in enumerate(entries):
+        if not isinstance(im, dict):
+            raise DatasetError(f"{source}: images[{i}] is not an object")
+        for k in ("id", "file_name", "height", "width"):
+            if k not in im:
+                raise DatasetError(f"{source}: images[{i}] (id {im.get('id')!r}) has no '{k}'")
+        if not all(isinstance(im[k], int) and im[k] > 0 for k in ("height", "width")):
+            raise DatasetError(f"{source}: images[{i}] (id {im['id']!r}) has a bad height/width")
+        key = _key(im["id"])
+        if key in seen:
+            raise DatasetError(f"{source}: images[{i}] repeats image id {im['id']!r} (first at images[{seen[key]}])")
+        seen[key] = i
+    numeric = all(isinstance(im["id"], int) and not isinstance(im["id"], bool) for im in entries)
+    id_map = {_key(im["id"]): (im["id"] if numeric else n) for n, im in enumerate(entries, 1)}
+    images = [dict(im, id=id_map[_key(im["id"])]) for im in entries]
+    return images, id_map
+
+
+def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -> list | dict | None:
+    """Valid polygons (clipped to the image) or compressed RLE; None (counted) when nothing usable is left."""
+    if not seg:
+        issues["bbox_only"] += 1
+        return None
+    if isinstance(seg, dict):
+        if "counts" not in seg or "size" not in seg:
+            raise DatasetError(f"{label}: RLE segmentation needs 'counts' and 'size'")
+        if list(seg["size"]) != [h, w]:
+            raise DatasetError(f"{label}: RLE size {list(seg['size'])} does not match its image ({h}x{w})")
+        if isinstance(seg["counts"], str):
+            return {"size": [h, w], "counts": seg["counts"]}
+        try:
+            rle = mask_util.frPyObjects(seg, h, w)
+        except Exception as e:
+            raise DatasetError(f"{label}: bad RLE ({e})") from None
+        return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+    if not isinstance(seg, list):
+        raise DatasetError(f"{label}: segmentation is neither polygons nor RLE")
+    parts = []
+    for part in seg:
+        if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
+            issues["bad_parts"] += 1
+            continue
+        try:  # plain min/max: ~10x faster than numpy on COCO's many short polygons
+            bounds = (min(part[0::2]), min(part[1::2]), max(part[0::2]), max(part[1::2]))
+        except TypeError:
+            bounds = ()
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bounds) or not bounds:
+            raise DatasetError(f"{label}: polygon coordinates are not finite numbers")
+        if bounds[0] < 0 or bounds[1] < 0 or bounds[2] > w or bounds[3] > h:
+            issues["clipped"] += 1
+            arr = np.asarray(part, dtype=np.float64)
+            arr[0::2], arr[1::2] = np.clip(arr[0::2], 0, w), np.clip(arr[1::2], 0, h)
+            part = arr.tolist()
+        parts.append(part)
+    if not parts:
+        issues["no_polygon"] += 1
+        return None
+    return parts
+
+
+def _to_rle(seg: list | dict, h: int, w: int) -> dict:
+    if isinstance(seg, dict):
+        return seg
+    return mask_util.merge(mask_util.frPyObjects(seg, h, w))
+
+
+def _check_files(records: list[dict], image_root: Path, source) -> None:
+    missing = [r for r in records if not os.path.isfile(r["file_name"])]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DatasetError(f"{source}: image id {missing[0]['image_id']}: {missing[0]['file_name']} not found{more}; "
+                           f"images are looked up under {image_root} (pass image_root= to change)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# COCO layouts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                   root: Path | None = None) -> InstanceDataset:
+    """A COCO instances json; images under `image_root` or, by default, next to the json, its parent or `images/`."""
+    path = Path(path)
+    data = read_json(path)
+    if image_root is None:
+        image_root = _guess_image_root(path, data)
+    return from_coco(data, Path(image_root), path, root=root)
+
+
+def _guess_image_root(path: Path, data: Any) -> Path:
+    here, stem = path.parent, path.stem.removeprefix("instances_")
+    candidates = [here, here.parent, here / "images", here.parent / "images", here.parent / stem,
+                  here.parent / "images" / stem]
+    images = data.get("images") if isinstance(data, dict) else None
+    first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
+    if isinstance(first, str):
+        for c in candidates:
+            if (c / first).is_file():
+                return c
+    return here
+
+
+def load_coco_folder(root: Path, split: str, image_root: Path | None = None) -> InstanceDataset:
+    """`root/annotations/instances_<split>*.json` with images in `root/<split>*/` or `root/images/<split>*/`."""
+    ann_dir = root / "annotations"
+    names = [split, COCO_SPLITS.get(split, split)]
+    exact = [ann_dir / f"instances_{n}.json" for n in names if (ann_dir / f"instances_{n}.json").is_file()]
+    found = exact[:1] or sorted(ann_dir.glob(f"instances_{split}*.json"))
+    if not found:
+        have = ", ".join(p.name for p in sorted(ann_dir.glob("instances_*.json"))) or "none"
+        raise DatasetError(f"{ann_dir}: no instances_{split}*.json for split {split!r} (found: {have})")
+    if len(found) > 1:
+        raise DatasetError(f"{ann_dir}: several files match split {split!r} ({', '.join(p.name for p in found)}); "
+                           "pass the json path instead")
+    ann = found[0]
+    stem = ann.stem.removeprefix("instances_")
+    if image_root is None:
+        for d in (root / stem, root / "images" / stem, root / split, root / "images" / split):
+            if d.is_dir():
+                image_root = d
+                break
+    ds = load_coco_json(ann, image_root=image_root, root=root)
+    ds.name = f"{root.name}_{stem}"
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ultralytics YOLO segmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_yolo(yaml_path: Path, split: str) -> InstanceDataset:
+    """Ultralytics segmentation data: `names`, `path`, `<split>` (folder, .txt list or a list of them) in a YAML.
+
+    Labels sit in `labels/` mirroring `images/`; each line `cls x1 y1 x2 y2 ...` is one polygon in coordinates
+    normalised to [0, 1]. Category ids are the class indices plus one (COCO files start at 1).
+    """
+    cfg = read_yaml(yaml_path)
+    names = _yolo_names(cfg.get("names"), yaml_path)
+    root = _yolo_root(cfg, yaml_path)
+    entry = cfg.get(split)
+    if entry is None:
+        have = ", ".join(k for k in ("train", "val", "test") if cfg.get(k)) or "none"
+        raise DatasetError(f"{yaml_path}: no '{split}' entry (splits: {have})")
+    files = []
+    for item in entry if isinstance(entry, list) else [entry]:
+        files += _yolo_images(root / str(item), yaml_path)
+    if not files:
+        raise DatasetError(f"{yaml_path}: split {split!r} holds no images")
+    files = sorted(set(files))
+    images, anns = [], []
+    for image_id, f in enumerate(files, 1):
+        h, w = image_size(f)
+        images.append({"id": image_id, "file_name": _relative(f, root), "height": h, "width": w})
+        for cls, coords in _yolo_labels(_label_path(f), len(names)):
+            seg = [] if len(coords) == 4 else [[v * (w if k % 2 == 0 else h) for k, v in enumerate(coords)]]
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "segmentation": seg,
+                         "iscrowd": 0})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names) if n is not None]
+    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, root, yaml_path, root=root,
+                   check_files=False)
+    ds.name = f"{yaml_path.stem}_{split}"
+    return ds
+
+
+def _yolo_names(names: Any, yaml_path: Path) -> list[str | None]:
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    if isinstance(names, dict) and names:
+        try:
+            table = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise DatasetError(f"{yaml_path}: 'names' keys must be class indices") from None
+        if min(table) < 0:
+            raise DatasetError(f"{yaml_path}: 'names' has a negative class index")
+        return [table.get(i) for i in range(max(table) + 1)]
+    raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or a {{index: name}} mapping")
+
+
+def _yolo_root(cfg: dict, yaml_path: Path) -> Path:
+    path = cfg.get("path")
+    if not path:
+        return yaml_path.parent
+    p = Path(str(path)).expanduser()
+    if p.is_absolute():
+        return p
+    for base in (yaml_path.parent, datasets_root()):
+        if (base / p).is_dir():
+            return base / p
+    raise DatasetError(f"{yaml_path}: path {path!r} is not a folder (looked next to the YAML and in {datasets_root()})")
+
+
+def _yolo_images(p: Path, yaml_path: Path) -> list[Path]:
+    if p.is_dir():
+        return [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    if p.is_file() and p.suffix == ".txt":
+        out = []
+        for line in _read_text(p).splitlines():
+            line = line.strip()
+            if line:
+                f = Path(line) if Path(line).is_absolute() else p.parent / line
+                if not f.is_file():
+                    raise DatasetError(f"{p}: listed image {line} not found")
+                out.append(f)
+        return out
+    raise DatasetError(f"{yaml_path}: {p} is neither an image folder nor a .txt list")
+
+
+def _label_path(image: Path) -> Path:
+    """`.../images/a/b.jpg` -> `.../labels/a/b.txt` (the last `images` folder in the path is swapped)."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def _yolo_labels(path: Path, num_classes: int) -> list[tuple[int, list[float]]]:
+    if not path.is_file():
+        return []  # an image without a label file has no objects
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise DatasetError(f"{path}:{n}: expected numbers 'cls x1 y1 x2 y2 ...', got {line.strip()!r}") from None
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < num_classes:
+            raise DatasetError(f"{path}:{n}: class {fields[0]} is not an index into the {num_classes} names")
+        out.append((int(cls), values[1:]))
+    return out
+
+
+def _relative(f: Path, root: Path) -> str:
+    try:
+        return f.relative_to(root).as_posix()
+    except ValueError:
+        return str(f.resolve())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cityscapes and ADE20K (instance PNGs -> RLE)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read annotation PNG ({e})") from None
+
+
+def load_cityscapes(root: Path, split: str) -> InstanceDataset:
+    """`gtFine/<split>/<city>/*_instanceIds.png` (labelId*1000+k per instance) + `leftImg8bit/<split>/...` images.
+
+    Pixels of a thing class without an instance number (value = labelId < 1000) become one crowd region per class.
+    """
+    gt_dir = root / "gtFine" / split
+    files = sorted(gt_dir.glob("*/*_instanceIds.png"))
+    if not files:
+        raise DatasetError(f"{gt_dir}: no */*_instanceIds.png files for split {split!r}")
+    images, anns = [], []
+    for image_id, f in enumerate(files, 1):
+        stem = f.name.removesuffix("_instanceIds.png").removesuffix("_gtFine")
+        img = root / "leftImg8bit" / split / f.parent.name / f"{stem}_leftImg8bit.png"
+        h, w = image_size(img)
+        ids = _read_png(f)
+        if ids.ndim != 2 or ids.shape != (h, w):
+            raise DatasetError(f"{f}: expected a single-channel {h}x{w} id map like its image, got {ids.shape}")
+        for value in np.unique(ids):
+            label = int(value) // 1000 if value >= 1000 else int(value)
+            if label in CITYSCAPES_THINGS:
+                anns.append(_rle_annotation(ids == value, len(anns) + 1, image_id, label, int(value < 1000)))
+        images.append({"id": image_id, "file_name": _relative(img, root), "height": h, "width": w})
+    cats = [{"id": k, "name": v} for k, v in CITYSCAPES_THINGS.items()]
+    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, root, gt_dir, root=root,
+                   check_files=False)
+    ds.name = f"cityscapes_{split}"
+    return ds
+
+
+def load_ade20k(root: Path, split: str, image_root: Path | None = None, labels: str = "instance") -> InstanceDataset:
+    """`ADEChallengeData2016`: `ade20k_instance_<split>.json` when present, else `annotations_instance/` PNGs.
+
+    PNG R channel = class (see `ade_labels` of `load_dataset`), G channel = instance number (0 = none). Category ids
+    follow the json convention: the 150-class scene-parsing id minus one.
+    """
+    if labels not in ("instance", "semantic"):
+        raise DatasetError(f"ade_labels must be 'instance' or 'semantic', not {labels!r}")
+    short = {v: k for k, v in ADE20K_SPLITS.items()}.get(split, split)
+    folder = ADE20K_SPLITS.get(split, split)
+    made = root / f"ade20k_instance_{short}.json"
+    if made.is_file():
+        ds = load_coco_json(made, image_root=image_root or root / "images" / folder, root=root)
+        ds.name = f"ade20k_{short}"
+        return ds
+    ann_dir = root / "annotations_instance" / folder
+    files = sorted(ann_dir.glob("*.png"))
+    if not files:
+        raise DatasetError(f"{ann_dir}: no instance PNGs (nor {made.name}) for split {split!r}")
+    img_dir = Path(image_root) if image_root is not None else root / "images" / folder
+    thing_of = _ade_class_table(labels)
+    images, anns, issues = [], [], Counter()
+    for image_id, f in enumerate(files, 1):
+        img = next((img_dir / (f.stem + s) for s in (".jpg", ".png", ".jpeg") if (img_dir / (f.stem + s)).is_file()),
+                   img_dir / f"{f.stem}.jpg")
+        h, w = image_size(img)
+        arr = _read_png(f)
+        if arr.ndim != 3 or arr.shape[2] < 2 or arr.shape[:2] != (h, w):
+            raise DatasetError(f"{f}: expected an RGB {h}x{w} PNG (R = class, G = instance) like its image, "
+                               f"got shape {arr.shape}")
+        cls, inst = arr[..., 0], arr[..., 1]
+        for k in np.unique(inst):
+            if k == 0:
+                continue
+            mask = inst == k
+            values, counts = np.unique(cls[mask], return_counts=True)
+            if len(values) > 1:
+                issues["mixed_class"] += 1
+            cid = thing_of.get(int(values[np.argmax(counts)]))
+            if cid is None:
+                issues["no_class"] += 1
+                continue
+            anns.append(_rle_annotation(mask, len(anns) + 1, image_id, cid, 0))
+        images.append({"id": image_id, "file_name": _relative(img, img_dir), "height": h, "width": w})
+    for kind, count in issues.items():
+        warnings.warn(f"{ann_dir}: {_ISSUES[kind]}: {count}", stacklevel=3)
+    cats = [{"id": i, "name": n} for i, n in ADE20K_THINGS]
+    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, img_dir, ann_dir, root=root,
+                   check_files=False)
+    ds.name = f"ade20k_{short}"
+    return ds
+
+
+def _ade_class_table(labels: str) -> dict[int, int]:
+    """R value -> category id (150-class id minus one) for the 100 thing classes."""
+    if labels == "instance":
+        return {k: cid for k, (cid, _) in enumerate(ADE20K_THINGS, 1)}
+    return {cid + 1: cid for cid, _ in ADE20K_THINGS}

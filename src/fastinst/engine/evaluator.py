@@ -1,0 +1,217 @@
+"""COCO mask AP with pycocotools' own `COCOeval` (segm, standard parameters, maxDets 1/10/100).
+
+`COCOEvaluator` turns per-image predictions (bool masks, scores, contiguous labels) into COCO results (compressed RLE
+of the Fortran-ordered uint8 mask, `category_id` mapped back to the dataset's ids, `bbox` = the mask's box as XYWH),
+gathers them across DDP ranks and scores them. Metrics are in percent; a metric pycocotools reports as -1 (no ground
+truth in that area range) is NaN. `write_report` saves `metrics.json` and precision/recall curves.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ..errors import DatasetError, FastInstError
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def coco_api(coco_gt: dict | str | os.PathLike | COCO) -> COCO:
+    """A pycocotools `COCO` index for a GT dict, a json path or an existing `COCO` (without its prints)."""
+    if isinstance(coco_gt, COCO):
+        return coco_gt
+    if not isinstance(coco_gt, dict):
+        from ..data.datasets import read_json
+        coco_gt = read_json(Path(coco_gt))
+    if not isinstance(coco_gt, dict) or "images" not in coco_gt or "categories" not in coco_gt:
+        raise DatasetError("ground truth is not a COCO instances dict (needs 'images' and 'categories')")
+    api = COCO()
+    api.dataset = {**coco_gt, "annotations": coco_gt.get("annotations") or []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        api.createIndex()
+    return api
+
+
+class COCOEvaluator:
+    """Collect predictions with `process`, optionally `gather` them over ranks, then `evaluate` on rank 0."""
+
+    def __init__(self, coco_gt: dict | str | os.PathLike | COCO, category_ids: list[int] | None = None):
+        self.coco = coco_api(coco_gt)
+        gt_cats = sorted(self.coco.cats)
+        self.category_ids = list(category_ids) if category_ids is not None else gt_cats
+        unknown = [c for c in self.category_ids if c not in self.coco.cats]
+        if unknown:
+            raise DatasetError(f"category ids {unknown[:5]} are not in the ground truth's categories")
+        self.results: list[dict] = []
+        self.image_ids: list[int] = []
+
+    def reset(self) -> None:
+        self.results, self.image_ids = [], []
+
+    def process(self, image_id: int, masks: Any, scores: Any, labels: Any) -> None:
+        """One image's predictions: masks bool (K, H, W) at the original size, scores (K,), contiguous labels (K,)."""
+        image_id = int(image_id)
+        info = self.coco.imgs.get(image_id)
+        if info is None:
+            raise DatasetError(f"image id {image_id} is not in the ground truth")
+        masks, scores, labels = _as_numpy(masks), _as_numpy(scores).reshape(-1), _as_numpy(labels).reshape(-1)
+        if masks.ndim != 3 or not len(masks) == len(scores) == len(labels):
+            raise ValueError(f"image {image_id}: expected masks (K, H, W), scores (K,), labels (K,); got "
+                             f"{masks.shape}, {scores.shape}, {labels.shape}")
+        size = (info.get("height"), info.get("width"))
+        if len(masks) and None not in size and masks.shape[1:] != size:
+            raise ValueError(f"image {image_id}: masks are {masks.shape[1]}x{masks.shape[2]} but the image is "
+                             f"{size[0]}x{size[1]} (predictions must be at the original size)")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.category_ids)):
+            raise ValueError(f"image {image_id}: labels outside 0..{len(self.category_ids) - 1}")
+        self.image_ids.append(image_id)
+        if not len(masks):
+            return
+        rles = mask_util.encode(np.asfortranarray(masks.astype(bool).transpose(1, 2, 0).astype(np.uint8)))
+        boxes = mask_util.toBbox(rles)
+        for rle, box, score, label in zip(rles, boxes, scores, labels):
+            self.results.append({"image_id": image_id, "category_id": self.category_ids[int(label)],
+                                 "segmentation": {"size": [int(v) for v in rle["size"]],
+                                                  "counts": rle["counts"].decode("ascii")},
+                                 "bbox": [float(v) for v in box], "score": float(score)})
+
+    def gather(self) -> None:
+        """Under torch.distributed: every rank ends up with all ranks' results (all_gather_object)."""
+        import torch.distributed as dist
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        boxes: list = [None] * dist.get_world_size()
+        dist.all_gather_object(boxes, (self.results, self.image_ids))
+        self.results = [r for res, _ in boxes for r in res]
+        self.image_ids = [i for _, ids in boxes for i in ids]
+
+    def evaluate(self, image_ids: list[int] | None = None, verbose: bool = True) -> dict:
+        """COCO segm metrics over `image_ids` (default: the processed images, or all when none was processed)."""
+        ids = image_ids if image_ids is not None else (sorted(set(self.image_ids)) or None)
+        return evaluate_results(self.results, self.coco, image_ids=ids, verbose=verbose)
+
+
+def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
+    if isinstance(results, (str, os.PathLike)):
+        from ..data.datasets import read_json
+        data = read_json(Path(results))
+        label = str(results)
+    else:
+        data, label = results, "results"
+    if not isinstance(data, list):
+        raise DatasetError(f"{label}: expected a list of COCO result objects")
+    for n, r in enumerate(data):
+        if not isinstance(r, dict) or not {"image_id", "category_id", "segmentation", "score"} <= r.keys():
+            raise DatasetError(f"{label}: entry {n} needs image_id, category_id, segmentation and score")
+    return data, label
+
+
+def evaluate_results(results: list[dict] | str | os.PathLike, coco_gt: dict | str | os.PathLike | COCO,
+                     image_ids: list[int] | None = None, verbose: bool = True) -> dict:
+    """Score COCO segm results (a list or a results json) against a GT dict/json; prints the 12-line table."""
+    gt = coco_api(coco_gt)
+    dets, label = _load_results(results)
+    unknown_images = sorted({r["image_id"] for r in dets} - set(gt.imgs), key=str)
+    if unknown_images:
+        raise DatasetError(f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. "
+                           f"{unknown_images[:5]}")
+    unknown_cats = sorted({r["category_id"] for r in dets} - set(gt.cats), key=str)
+    if unknown_cats:
+        raise DatasetError(f"{label}: category id(s) {unknown_cats[:5]} not in the ground truth")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if dets:
+            dt = gt.loadRes([dict(r) for r in dets])  # loadRes writes ids/areas into the entries: copies
+        else:  # pycocotools cannot load an empty list: an empty result set scores 0 (or -1 without GT)
+            dt = coco_api({"images": gt.dataset["images"], "categories": gt.dataset["categories"]})
+        ev = COCOeval(gt, dt, iouType="segm")
+        if image_ids is not None:
+            ev.params.imgIds = sorted(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+    if verbose:
+        ev.summarize()
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.summarize()
+    return _metrics(ev, gt)
+
+
+def _pct(v: float) -> float:
+    return float(v * 100) if v >= 0 else float("nan")
+
+
+def _metrics(ev: COCOeval, gt: COCO) -> dict:
+    metrics: dict[str, Any] = {k: _pct(v) for k, v in zip(METRIC_NAMES, ev.stats)}
+    precision = ev.eval["precision"]  # (IoU T, recall R, class K, area A, maxDets M)
+    per_class = {}
+    for k, cid in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[str(gt.cats[cid].get("name", cid))] = float(np.mean(p) * 100) if p.size else float("nan")
+    metrics["per_class"] = per_class
+    curves = {}
+    for key, thr in (("iou50", 0.5), ("iou75", 0.75)):
+        t = int(np.argmin(np.abs(ev.params.iouThrs - thr)))
+        p = precision[t, :, :, 0, -1]  # (R, K)
+        valid = (p > -1).any(axis=0)
+        mean = p[:, valid].mean(axis=1) if valid.any() else np.zeros(len(ev.params.recThrs))
+        curves[key] = {"recall": [float(r) for r in ev.params.recThrs], "precision": [float(v) for v in mean]}
+    metrics["pr_curves"] = curves
+    return metrics
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
+    """`metrics.json` (NaN as null) and `pr_curve_iou50.png` / `pr_curve_iou75.png` in `out_dir`; -> metrics path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "metrics.json"
+    _atomic_write(target, lambda p: p.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8"))
+    for key, label in (("iou50", "0.50"), ("iou75", "0.75")):
+        curve = metrics.get("pr_curves", {}).get(key)
+        if not curve:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+        ax.plot(curve["recall"], curve["precision"])
+        ap = metrics.get("AP50" if key == "iou50" else "AP75", float("nan"))
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"mask precision/recall, IoU {label} (AP {ap:.1f})")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _atomic_write(out / f"pr_curve_{key}.png", lambda p: fig.savefig(p, format="png"))
+        plt.close(fig)
+    return target

@@ -1,0 +1,153 @@
+"""`fastinst predict`: fixture parity from the CLI, folders with bad files, videos, COCO json, error exits."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastinst.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+from test_predictor import FIXTURE, compare_with_fixture, fixture_weights  # noqa: E402
+
+NAMES = "circle,square,triangle,star"
+
+
+@pytest.fixture(scope="module")
+def demo_weights(tmp_path_factory):
+    import fastinst
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("demo") / "demo.pth"
+    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
+    return str(path)
+
+
+def _image(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def _predict(demo_weights, out, *sources, extra=()):
+    return main(["predict", "--model", "fastinst-demo", "--weights", demo_weights, "--classes", NAMES,
+                 "--output", str(out), *extra, *map(str, sources)])
+
+
+@pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
+def test_fixture_instances_from_the_cli(tmp_path, tmp_path_factory):
+    weights, npz, meta = fixture_weights(tmp_path_factory)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(npz[f"input.{i}.original"]).save(photos / f"img{i}.png")
+    out = tmp_path / "out"
+    rc = main(["predict", "--model", meta["config"], "--weights", str(weights), "--score-threshold", "0",
+               "--max-dets", "100", "--batch-size", "2", "--save-json", "--output", str(out), str(photos)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "predictions.json"]
+    from fastinst.data.coco_classes import COCO_CATEGORY_IDS
+    contiguous = {cid: i for i, cid in enumerate(COCO_CATEGORY_IDS)}
+    entries = json.loads((out / "predictions.json").read_text())
+    for i in range(2):
+        mine = [e for e in entries if Path(e["file_name"]).name == f"img{i}.png"]
+        labels = np.array([contiguous[e["category_id"]] for e in mine])
+        scores = np.array([e["score"] for e in mine], np.float32)
+        compare_with_fixture(npz, i, labels, scores)
+
+
+def test_folder_with_a_corrupt_file(demo_weights, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(_image(0)).save(folder / "good.png")
+    (folder / "bad.jpg").write_bytes(b"not a jpeg at all")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    out = tmp_path / "out"
+    assert _predict(demo_weights, out, folder) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped {folder / 'bad.jpg'}:" in printed
+    assert "1 image," in printed and "1 skipped" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+    overlay = np.asarray(Image.open(out / "good.png"))
+    assert overlay.shape == (48, 64, 3)
+
+
+def test_a_bad_file_given_directly_is_an_error(demo_weights, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    assert _predict(demo_weights, tmp_path / "out", bad) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.png" in err and err.count("\n") == 1
+    assert _predict(demo_weights, tmp_path / "out", tmp_path / "missing.png") == 2
+
+
+def test_glob_and_coco_json(demo_weights, tmp_path):
+    from pycocotools.coco import COCO
+    for n in (1, 2):
+        Image.fromarray(_image(n, 40 + n * 8, 56)).save(tmp_path / f"00000{n}.png")
+    out = tmp_path / "out"
+    assert _predict(demo_weights, out, tmp_path / "*.png", extra=["--save-json", "--score-threshold", "0",
+                                                                   "--batch-size", "2"]) == 0
+    entries = json.loads((out / "predictions.json").read_text())
+    assert {e["image_id"] for e in entries} == {1, 2}  # numeric stems become COCO image ids
+    assert {Path(e["file_name"]).name for e in entries} == {"000001.png", "000002.png"}
+    gt = COCO()
+    gt.dataset = {"images": [{"id": n, "height": 40 + n * 8, "width": 56} for n in (1, 2)], "annotations": [],
+                  "categories": [{"id": i} for i in range(1, 5)]}
+    gt.createIndex()
+    assert len(gt.loadRes(str(out / "predictions.json")).getAnnIds()) == len(entries) == 2 * 64
+
+
+def test_video_round_trip(demo_weights, tmp_path):
+    import av
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for n in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_image(n), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    out = tmp_path / "out"
+    assert _predict(demo_weights, out, video, extra=["--save-json", "--max-dets", "3", "--score-threshold", "0"]) == 0
+    with av.open(str(out / "clip.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+    entries = json.loads((out / "predictions.json").read_text())
+    assert len(entries) == 9 and sorted({e["frame"] for e in entries}) == [0, 1, 2]
+    assert len({e["image_id"] for e in entries}) == 3
+
+
+def test_option_errors(demo_weights, tmp_path, capsys):
+    Image.fromarray(_image(0)).save(tmp_path / "a.png")
+    assert main(["predict", "--model", "fastinst-demo", str(tmp_path / "a.png")]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert main(["predict", "--backend", "onnxruntime", str(tmp_path / "a.png")]) == 2
+    assert "--onnx" in capsys.readouterr().err
+    assert _predict(demo_weights, tmp_path / "out", tmp_path / "a.png", extra=["--classes", "a,b"]) == 2
+    assert "2 class names" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "100 best" in capsys.readouterr().out
+
+
+def test_onnxruntime_backend_matches_torch(demo_weights, tmp_path):
+    pytest.importorskip("onnxruntime")
+    export = pytest.importorskip("fastinst.export")
+    import fastinst
+    model = fastinst.build_model("fastinst-demo")
+    fastinst.load_checkpoint(model, demo_weights)
+    onnx_file = export.export_onnx(model.eval(), tmp_path / "demo.onnx")
+    Image.fromarray(_image(3)).save(tmp_path / "a.png")
+    common = ["predict", "--classes", NAMES, "--score-threshold", "0", "--save-json", str(tmp_path / "a.png")]
+    assert main([*common, "--backend", "onnxruntime", "--onnx", str(onnx_file), "--output", str(tmp_path / "ort")]) == 0
+    assert main([*common, "--model", "fastinst-demo", "--weights", demo_weights, "--output", str(tmp_path / "pt")]) == 0
+    ort = json.loads((tmp_path / "ort" / "predictions.json").read_text())
+    pt = json.loads((tmp_path / "pt" / "predictions.json").read_text())
+    key = lambda e: (e["category_id"], round(e["score"], 3))  # noqa: E731
+    assert len(ort) == len(pt) == 64
+    np.testing.assert_allclose(sorted(e["score"] for e in ort), sorted(e["score"] for e in pt), atol=1e-3)
+    assert sum(key(a) == key(b) for a, b in zip(sorted(ort, key=key), sorted(pt, key=key))) >= 60

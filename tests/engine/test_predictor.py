@@ -1,0 +1,166 @@
+"""Predictor and Results: every input type, sorting/filtering, boxes, COCO export, and fixture parity via the API."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import FIXTURES
+from fastinst.engine.predictor import Predictor, Results, masks_to_boxes, parse_classes
+from fastinst.errors import FastInstError
+
+FIXTURE = FIXTURES / "fastinst_R50_ppm-fpn_x1_576-s0"
+
+
+@pytest.fixture(scope="module")
+def demo():
+    import fastinst
+    torch.manual_seed(0)
+    return Predictor(fastinst.build_model("fastinst-demo"), names=["circle", "square", "triangle", "star"])
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[10:40, 20:60] = (200, 40, 40)
+    return np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+
+
+def _same(a: Results, b: Results) -> None:
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.masks, b.masks)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+
+
+def test_every_input_type_gives_the_same_result(demo, photo, tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(photo).save(path)
+    ref = demo.predict(photo)[0]
+    assert ref.masks.shape[1:] == photo.shape[:2] and ref.masks.dtype == bool
+    assert ref.scores.dtype == np.float32 and ref.labels.dtype == np.int64
+    assert ref.path is None and np.array_equal(ref.image, photo)
+    for source in (Image.fromarray(photo), str(path), path, torch.from_numpy(photo).permute(2, 0, 1).contiguous()):
+        _same(demo.predict(source)[0], ref)
+    many = demo.predict([photo, str(path), tmp_path])  # a folder expands to its images
+    assert len(many) == 3 and many[1].path == path and many[2].path == path
+    for r in many:
+        _same(r, ref)
+
+
+def test_sorted_filtered_and_capped(demo, photo):
+    full = demo.predict(photo, score_threshold=0.0)[0]
+    assert len(full) == 16 * 4  # demo: 16 queries x 4 classes, fewer than 100 pairs
+    assert np.all(np.diff(full.scores) <= 0)
+    thr = float(full.scores[10])
+    kept = demo.predict(photo, score_threshold=thr)[0]
+    assert len(kept) >= 11 and kept.scores.min() >= thr
+    assert len(full.filter(thr)) == len(kept)
+    assert len(demo.predict(photo, max_dets=5)[0]) == 5
+    assert full.names == [full.classes[i] for i in full.labels]
+    assert len(full[:3]) == 3 and len(full[0]) == 1
+
+
+def test_half_precision_returns_float32(demo, photo):
+    half = Predictor(demo.model, demo.names, dtype="bf16")
+    r = half.predict(photo)[0]
+    assert r.scores.dtype == np.float32 and r.masks.dtype == bool
+    with pytest.raises(FastInstError, match="dtype"):
+        Predictor(demo.model, demo.names, dtype="int8")
+
+
+def test_boxes_from_masks():
+    masks = np.zeros((3, 10, 12), bool)
+    masks[0, 2:5, 3:9] = True
+    masks[1, 9, 11] = True
+    boxes = masks_to_boxes(masks)
+    assert boxes.tolist() == [[3, 2, 9, 5], [11, 9, 12, 10], [0, 0, 0, 0]]
+
+
+def test_to_coco_loads_in_pycocotools(demo, photo):
+    from pycocotools.coco import COCO
+    r = demo.predict(photo, score_threshold=0.0)[0]
+    entries = r.to_coco(7, category_ids=[10, 20, 30, 40])
+    assert len(entries) == len(r)
+    e = entries[0]
+    assert e["category_id"] == [10, 20, 30, 40][r.labels[0]] and isinstance(e["segmentation"]["counts"], str)
+    x0, y0, x1, y1 = r.boxes[0]
+    assert e["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    json.dumps(entries)
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 7, "height": 60, "width": 80}], "annotations": [],
+                  "categories": [{"id": i} for i in (10, 20, 30, 40)]}
+    gt.createIndex()
+    dt = gt.loadRes(entries)
+    assert len(dt.getAnnIds()) == len(r)
+    assert r.to_coco(1)[0]["category_id"] == int(r.labels[0]) + 1  # default ids for a non-COCO model: 1..K
+
+
+def test_parse_classes(tmp_path):
+    assert parse_classes("a, b,c") == (["a", "b", "c"], None)
+    (tmp_path / "names.txt").write_text("cat\n\n# comment\ndog\n")
+    assert parse_classes(tmp_path / "names.txt") == (["cat", "dog"], None)
+    (tmp_path / "ann.json").write_text(json.dumps({"categories": [{"id": 5, "name": "b"}, {"id": 2, "name": "a"}]}))
+    assert parse_classes(str(tmp_path / "ann.json")) == (["a", "b"], [2, 5])
+    with pytest.raises(FastInstError, match="no such classes file"):
+        parse_classes(tmp_path / "missing.txt")
+
+
+def test_wrong_number_of_names(demo):
+    with pytest.raises(FastInstError, match="3 class names"):
+        Predictor(demo.model, ["a", "b", "c"])
+
+
+def test_default_names_are_coco():
+    from fastinst.data.coco_classes import COCO_CATEGORY_IDS, COCO_NAMES
+    assert COCO_NAMES[0] == "person" and COCO_NAMES[-1] == "toothbrush" and COCO_CATEGORY_IDS[-1] == 90
+    assert len(set(COCO_CATEGORY_IDS)) == 80
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fixture parity through the public API (fastinst.load)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def fixture_weights(tmp_path_factory):
+    """The fixture's synthetic weights saved as an official-format checkpoint, and the reference npz."""
+    from fastinst.parity import synthetic_weights_fn
+    npz = np.load(FIXTURE / "reference.npz")
+    meta = json.loads(str(npz["meta_json"]))
+    weights = synthetic_weights_fn(FIXTURE)(str(FIXTURE / "keys.txt"), int(meta["seed"]))
+    path = tmp_path_factory.mktemp("weights") / "synthetic.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in weights.items()}}, path)
+    return path, npz, meta
+
+
+def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None):
+    """Our (label, score) pairs equal the fixture's instances as a set; matched masks agree (IoU >= 0.99)."""
+    ref_labels, ref_scores = npz[f"eval.instances.{i}.pred_classes"], npz[f"eval.instances.{i}.scores"]
+    assert len(labels) == len(ref_labels) == 100
+    ours = np.lexsort((-scores, labels))
+    ref = np.lexsort((-ref_scores, ref_labels))
+    assert np.array_equal(labels[ours], ref_labels[ref])
+    np.testing.assert_allclose(scores[ours], ref_scores[ref], atol=1e-4, rtol=0)
+    if masks is not None:
+        shape = tuple(npz[f"eval.instances.{i}.pred_masks_shape"])
+        packed = npz[f"eval.instances.{i}.pred_masks_packbits"]
+        ref_masks = np.unpackbits(packed, axis=1, count=shape[1] * shape[2]).reshape(shape).astype(bool)
+        a, b = masks[ours], ref_masks[ref]
+        inter = (a & b).sum((1, 2))
+        union = (a | b).sum((1, 2))
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+        assert iou.min() >= 0.99
+
+
+@pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
+def test_fixture_instances_through_fastinst_load(tmp_path_factory):
+    import fastinst
+    path, npz, meta = fixture_weights(tmp_path_factory)
+    predictor = fastinst.load(meta["config"], weights=path)
+    images = [npz["input.0.original"], npz["input.1.original"]]
+    results = predictor.predict(images, batch_size=2, score_threshold=0.0, max_dets=100)  # the fixture's batch of 2
+    for i, r in enumerate(results):
+        assert r.masks.shape[1:] == images[i].shape[:2]
+        compare_with_fixture(npz, i, r.labels, r.scores, r.masks)

@@ -1,0 +1,48 @@
+"""`optimize_for_inference`: BatchNorm folding (and channels_last) leaves the network's outputs unchanged."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fastinst
+from fastinst.export import InferenceNet
+from fastinst.model.backbone import FrozenBatchNorm2d
+from fastinst.model.fuse import optimize_for_inference
+
+
+def _with_random_norms(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = fastinst.build_model(name).eval()
+    for m in model.modules():
+        if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+        if hasattr(m, "conv2_offset"):
+            nn.init.normal_(m.conv2_offset.weight, std=0.02)
+    return model
+
+
+@pytest.mark.parametrize("name", ["fastinst-demo", "fastinst-d1-r50vd-dcn"])
+def test_fused_equals_unfused(name):
+    model = _with_random_norms(name)
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        expected = InferenceNet(model)(x)
+        for channels_last in (False, True):
+            fused = optimize_for_inference(model, channels_last=channels_last)
+            kept = [m for m in fused.backbone.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]
+            # only the BNs after deformable convs stay (9 in R50-vd-dcn's layer3 + layer4)
+            assert len(kept) == (9 if "dcn" in name else 0)
+            got = InferenceNet(fused)(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+            for e, g in zip(expected, got):
+                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
+    assert any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())  # original untouched
+
+
+def test_fused_d1_r50_has_no_frozen_bn():
+    fused = optimize_for_inference(fastinst.build_model("fastinst-d1-r50"))
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.modules())
+    assert not fused.training
