@@ -88,7 +88,7 @@ def test_onnx_model_gives_the_pytorch_instances(demo):
         expected = model(batch)[0]
     for path in (fixed, dynamic):
         got = OnnxModel(path)(batch)[0]
-        assert got["masks"].shape == (100, 200, 250)
+        assert got["masks"].shape[1:] == (200, 250)
         _same_instances(expected, got)
 
 
@@ -104,7 +104,7 @@ def test_fixed_file_pads_smaller_and_rejects_larger_images(demo):
     _, fixed, _ = demo
     onnx_model = OnnxModel(fixed)
     small = render_sample(5, "val", 0, 256)[0][:90, :100]
-    assert onnx_model(_batch(small))[0]["masks"].shape == (100, 90, 100)
+    assert onnx_model(_batch(small))[0]["masks"].shape[1:] == (90, 100)
     with pytest.raises(FastInstError, match="does not fit"):
         onnx_model(_batch(render_sample(5, "val", 0, 256)[0]))
 

@@ -68,6 +68,7 @@ class InputConfig:
 
 @dataclass
 class SolverConfig:
+    optimizer: str = "adamw"             # "adamw" (paper) or "sgd" (momentum 0.9)
     base_lr: float = 1e-4
     weight_decay: float = 0.05
     backbone_multiplier: float = 0.1

@@ -108,7 +108,7 @@ def test_nonfinite_loss_stops_with_clear_message(tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"iteration 3: .*loss_\w+.*last good checkpoint"):
         t.train()
     ckpt = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert ckpt["iteration"] == 2
+    assert ckpt["iteration"] == 3  # the skipped step at iteration 2 left the weights untouched
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
@@ -121,15 +121,17 @@ from fastinst.engine import distributed as du
 from fastinst.engine.trainer import Trainer
 rank, world, _ = du.init_distributed("cpu")
 torch.manual_seed(0)
-cfg = tiny_cfg(["solver.max_iter=1"])
+cfg = tiny_cfg(["solver.max_iter=1", "solver.optimizer=sgd", "solver.base_lr=0.05"])
 t = Trainer(cfg, build_model(cfg), stream(1, rank, world), {out!r}, rand=row_rand, progress=False)
 t.train()
 """
 
 
 def test_two_process_ddp_step_equals_single_process(tmp_path):
+    # SGD: AdamW's first step is lr * sign(grad), which turns float noise in gradients that are zero in exact
+    # arithmetic (e.g. attention key biases) into lr-sized differences; SGD shows the gradients themselves agree.
     torch.manual_seed(0)
-    cfg = tiny_cfg(["solver.max_iter=1"])
+    cfg = tiny_cfg(["solver.max_iter=1", "solver.optimizer=sgd", "solver.base_lr=0.05"])
     single = Trainer(cfg, build_model(cfg), stream(2), tmp_path / "single", rand=row_rand, progress=False)
     single.train()
     script = tmp_path / "ddp.py"
@@ -141,7 +143,8 @@ def test_two_process_ddp_step_equals_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)["model"]
     ref = single.model.state_dict()
-    worst = max(float((ddp[k].float() - ref[k].float()).abs().max()) for k in ref)
+    diffs = {k: float((ddp[k].float() - ref[k].float()).abs().max()) for k in ref}
+    worst = max(diffs.values())
     torch.manual_seed(0)
     init = build_model(cfg).state_dict()
     moved = max(float((ref[k].float() - init[k].float()).abs().max()) for k in ref)

@@ -35,8 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import build_model
     from ..config import get_config
-    from ..export import default_size, export_onnx, verify_onnx
+    from ..export import check_size, default_size, export_onnx, verify_onnx
     cfg = get_config(args.model)
+    if args.size:
+        check_size(args.size, cfg.model.size_divisibility)
     model = build_model(cfg).eval()
     if args.weights:
         from ..checkpoint import load_checkpoint

@@ -28,7 +28,7 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.Lay
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW, one group per parameter (SPEC §4.4): backbone lr × multiplier; no weight decay on norms and embeddings."""
+    """AdamW (or SGD), one group per parameter (SPEC §4.4): backbone lr × multiplier; no weight decay on norms and embeddings."""
     s = cfg.solver
     groups, seen = [], set()
     for mod_name, module in model.named_modules():
@@ -40,7 +40,11 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
             wd = 0.0 if isinstance(module, _NORMS + (nn.Embedding,)) else s.weight_decay
             groups.append({"params": [p], "lr": lr, "weight_decay": wd, "initial_lr": lr,
                            "name": f"{mod_name}.{p_name}".lstrip(".")})
-    return torch.optim.AdamW(groups, lr=s.base_lr)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=s.base_lr)
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=s.base_lr, momentum=0.9)
+    raise FastInstError(f"solver.optimizer must be 'adamw' or 'sgd', got {s.optimizer!r}")
 
 
 def lr_factor(iteration: int, cfg: Config) -> float:

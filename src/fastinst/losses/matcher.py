@@ -46,8 +46,14 @@ def location_cost(gt_masks: torch.Tensor, locations: torch.Tensor) -> torch.Tens
 
 
 def _assign(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """scipy `linear_sum_assignment` on a (rows, cols) cost -> int64 (src, tgt) tensors."""
-    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
+    """scipy `linear_sum_assignment` on a (rows, cols) cost -> int64 (src, tgt) tensors.
+
+    Non-finite costs (a diverged network) are replaced by large finite ones so the step can finish and the trainer's
+    NaN check can report the loss term instead of scipy failing here."""
+    c = cost.detach().float().cpu().numpy()
+    if not np.isfinite(c).all():
+        c = np.nan_to_num(c, nan=1e8, posinf=1e8, neginf=-1e8)
+    rows, cols = linear_sum_assignment(c)
     return torch.as_tensor(np.asarray(rows), dtype=torch.int64), torch.as_tensor(np.asarray(cols), dtype=torch.int64)
 
 

@@ -14,6 +14,8 @@ def _full_size(logits: torch.Tensor, padded: tuple[int, int], resized: tuple[int
     """(n, h8, w8) stride-8 logits -> (n, H0, W0): upsample to the padded batch, crop to the image, resize."""
     x = F.interpolate(logits.unsqueeze(0), size=padded, mode="bilinear", align_corners=False)
     x = x[..., : resized[0], : resized[1]]
+    if tuple(resized) == tuple(original):  # a same-size bilinear resize is the identity: skip the copy
+        return x[0]
     return F.interpolate(x, size=original, mode="bilinear", align_corners=False)[0]
 
 
@@ -29,9 +31,10 @@ def instances(pred_logits, pred_masks, padded, resized, original, k: int = 100) 
     """One image: (Q, K+1), (Q, h8, w8) -> masks bool (k, H0, W0), scores (k,), labels (k,), queries (k,)."""
     scores, labels, queries = select(pred_logits, k)
     unique, inverse = queries.unique(return_inverse=True)
-    probs = _full_size(pred_masks[unique].float(), padded, resized, original).sigmoid()   # (u, H0, W0)
+    probs = _full_size(pred_masks[unique].float(), padded, resized, original).sigmoid_()  # (u, H0, W0)
     binary = probs > 0.5
-    mask_scores = (probs * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    # = (probs * binary).sum / binary.sum bit for bit, without float/int64 copies of the boolean masks
+    mask_scores = probs.masked_fill_(~binary, 0).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
     return {"masks": binary[inverse], "scores": scores * mask_scores[inverse], "labels": labels, "queries": queries}
 
 
