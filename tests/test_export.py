@@ -127,7 +127,6 @@ def test_verify_fails_on_a_different_model(demo):
 
 
 def test_export_command(demo, tmp_path, capsys):
-    _, _, _ = demo
     weights = tmp_path / "demo.pth"
     torch.save({"model": demo[0].state_dict()}, weights)
     out = tmp_path / "demo.onnx"

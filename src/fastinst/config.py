@@ -28,6 +28,7 @@ class ModelConfig:
     depth: int = 50                       # 18, 34, 50 or 101
     deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # DCN per res2..res5 (vd only)
     backbone_norm: str = "FrozenBN"       # FrozenBN (official) or BN (trainable; the from-scratch demo)
+    backbone_width: int = 64              # channels of the stem / first stage ("resnet" only; 64 = standard)
     num_classes: int = 80
     hidden_dim: int = 256
     num_queries: int = 100                # IA-guided queries (N_a)
@@ -113,19 +114,19 @@ def _variant(name: str, backbone: str, depth: int, dec_layers: int, test: tuple[
 
 
 def _demo() -> Config:
-    """A small CPU-trainable variant: ResNet-18 (basic blocks, 512-ch res5), D1, 64-d decoder, 256-px inputs.
+    """A small CPU-trainable variant: half-width ResNet-18 (BN, from scratch), D1, 64-d decoder, ~224-px inputs.
 
-    The synthetic demo data is simple (flat shapes on textured backgrounds), so a narrow decoder and a short side of 256
-    keep a training step around a tenth of a second on two cores while leaving enough resolution (stride 8 = 32 cells)
-    for instances down to ~12 px. Everything else is the FastInst architecture unchanged.
+    The synthetic demo data is simple (flat shapes on textured backgrounds), so a half-width backbone, a narrow decoder
+    and a short side of 192-256 keep a training step of 8 images well under a second on two cores, while stride 8
+    (28 cells at 224 px) still resolves the smallest shapes (~16 px). Everything else is FastInst unchanged.
     """
     return Config(
         name="fastinst-demo",
-        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", num_classes=4, hidden_dim=64, num_queries=16,
+        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", backbone_width=32, num_classes=4, hidden_dim=64, num_queries=16,
                           num_aux_queries=4, nheads=4, dim_feedforward=128, dec_layers=1),
         loss=LossConfig(num_points=4096),
-        input=InputConfig(min_size_train=(224, 256, 288), max_size_train=384, crop_enabled=False,
-                          min_size_test=256, max_size_test=384),
+        input=InputConfig(min_size_train=(192, 224, 256), max_size_train=320, crop_enabled=False,
+                          min_size_test=224, max_size_test=320),
         solver=SolverConfig(base_lr=4e-4, weight_decay=0.05, backbone_multiplier=1.0, ims_per_batch=8, max_iter=1500,
                             steps=(1200,), amp=False, checkpoint_period=500, eval_period=0, log_period=10,
                             num_workers=0))

@@ -92,9 +92,9 @@ class BasicBlock(nn.Module):
 
 
 class Stem(nn.Module):
-    def __init__(self, norm: str):
+    def __init__(self, norm: str, width: int = 64):
         super().__init__()
-        self.conv1 = ConvNorm(3, 64, 7, 2, make_norm(norm, 64), relu=True)
+        self.conv1 = ConvNorm(3, width, 7, 2, make_norm(norm, width), relu=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
@@ -104,18 +104,21 @@ _DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23,
 
 
 class ResNet(nn.Module):
-    """detectron2's ResNet (`build_resnet_backbone`, STRIDE_IN_1X1=False, RES5_DILATION=1)."""
+    """detectron2's ResNet (`build_resnet_backbone`, STRIDE_IN_1X1=False, RES5_DILATION=1).
 
-    def __init__(self, depth: int = 50, norm: str = "FrozenBN"):
+    `width` scales every stage (64 = the standard network; the CPU demo uses a narrower one)."""
+
+    def __init__(self, depth: int = 50, norm: str = "FrozenBN", width: int = 64):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth}")
         bottleneck = depth >= 50
-        self.stem = Stem(norm)
-        cin = 64
+        self.stem = Stem(norm, width)
+        cin = width
+        base = width
         self.out_channels = {}
         for i, n in enumerate(_DEPTHS[depth]):
-            width = 64 * 2 ** i
+            width = base * 2 ** i
             cout = width * 4 if bottleneck else width
             block = BottleneckBlock if bottleneck else BasicBlock
             blocks = [block(cin if b == 0 else cout, width, cout, 2 if (b == 0 and i > 0) else 1, norm)
@@ -218,9 +221,10 @@ class ResNetVd(nn.Module):
         return {"res3": c3, "res4": c4, "res5": c5}
 
 
-def build_backbone(kind: str, depth: int, deform_stages=(False,) * 4, norm: str = "FrozenBN") -> nn.Module:
+def build_backbone(kind: str, depth: int, deform_stages=(False,) * 4, norm: str = "FrozenBN",
+                   width: int = 64) -> nn.Module:
     if kind == "resnet":
-        return ResNet(depth, norm)
+        return ResNet(depth, norm, width)
     if kind == "resnet_vd":
         return ResNetVd(depth, deform_stages, norm)
     raise ValueError(f"unknown backbone {kind!r}; use 'resnet' or 'resnet_vd'")

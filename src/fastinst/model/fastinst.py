@@ -37,7 +37,7 @@ class FastInst(nn.Module):
         self.cfg = cfg
         self.num_classes = m.num_classes
         self.size_divisibility = m.size_divisibility
-        self.backbone = build_backbone(m.backbone, m.depth, m.deform_stages, m.backbone_norm)
+        self.backbone = build_backbone(m.backbone, m.depth, m.deform_stages, m.backbone_norm, m.backbone_width)
         pixel_decoder = PPMFPN(self.backbone.out_channels, m.hidden_dim)
         predictor = FastInstDecoder(m.hidden_dim, m.num_classes, m.num_queries, m.num_aux_queries, m.nheads,
                                     m.dim_feedforward, m.dec_layers)
