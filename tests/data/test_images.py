@@ -209,3 +209,19 @@ def test_list_images_and_is_video(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="no such file or folder"):
         list_images(tmp_path / "missing")
     assert is_video("a/b/clip.MP4") and is_video(Path("x.mkv")) and not is_video("x.jpg") and not is_video("mp4")
+
+
+def test_unsupported_mode_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    """A mode Pillow cannot convert to RGB (simulated: Pillow's RGB conversion refuses it) names file and mode."""
+    Image.new("CMYK", (8, 8)).save(tmp_path / "odd.tif")
+    real = Image.Image.convert
+
+    def refuse(self, mode=None, *a, **k):
+        if mode == "RGB":
+            raise ValueError("conversion not supported")
+        return real(self, mode, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "convert", refuse)
+    with pytest.raises(ImageReadError, match=r"odd\.tif.*unsupported image mode 'CMYK'") as e:
+        read_image(tmp_path / "odd.tif")
+    assert "\n" not in str(e.value)
