@@ -113,6 +113,11 @@ class FastInst(nn.Module):
                                      original, self.max_detections))
         return results
 
+    def predict(self, source, **kwargs):
+        """Images / paths / arrays -> `Results` objects (see `fastinst.engine.predictor.Predictor.predict`)."""
+        from ..engine.predictor import Predictor
+        return Predictor(self, device=str(self.device)).predict(source, **kwargs)
+
     @torch.inference_mode()
     def inference(self, images: list[np.ndarray], batch_size: int = 1) -> list[dict]:
         """RGB uint8 (H, W, 3) arrays -> per image `masks` bool (K, H, W), `scores` (K,), `labels` (K,) (eval mode)."""
