@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="datasets/fastinst-synthetic", help="where the synthetic dataset lives")
     p.add_argument("--output", default="runs/demo", help="output folder")
-    p.add_argument("--budget", type=float, default=500.0, help="training time budget in seconds (default 500)")
+    p.add_argument("--budget", type=float, default=540.0, help="training time budget in seconds (default 540)")
     p.add_argument("--iters", type=int, help="train exactly this many iterations (ignores --budget)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
