@@ -194,14 +194,11 @@ def backbone_state_dict(sd: dict, backbone: nn.Module) -> "OrderedDict[str, torc
     """Rename an ImageNet state dict (torchvision, timm or detectron2 names, with or without `backbone.`) to ours."""
     own = backbone.state_dict()
     sd = OrderedDict((k.removeprefix("backbone."), v) for k, v in sd.items())
-    if not any(k in own for k in sd) or "conv1.weight" in sd and "stem.conv1.weight" in own:
+    torchvision_names = "conv1.weight" in sd or any(k.startswith("layer1.") for k in sd)
+    if "stem.conv1.weight" in own and torchvision_names:
         sd = OrderedDict((n, v) for k, v in sd.items() if (n := torchvision_to_detectron2(k)) is not None)
-    out = OrderedDict()
-    for k, v in sd.items():
-        if k.endswith("num_batches_tracked") or k.startswith("fc."):
-            continue
-        out[k] = v
-    return out
+    return OrderedDict((k, v) for k, v in sd.items()
+                       if not (k.endswith("num_batches_tracked") or k.startswith("fc.")))
 
 
 def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:

@@ -8,6 +8,7 @@ checked by `fastinst.losses.parity` when present.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ def load_fixture(fixture_dir: str | Path):
     keys = list(weights)
     own = list(model.state_dict())
     if keys != own:
-        raise FastInstError(f"{fixture_dir}: state-dict keys differ from keys.txt "
-                            f"(first difference: {next((a, b) for a, b in zip(keys + [''] * 9, own + [''] * 9) if a != b)})")
+        first = next((a, b) for a, b in itertools.zip_longest(keys, own) if a != b)
+        raise FastInstError(f"{fixture_dir}: state-dict keys differ from keys.txt (first difference: {first})")
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     return npz, meta, model.eval()
 

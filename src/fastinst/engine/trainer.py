@@ -275,8 +275,7 @@ class Trainer:
         return {"iteration": self.iteration, "seconds": time.time() - start, **last_metrics}
 
     def _evaluate(self, writer) -> dict:
-        model = self.model
-        metrics = self.evaluate_fn(model) or {}
+        metrics = self.evaluate_fn(self.model) or {}
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._log({"iter": self.iteration, **scalars})
         if writer:
