@@ -17,6 +17,7 @@ def test_overrides_and_errors():
     c = apply_overrides(get_config("fastinst-demo"), ["solver.max_iter=10", "solver.steps=[5, 8]", "solver.base_lr=1e-3"])
     assert c.solver.base_lr == 1e-3
     assert c.solver.max_iter == 10 and c.solver.steps == (5, 8)
+    assert apply_overrides(c, ["input.min_size_train=(160, 192)"]).input.min_size_train == (160, 192)
     with pytest.raises(ConfigError, match="solver.max_itr.*did you mean solver.max_iter"):
         apply_overrides(c, ["solver.max_itr=3"])
     with pytest.raises(ConfigError, match="solver.max_iter must be an integer"):

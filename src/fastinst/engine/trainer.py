@@ -139,6 +139,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.solver.ema_decay) if cfg.solver.ema_decay > 0 else None
         self.iteration = 0
         self.nonfinite = 0
+        self.bar = None  # the tqdm bar while train() runs
         self.ddp = None
         if dist_utils.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -231,10 +232,10 @@ class Trainer:
         s = self.cfg.solver
         start = time.time()
         writer = self._tensorboard()
-        bar = None
+        bar = self.bar = None
         if self.progress and dist_utils.is_main():
             from tqdm import tqdm
-            bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
+            bar = self.bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
         last_metrics: dict = {}
         try:
             for batch in self.loader_fn(self.iteration):
