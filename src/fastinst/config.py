@@ -126,8 +126,9 @@ def _demo() -> Config:
     """
     return Config(
         name="fastinst-demo",
-        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", backbone_width=32, num_classes=4, hidden_dim=64, num_queries=16,
-                          num_aux_queries=4, nheads=4, dim_feedforward=128, dec_layers=1),
+        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", backbone_width=32, num_classes=4,
+                          hidden_dim=64, num_queries=16, num_aux_queries=4, nheads=4, dim_feedforward=128,
+                          dec_layers=1),
         loss=LossConfig(num_points=1024),
         input=InputConfig(min_size_train=(128, 160, 192), max_size_train=256, crop_enabled=False,
                           min_size_test=224, max_size_test=320),

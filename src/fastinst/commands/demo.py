@@ -22,8 +22,8 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="datasets/fastinst-synthetic", help="where the synthetic dataset lives")
     p.add_argument("--output", default="runs/demo", help="output folder")
-    p.add_argument("--budget", type=float, default=450.0,
-                   help="training ends this many seconds after the start, data generation included (default 450)")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="training ends this many seconds after the start, data generation included (default 480)")
     p.add_argument("--iters", type=int, help="train exactly this many iterations (ignores --budget)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,7 @@ Shape colours are chosen far from the background and from earlier shapes so ever
 Everything is deterministic in `seed`: image ``i`` of a split depends only on (seed, split, i), so changing
 `num_train` does not change the first images.
 
-    paths = ensure_synthetic_coco(Path("datasets/shapes"))   # generates once (450 images, ~3 s)
+    paths = ensure_synthetic_coco(Path("datasets/shapes"))   # generates once (700 images, ~5 s)
 
 The default image size, 160 px, is the demo model's training resolution: images are drawn at the size the model
 sees, so that no detail of the smallest shapes is lost to a resize (rendering at 256 px and training at 128-192 px
@@ -25,10 +25,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ["CATEGORY_NAMES", "MIN_VISIBLE_AREA", "generate_synthetic_coco", "ensure_synthetic_coco",
-           "render_sample"]
+__all__ = ["CATEGORY_NAMES", "DEFAULT_IMAGE_SIZE", "MIN_VISIBLE_AREA", "generate_synthetic_coco",
+           "ensure_synthetic_coco", "render_sample"]
 
 CATEGORY_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+DEFAULT_IMAGE_SIZE = 160      # the demo model's training resolution (see the module docstring)
 MIN_VISIBLE_AREA = 30          # instances with fewer visible pixels are dropped
 MAX_OCCLUDED_FRACTION = 0.6    # a new shape may hide at most this fraction of an earlier one (keeps it learnable)
 MARKER = "done"
@@ -123,7 +124,7 @@ def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------- one image
-def render_sample(seed: int, split: str, index: int, image_size: int = 160
+def render_sample(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE
                   ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Image `index` of `split`: (uint8 H×W×3 RGB, [(category index 0..3, visible bool mask), ...])."""
     rng = np.random.default_rng([seed, _SPLIT_KEYS.get(split, 3), index])
@@ -208,8 +209,8 @@ def _paths(root: Path) -> dict[str, Any]:
     }
 
 
-def generate_synthetic_coco(root: Path, num_train: int = 400, num_val: int = 50, image_size: int = 160,
-                            seed: int = 0) -> dict[str, Any]:
+def generate_synthetic_coco(root: Path, num_train: int = 400, num_val: int = 300,
+                            image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> dict[str, Any]:
     """Write the shapes dataset under `root` (``train/``, ``val/``, ``annotations/instances_{split}.json``) and
     the ``done`` marker last. Returns ``{"root", "train_images", "val_images", "train_json", "val_json"}`` paths
     plus ``"names"`` (class names in category-id order)."""
@@ -232,7 +233,7 @@ def ensure_synthetic_coco(root: Path, **kwargs: Any) -> dict[str, Any]:
     """`generate_synthetic_coco(root, **kwargs)` unless a complete generation with the same parameters is
     already there (its ``done`` marker is written last, so an interrupted run is regenerated)."""
     root = Path(root)
-    params = {"num_train": 400, "num_val": 50, "image_size": 160, "seed": 0}
+    params = {"num_train": 400, "num_val": 300, "image_size": DEFAULT_IMAGE_SIZE, "seed": 0}
     unknown = set(kwargs) - set(params)
     if unknown:
         raise TypeError(f"unexpected arguments: {sorted(unknown)}")
