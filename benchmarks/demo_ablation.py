@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--test", default="224", help="comma-separated test short sides")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.image_size or DEFAULT_IMAGE_SIZE
