@@ -18,24 +18,20 @@ from pathlib import Path
 import torch
 
 from fastinst import build_model
+from fastinst.commands.train import make_evaluator
 from fastinst.config import apply_overrides, get_config
 from fastinst.data.datasets import load_dataset
-from fastinst.data.images import read_image
 from fastinst.data.loader import build_train_loader
 from fastinst.data.synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic_coco
-from fastinst.engine.evaluator import COCOEvaluator
 from fastinst.engine.trainer import Trainer
 
 RESULTS = Path(__file__).parent / "results" / "demo_ablation.jsonl"
 
 
-def evaluate(model, val, images, short: int) -> dict:
+def evaluate(model, val, short: int) -> dict:
+    """Val mask AP of `model` at test short side `short` (the `fastinst train` evaluator)."""
     model.cfg.input.min_size_test, model.cfg.input.max_size_test = short, max(short, model.cfg.input.max_size_test)
-    ev = COCOEvaluator(val.coco, val.category_ids)
-    for rec, image in zip(val.records, images):
-        out = model.inference([image])[0]
-        ev.process(rec["image_id"], out["masks"].numpy(), out["scores"].numpy(), out["labels"].numpy())
-    m = ev.evaluate(verbose=False)
+    m = make_evaluator(model.cfg, val)(model)
     row = {k: round(m[k], 1) for k in ("AP", "AP50", "AP75", "APs", "APm")}
     row["per_class"] = {k: round(v, 1) for k, v in m["per_class"].items()}
     return row
@@ -69,10 +65,9 @@ def main() -> None:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    images = [read_image(r["file_name"]) for r in val.records]
     row = {"name": args.name, "iters": args.iters, "image_size": size, "overrides": args.overrides,
            "threads": torch.get_num_threads(), "ms_per_iter": round(seconds / args.iters * 1000, 1),
-           "test": {s: evaluate(model, val, images, int(s)) for s in args.test.split(",")}}
+           "test": {s: evaluate(model, val, int(s)) for s in args.test.split(",")}}
     print(json.dumps(row))
     RESULTS.parent.mkdir(exist_ok=True)
     with open(RESULTS, "a") as f:

@@ -16,6 +16,7 @@ cost the demo about 10 mask AP at the same number of iterations; see README).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -233,7 +234,8 @@ def ensure_synthetic_coco(root: Path, **kwargs: Any) -> dict[str, Any]:
     """`generate_synthetic_coco(root, **kwargs)` unless a complete generation with the same parameters is
     already there (its ``done`` marker is written last, so an interrupted run is regenerated)."""
     root = Path(root)
-    params = {"num_train": 400, "num_val": 300, "image_size": DEFAULT_IMAGE_SIZE, "seed": 0}
+    params = {name: p.default for name, p in inspect.signature(generate_synthetic_coco).parameters.items()
+              if name != "root"}
     unknown = set(kwargs) - set(params)
     if unknown:
         raise TypeError(f"unexpected arguments: {sorted(unknown)}")
