@@ -8,6 +8,7 @@ short side and appends one JSON line (AP, AP50, AP75, APs, APm, per-class AP per
 `benchmarks/results/demo_ablation.jsonl`. Run two at a time with `--threads 1` on a 2-core machine: the AP at a fixed
 iteration count does not depend on the speed; ms/iteration then compares runs of the same pair only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,14 +61,25 @@ def main() -> None:
     out = Path("runs") / "ablation" / args.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    trainer = Trainer(cfg, model, lambda s: build_train_loader(train.records, cfg, cfg.solver.ims_per_batch,
-                                                                start_iter=s), out, progress=False)
+    trainer = Trainer(
+        cfg,
+        model,
+        lambda s: build_train_loader(train.records, cfg, cfg.solver.ims_per_batch, start_iter=s),
+        out,
+        progress=False,
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    row = {"name": args.name, "iters": args.iters, "image_size": size, "overrides": args.overrides,
-           "threads": torch.get_num_threads(), "ms_per_iter": round(seconds / args.iters * 1000, 1),
-           "test": {s: evaluate(model, val, int(s)) for s in args.test.split(",")}}
+    row = {
+        "name": args.name,
+        "iters": args.iters,
+        "image_size": size,
+        "overrides": args.overrides,
+        "threads": torch.get_num_threads(),
+        "ms_per_iter": round(seconds / args.iters * 1000, 1),
+        "test": {s: evaluate(model, val, int(s)) for s in args.test.split(",")},
+    }
     print(json.dumps(row))
     RESULTS.parent.mkdir(exist_ok=True)
     with open(RESULTS, "a") as f:

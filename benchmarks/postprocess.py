@@ -8,6 +8,7 @@ pairs with boolean masks at the original size. The official order upsamples all 
 to the original size before picking the top 100; ours resizes only the queries the top-k keeps (same numbers).
 Logits are drawn so the top 100 pairs use `--unique` distinct queries (real models: typically 30-70 of 100).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,16 +65,26 @@ def main() -> None:
             torch.testing.assert_close(ref["scores"], ours["scores"])
             t_ref = time_call(lambda: instances_reference(logits, masks, padded, resized, original), args.iters)
             t_ours = time_call(lambda: instances(logits, masks, padded, resized, original), args.iters)
-            rows.append({"case": name, "padded": padded, "original": original,
-                         "unique_queries": int(ours["queries"].unique().numel()), "reference_ms": round(t_ref, 1),
-                         "ours_ms": round(t_ours, 1), "saved_ms": round(t_ref - t_ours, 1),
-                         "speedup": round(t_ref / t_ours, 2)})
+            rows.append(
+                {
+                    "case": name,
+                    "padded": padded,
+                    "original": original,
+                    "unique_queries": int(ours["queries"].unique().numel()),
+                    "reference_ms": round(t_ref, 1),
+                    "ours_ms": round(t_ours, 1),
+                    "saved_ms": round(t_ref - t_ours, 1),
+                    "speedup": round(t_ref / t_ours, 2),
+                }
+            )
     print(f"threads {args.threads}, median of {args.iters}")
-    print(f"| case | unique queries | official-style ms | ours ms | saved ms | speed-up |")
+    print("| case | unique queries | official-style ms | ours ms | saved ms | speed-up |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['unique_queries']} | {r['reference_ms']} | {r['ours_ms']} | {r['saved_ms']} | "
-              f"{r['speedup']}x |")
+        print(
+            f"| {r['case']} | {r['unique_queries']} | {r['reference_ms']} | {r['ours_ms']} | {r['saved_ms']} | "
+            f"{r['speedup']}x |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "iters": args.iters, "rows": rows}, f, indent=2)

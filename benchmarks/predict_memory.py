@@ -6,10 +6,10 @@
 Writes the images (64x80 PNGs) and a demo checkpoint to a temporary folder, runs the real CLI in a child process per
 folder size with --save-json and overlays, and prints the child's peak RSS (ru_maxrss) for each and their ratio.
 """
+
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +28,7 @@ def main() -> int:
     import torch
 
     from fastinst import build_model
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -40,11 +41,21 @@ def main() -> int:
             folder.mkdir()
             for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(folder / f"{i:05d}.png")
-            cmd = [sys.executable, "-c",
-                   "import resource, sys; from fastinst.cli import main; rc = main(sys.argv[1:]); "
-                   "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)",
-                   "predict", "--model", args.model, "--weights", str(ckpt), str(folder),
-                   "--output", str(tmp / f"out_{n}"), "--save-json"]
+            cmd = [
+                sys.executable,
+                "-c",
+                "import resource, sys; from fastinst.cli import main; rc = main(sys.argv[1:]); "
+                "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)",
+                "predict",
+                "--model",
+                args.model,
+                "--weights",
+                str(ckpt),
+                str(folder),
+                "--output",
+                str(tmp / f"out_{n}"),
+                "--save-json",
+            ]
             t = time.time()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:

@@ -1,4 +1,5 @@
 """Shared test helpers: where the official-implementation fixtures live, and small models."""
+
 from __future__ import annotations
 
 import os

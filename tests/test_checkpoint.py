@@ -1,4 +1,5 @@
 """Checkpoint loading: official release format, DDP prefixes, clear errors, ImageNet backbones, nothing executed."""
+
 import pickle
 
 import numpy as np
@@ -70,11 +71,13 @@ def test_truncated_and_garbage_files(d1, tmp_path):
 class _Boom:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch /tmp/fastinst_pwned",))
 
 
 def test_malicious_pickles_are_refused(tmp_path):
     import os
+
     marker = "/tmp/fastinst_pwned"
     if os.path.exists(marker):
         os.remove(marker)
@@ -116,6 +119,7 @@ def test_detectron2_pkl_and_timm_vd_backbones(tmp_path):
     torch.manual_seed(1)
     tv = torchvision.models.resnet101()
     from fastinst.checkpoint import torchvision_to_detectron2
+
     d2 = {torchvision_to_detectron2(k): v.numpy() for k, v in tv.state_dict().items()}
     d2 = {k: v for k, v in d2.items() if k}
     pkl = tmp_path / "R-101.pkl"
@@ -125,8 +129,11 @@ def test_detectron2_pkl_and_timm_vd_backbones(tmp_path):
     assert torch.equal(model.backbone.res4[22].conv2.weight, tv.layer3[22].conv2.weight)
     # timm resnet50d names are the vd backbone's own names (+ fc and BN counters, which are dropped)
     vd = build_model("fastinst-d1-r50vd-dcn")
-    src = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in vd.backbone.state_dict().items()
-           if "conv2_offset" not in k}
+    src = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in vd.backbone.state_dict().items()
+        if "conv2_offset" not in k
+    }
     src["fc.weight"] = torch.zeros(1000, 2048)
     src["layer1.0.bn1.num_batches_tracked"] = torch.tensor(5)
     path = tmp_path / "resnet50d_ra2-464e36ba.pth"

@@ -1,6 +1,7 @@
 """Bad input through the real CLI: one line `error: ...` naming the file/key and the problem, exit code 2, no traceback.
 
 Each case here is a row of the table in docs/reliability.md."""
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,21 @@ def test_bad_override_key_and_type(capsys, tmp_path):
 def test_wrong_variant_checkpoint(capsys, tmp_path, demo_ckpt):
     img = tmp_path / "x.png"
     from PIL import Image
+
     Image.new("RGB", (64, 48), (10, 200, 30)).save(img)
-    code, err = run_cli(["predict", "--model", "fastinst-d1-r50", "--weights", str(demo_ckpt), str(img),
-                         "--output", str(tmp_path / "out")], capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            "--model",
+            "fastinst-d1-r50",
+            "--weights",
+            str(demo_ckpt),
+            str(img),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "demo.pth")
 
 
@@ -62,17 +75,31 @@ def test_broken_checkpoint_files(capsys, tmp_path, content, word):
     bad.write_bytes(content)
     img = tmp_path / "x.png"
     from PIL import Image
+
     Image.new("RGB", (64, 48)).save(img)
-    code, err = run_cli(["predict", "--model", "fastinst-demo", "--weights", str(bad), str(img),
-                         "--output", str(tmp_path / "out")], capsys)
+    code, err = run_cli(
+        ["predict", "--model", "fastinst-demo", "--weights", str(bad), str(img), "--output", str(tmp_path / "out")],
+        capsys,
+    )
     assert_one_line_error(code, err, "bad.pth", word)
 
 
 def test_corrupt_image_given_directly(capsys, tmp_path, demo_ckpt):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    code, err = run_cli(["predict", "--model", "fastinst-demo", "--weights", str(demo_ckpt), str(bad),
-                         "--output", str(tmp_path / "out")], capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            "--model",
+            "fastinst-demo",
+            "--weights",
+            str(demo_ckpt),
+            str(bad),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "broken.jpg")
 
 

@@ -1,7 +1,8 @@
 """Configs: variants, overrides with clear errors, YAML files."""
+
 import pytest
 
-from fastinst.config import ConfigError, apply_overrides, get_config, load_yaml, to_dict, from_dict
+from fastinst.config import ConfigError, apply_overrides, from_dict, get_config, load_yaml, to_dict
 
 
 def test_published_values():
@@ -14,7 +15,9 @@ def test_published_values():
 
 
 def test_overrides_and_errors():
-    c = apply_overrides(get_config("fastinst-demo"), ["solver.max_iter=10", "solver.steps=[5, 8]", "solver.base_lr=1e-3"])
+    c = apply_overrides(
+        get_config("fastinst-demo"), ["solver.max_iter=10", "solver.steps=[5, 8]", "solver.base_lr=1e-3"]
+    )
     assert c.solver.base_lr == 1e-3
     assert c.solver.max_iter == 10 and c.solver.steps == (5, 8)
     assert apply_overrides(c, ["input.min_size_train=(160, 192)"]).input.min_size_train == (160, 192)
@@ -42,7 +45,9 @@ def test_yaml_and_dict_roundtrip(tmp_path):
 
 def test_shipped_yaml_configs_match_the_registry():
     from pathlib import Path
+
     from fastinst.config import VARIANTS
+
     root = Path(__file__).resolve().parents[1] / "configs"
     for name in VARIANTS:
         c = load_yaml(root / f"{name}.yaml")

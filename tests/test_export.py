@@ -1,4 +1,5 @@
 """ONNX export: the export-only stand-ins, onnxruntime parity for every variant, OnnxModel vs PyTorch, the CLI."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,14 +11,19 @@ from torchvision.ops import deform_conv2d
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import fastinst  # noqa: E402
-from fastinst.cli import main  # noqa: E402
-from fastinst.config import PUBLISHED  # noqa: E402
-from fastinst.data.synthetic import render_sample  # noqa: E402
-from fastinst.errors import FastInstError  # noqa: E402
-from fastinst.export import (ExportAdaptiveAvgPool2d, ExportDeformConv, OnnxModel, export_onnx,  # noqa: E402
-                             verify_onnx)
-from fastinst.model.backbone import DeformConv  # noqa: E402
+import fastinst
+from fastinst.cli import main
+from fastinst.config import PUBLISHED
+from fastinst.data.synthetic import render_sample
+from fastinst.errors import FastInstError
+from fastinst.export import (
+    ExportAdaptiveAvgPool2d,
+    ExportDeformConv,
+    OnnxModel,
+    export_onnx,
+    verify_onnx,
+)
+from fastinst.model.backbone import DeformConv
 
 SIZE = (128, 160)
 
@@ -34,8 +40,13 @@ def _model(name: str) -> nn.Module:
 
 
 def _batch(image: np.ndarray, height: int | None = None, width: int | None = None) -> list[dict]:
-    return [{"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-             "height": height or image.shape[0], "width": width or image.shape[1]}]
+    return [
+        {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "height": height or image.shape[0],
+            "width": width or image.shape[1],
+        }
+    ]
 
 
 @pytest.mark.parametrize("n", [(4, 5), (7, 9), (12, 12), (2, 3)])
@@ -51,7 +62,7 @@ def test_deform_standin_equals_torchvision(stride):
     conv = DeformConv(5, 4, stride)
     x = torch.randn(2, 5, 9, 11)
     ho, wo = (9 - 1) // stride + 1, (11 - 1) // stride + 1
-    offset = torch.randn(2, 18, ho, wo) * 3          # many taps land between pixels and outside the image
+    offset = torch.randn(2, 18, ho, wo) * 3  # many taps land between pixels and outside the image
     expected = deform_conv2d(x, offset, conv.weight, stride=stride, padding=1)
     torch.testing.assert_close(ExportDeformConv(conv)(x, offset), expected, rtol=1e-4, atol=1e-5)
 
@@ -77,13 +88,13 @@ def _same_instances(a: dict, b: dict) -> None:
     assert torch.equal(a["queries"], b["queries"]) and torch.equal(a["labels"], b["labels"])
     torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
     assert a["masks"].shape == b["masks"].shape
-    assert (a["masks"] != b["masks"]).float().mean() < 1e-4   # a pixel at exactly p = 0.5 may flip
+    assert (a["masks"] != b["masks"]).float().mean() < 1e-4  # a pixel at exactly p = 0.5 may flip
 
 
 def test_onnx_model_gives_the_pytorch_instances(demo):
     model, fixed, dynamic = demo
-    image = render_sample(3, "val", 0, 256)[0][:SIZE[0], :SIZE[1]]
-    batch = _batch(image, 200, 250)                       # masks come back at the original size
+    image = render_sample(3, "val", 0, 256)[0][: SIZE[0], : SIZE[1]]
+    batch = _batch(image, 200, 250)  # masks come back at the original size
     with torch.no_grad():
         expected = model(batch)[0]
     for path in (fixed, dynamic):
@@ -130,8 +141,23 @@ def test_export_command(demo, tmp_path, capsys):
     weights = tmp_path / "demo.pth"
     torch.save({"model": demo[0].state_dict()}, weights)
     out = tmp_path / "demo.onnx"
-    assert main(["export", "--model", "fastinst-demo", "--weights", str(weights), "--size", "128", "160",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "fastinst-demo",
+                "--weights",
+                str(weights),
+                "--size",
+                "128",
+                "160",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert out.is_file() and "max abs diff" in text
     assert main(["export", "--model", "fastinst-demo", "--size", "100", "160", "--output", str(out)]) == 2

@@ -1,4 +1,5 @@
 """`--backend onnxruntime` gives the same instances as PyTorch (and as the official code) on the fixture photos."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +20,13 @@ def test_onnxruntime_instances_equal_pytorch_on_fixture_photos(tmp_path):
     for i in range(len(meta["images"])):
         original = npz[f"input.{i}.original"]
         resized = resize_image(original, resize_shape(*original.shape[:2], short, max_size))
-        batch.append({"image": torch.from_numpy(resized.transpose(2, 0, 1).copy()),
-                      "height": original.shape[0], "width": original.shape[1]})
+        batch.append(
+            {
+                "image": torch.from_numpy(resized.transpose(2, 0, 1).copy()),
+                "height": original.shape[0],
+                "width": original.shape[1],
+            }
+        )
     with torch.inference_mode():
         ours = model(batch)
     path = export_onnx(model, tmp_path / "d1.onnx", dynamic=True)

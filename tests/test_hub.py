@@ -1,4 +1,5 @@
 """Official-weights download: served from a local http.server (no external network), cached, checksum-verified."""
+
 from __future__ import annotations
 
 import functools

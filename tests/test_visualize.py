@@ -1,4 +1,5 @@
 """draw_instances colours masks, outlines and labels them; plot_training_curves writes a PNG."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,17 @@ def test_mask_edges_width() -> None:
 def test_plot_training_curves(tmp_path: Path) -> None:
     lines = []
     for i in range(0, 100, 5):
-        lines.append(json.dumps({"iter": i, "total_loss": 3.0 / (i + 1) + 0.2, "loss_ce": 1.0 / (i + 1),
-                                 "loss_mask": 0.5, "lr": 1e-4 * min(1.0, i / 20)}))
+        lines.append(
+            json.dumps(
+                {
+                    "iter": i,
+                    "total_loss": 3.0 / (i + 1) + 0.2,
+                    "loss_ce": 1.0 / (i + 1),
+                    "loss_mask": 0.5,
+                    "lr": 1e-4 * min(1.0, i / 20),
+                }
+            )
+        )
         if i % 25 == 0:
             lines.append(json.dumps({"iter": i, "AP": i / 2.0, "AP50": i * 0.7}))
     lines.append('{"iter": 10')  # a half-written line is skipped

@@ -8,6 +8,7 @@ synthetic weights made from its keys.txt and seed, run the stored photos through
 print one row per stored tensor. Fixtures with `train.*` keys also get the loss and matching check.
 Exits 1 if anything is out of tolerance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ def main(argv=None) -> int:
 
     from fastinst.errors import FastInstError
     from fastinst.parity import check_fixture
+
     if args.threads:
         torch.set_num_threads(args.threads)
     failed = []
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
 
                 from fastinst.losses.parity import check_train_parity
                 from fastinst.parity import load_fixture
+
                 if any(k.startswith("train.") for k in np.load(d / "reference.npz").files):
                     rows += check_train_parity(d, load_fixture(d)[2])
         except FastInstError as e:

@@ -7,9 +7,9 @@
   dicts, our training checkpoints); a mismatch raises `CheckpointError` naming the variant the file seems to be for.
 * `load_backbone(model, path)`: ImageNet weights in torchvision, timm or detectron2 naming, renamed in memory.
 """
+
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import zipfile
@@ -31,10 +31,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Allows only what a detectron2 backbone .pkl needs: numpy arrays/dtypes and builtin containers."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("collections", "OrderedDict"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
     }
 
     def find_class(self, module: str, name: str):
@@ -69,17 +76,25 @@ def read_checkpoint(path: str | Path) -> dict:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "Weights only load failed" in msg or "weights_only" in str(e):
-            raise CheckpointError(f"{path}: refused to load: the file contains Python objects other than tensors "
-                                  "(loading it could run code)") from None
-        kind = "truncated or corrupt" if isinstance(e, (EOFError, zipfile.BadZipFile)) or "zip" in msg.lower() \
-            or "central directory" in msg or "failed finding" in msg else "not a readable checkpoint"
+            raise CheckpointError(
+                f"{path}: refused to load: the file contains Python objects other than tensors "
+                "(loading it could run code)"
+            ) from None
+        kind = (
+            "truncated or corrupt"
+            if isinstance(e, (EOFError, zipfile.BadZipFile))
+            or "zip" in msg.lower()
+            or "central directory" in msg
+            or "failed finding" in msg
+            else "not a readable checkpoint"
+        )
         raise CheckpointError(f"{path}: {kind} ({msg[:160]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
 
 
-def to_state_dict(obj: dict) -> "OrderedDict[str, torch.Tensor]":
+def to_state_dict(obj: dict) -> OrderedDict[str, torch.Tensor]:
     """Unwrap `{"model": ...}` / `{"state_dict": ...}`, strip `module.` (DDP) prefixes, turn arrays into tensors."""
     for key in ("model", "state_dict", "model_state"):
         if key in obj and isinstance(obj[key], dict):
@@ -99,7 +114,7 @@ def to_state_dict(obj: dict) -> "OrderedDict[str, torch.Tensor]":
     return out
 
 
-def read_state_dict(path: str | Path) -> "OrderedDict[str, torch.Tensor]":
+def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     sd = to_state_dict(read_checkpoint(path))
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors (not a model checkpoint)")
@@ -122,11 +137,15 @@ def guess_variant(keys) -> str:
     stage3 = "layer3" if vd else "res4"
     blocks = {int(m.group(1)) for k in keys if (m := re.match(rf"backbone\.{stage3}\.(\d+)\.", k))}
     depth = {6: 50, 23: 101, 2: 18}.get(len(blocks), f"?({len(blocks)} res4 blocks)")
-    layers = {int(m.group(1)) for k in keys
-              if (m := re.match(r"sem_seg_head\.predictor\.transformer_query_ffn_layers\.(\d+)\.", k))}
+    layers = {
+        int(m.group(1))
+        for k in keys
+        if (m := re.match(r"sem_seg_head\.predictor\.transformer_query_ffn_layers\.(\d+)\.", k))
+    }
     backbone = f"R{depth}-vd-DCN" if vd else f"R{depth}"
     name = f"FastInst-D{len(layers)} {backbone}"
     from .config import PUBLISHED, get_config
+
     for official in PUBLISHED:
         c = get_config(official).model
         if (c.backbone == "resnet_vd") == vd and c.depth == depth and c.dec_layers == len(layers):
@@ -146,8 +165,9 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:
     unexpected = [k for k in sd if k not in own]
     # the criterion buffer is a loss constant: files without it (or with only one copy) are fine
     missing = [k for k in missing if not k.endswith("criterion.empty_weight")]
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in sd and sd[k].shape != own[k].shape]
+    shape = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
+    ]
     if strict and (missing or unexpected or shape):
         problems = []
         if missing:
@@ -157,8 +177,9 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:
         if shape:
             problems.append(f"{len(shape)} mis-shaped (first: {'; '.join(shape[:2])})")
         name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
-        raise CheckpointError(f"{label}: does not fit {name}: it looks like {guess_variant(sd)}; "
-                              + "; ".join(problems))
+        raise CheckpointError(
+            f"{label}: does not fit {name}: it looks like {guess_variant(sd)}; " + "; ".join(problems)
+        )
     usable = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     for k in [k for k in own if k.endswith("criterion.empty_weight") and k not in usable]:
         usable[k] = own[k]
@@ -190,15 +211,14 @@ def torchvision_to_detectron2(name: str) -> str | None:
     return f"res{stage}.{block}.{rest}"
 
 
-def backbone_state_dict(sd: dict, backbone: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def backbone_state_dict(sd: dict, backbone: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """Rename an ImageNet state dict (torchvision, timm or detectron2 names, with or without `backbone.`) to ours."""
     own = backbone.state_dict()
     sd = OrderedDict((k.removeprefix("backbone."), v) for k, v in sd.items())
     torchvision_names = "conv1.weight" in sd or any(k.startswith("layer1.") for k in sd)
     if "stem.conv1.weight" in own and torchvision_names:
         sd = OrderedDict((n, v) for k, v in sd.items() if (n := torchvision_to_detectron2(k)) is not None)
-    return OrderedDict((k, v) for k, v in sd.items()
-                       if not (k.endswith("num_batches_tracked") or k.startswith("fc.")))
+    return OrderedDict((k, v) for k, v in sd.items() if not (k.endswith("num_batches_tracked") or k.startswith("fc.")))
 
 
 def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
@@ -210,15 +230,18 @@ def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
     renamed = backbone_state_dict(sd, backbone)
     usable = {k: v for k, v in renamed.items() if k in own}
     if not usable:
-        raise CheckpointError(f"{label}: no tensor matches the {type(backbone).__name__} backbone "
-                              f"(first keys: {', '.join(list(sd)[:3])})")
+        raise CheckpointError(
+            f"{label}: no tensor matches the {type(backbone).__name__} backbone (first keys: {', '.join(list(sd)[:3])})"
+        )
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in usable.items() if v.shape != own[k].shape]
     if bad:
         raise CheckpointError(f"{label}: backbone shapes differ ({'; '.join(bad[:2])}); wrong depth?")
     extra = [k for k in renamed if k not in own]
     if extra:
-        raise CheckpointError(f"{label}: has {len(extra)} tensors the {type(backbone).__name__}-{_depth(backbone)} "
-                              f"backbone lacks (first: {', '.join(extra[:3])}); wrong depth?")
+        raise CheckpointError(
+            f"{label}: has {len(extra)} tensors the {type(backbone).__name__}-{_depth(backbone)} "
+            f"backbone lacks (first: {', '.join(extra[:3])}); wrong depth?"
+        )
     result = backbone.load_state_dict(usable, strict=False)
     missing = [k for k in result.missing_keys if "conv2_offset" not in k]
     if missing:

@@ -2,6 +2,7 @@
 
 User mistakes (`FastInstError`) print one line `error: ...` and exit 2; `--debug` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import FastInstError
+
     argv = sys.argv[1:] if argv is None else argv
     parser, runners = build_parser()
     args = parser.parse_args(argv)

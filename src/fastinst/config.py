@@ -4,6 +4,7 @@
 (`fastinst-d1-r50`). `apply_overrides(cfg, ["solver.base_lr=2e-4", ...])` edits it with `key=value` strings and
 raises `ConfigError` naming the key and what it accepts. Values follow SPEC §1 (the official YAML files resolved).
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,15 +25,15 @@ class ConfigError(FastInstError, ValueError):
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet"              # "resnet" (detectron2 layout) or "resnet_vd" (timm layout, deep stem, DCN)
-    depth: int = 50                       # 18, 34, 50 or 101
+    backbone: str = "resnet"  # "resnet" (detectron2 layout) or "resnet_vd" (timm layout, deep stem, DCN)
+    depth: int = 50  # 18, 34, 50 or 101
     deform_stages: tuple[bool, bool, bool, bool] = (False, False, False, False)  # DCN per res2..res5 (vd only)
-    backbone_norm: str = "FrozenBN"       # FrozenBN (official) or BN (trainable; the from-scratch demo)
-    backbone_width: int = 64              # channels of the stem / first stage ("resnet" only; 64 = standard)
+    backbone_norm: str = "FrozenBN"  # FrozenBN (official) or BN (trainable; the from-scratch demo)
+    backbone_width: int = 64  # channels of the stem / first stage ("resnet" only; 64 = standard)
     num_classes: int = 80
     hidden_dim: int = 256
-    num_queries: int = 100                # IA-guided queries (N_a)
-    num_aux_queries: int = 8              # learnable auxiliary queries (N_b)
+    num_queries: int = 100  # IA-guided queries (N_a)
+    num_aux_queries: int = 8  # learnable auxiliary queries (N_b)
     nheads: int = 8
     dim_feedforward: int = 1024
     dec_layers: int = 1
@@ -69,25 +70,25 @@ class InputConfig:
 
 @dataclass
 class SolverConfig:
-    optimizer: str = "adamw"             # "adamw" (paper) or "sgd" (momentum 0.9)
+    optimizer: str = "adamw"  # "adamw" (paper) or "sgd" (momentum 0.9)
     base_lr: float = 1e-4
     weight_decay: float = 0.05
     backbone_multiplier: float = 0.1
-    ims_per_batch: int = 16              # global batch (split over processes)
-    max_iter: int = 368750               # ~50 COCO epochs at batch 16
+    ims_per_batch: int = 16  # global batch (split over processes)
+    max_iter: int = 368750  # ~50 COCO epochs at batch 16
     steps: tuple[int, ...] = (327778, 355092)
     gamma: float = 0.1
     warmup_iters: int = 0
-    amp: bool = True                     # fp16 + GradScaler on CUDA; bf16 autocast on CPU when amp_cpu is set
+    amp: bool = True  # fp16 + GradScaler on CUDA; bf16 autocast on CPU when amp_cpu is set
     amp_cpu_bf16: bool = False
-    clip_grad_norm: float = 0.0          # 0 = off (paper)
-    ema_decay: float = 0.0               # 0 = off (paper)
+    clip_grad_norm: float = 0.0  # 0 = off (paper)
+    ema_decay: float = 0.0  # 0 = off (paper)
     checkpoint_period: int = 5000
     eval_period: int = 5000
     log_period: int = 20
     seed: int = 42
     num_workers: int = 4
-    max_nonfinite_steps: int = 5         # consecutive NaN/Inf losses tolerated before the run stops
+    max_nonfinite_steps: int = 5  # consecutive NaN/Inf losses tolerated before the run stops
 
 
 @dataclass
@@ -97,20 +98,24 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     input: InputConfig = field(default_factory=InputConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
-    weights_url: str = ""                # official release file, if any
-    coco_ap: float | None = None         # the paper's COCO val2017 mask AP
+    weights_url: str = ""  # official release file, if any
+    coco_ap: float | None = None  # the paper's COCO val2017 mask AP
 
 
 _RELEASE = "https://github.com/junjiehe96/FastInst/releases/download/v0.1.0/"
 
 
-def _variant(name: str, backbone: str, depth: int, dec_layers: int, test: tuple[int, int], ap: float, ckpt: str) -> Config:
+def _variant(
+    name: str, backbone: str, depth: int, dec_layers: int, test: tuple[int, int], ap: float, ckpt: str
+) -> Config:
     dcn = (False, False, True, True) if backbone == "resnet_vd" else (False, False, False, False)
     return Config(
         name=name,
         model=ModelConfig(backbone=backbone, depth=depth, deform_stages=dcn, dec_layers=dec_layers),
         input=InputConfig(min_size_test=test[0], max_size_test=test[1]),
-        weights_url=_RELEASE + ckpt, coco_ap=ap)
+        weights_url=_RELEASE + ckpt,
+        coco_ap=ap,
+    )
 
 
 def _demo() -> Config:
@@ -126,30 +131,68 @@ def _demo() -> Config:
     """
     return Config(
         name="fastinst-demo",
-        model=ModelConfig(backbone="resnet", depth=18, backbone_norm="BN", backbone_width=32, num_classes=4,
-                          hidden_dim=64, num_queries=16, num_aux_queries=4, nheads=4, dim_feedforward=128,
-                          dec_layers=1),
+        model=ModelConfig(
+            backbone="resnet",
+            depth=18,
+            backbone_norm="BN",
+            backbone_width=32,
+            num_classes=4,
+            hidden_dim=64,
+            num_queries=16,
+            num_aux_queries=4,
+            nheads=4,
+            dim_feedforward=128,
+            dec_layers=1,
+        ),
         loss=LossConfig(num_points=1024),
-        input=InputConfig(min_size_train=(128, 160, 192), max_size_train=256, crop_enabled=False,
-                          min_size_test=224, max_size_test=320),
-        solver=SolverConfig(base_lr=1e-3, weight_decay=0.05, backbone_multiplier=1.0, ims_per_batch=8, max_iter=3000,
-                            steps=(2400,), warmup_iters=50, amp=False, checkpoint_period=500, eval_period=0,
-                            log_period=10, num_workers=0))
+        input=InputConfig(
+            min_size_train=(128, 160, 192), max_size_train=256, crop_enabled=False, min_size_test=224, max_size_test=320
+        ),
+        solver=SolverConfig(
+            base_lr=1e-3,
+            weight_decay=0.05,
+            backbone_multiplier=1.0,
+            ims_per_batch=8,
+            max_iter=3000,
+            steps=(2400,),
+            warmup_iters=50,
+            amp=False,
+            checkpoint_period=500,
+            eval_period=0,
+            log_period=10,
+            num_workers=0,
+        ),
+    )
 
 
 VARIANTS: dict[str, typing.Callable[[], Config]] = {
     "fastinst_R50_ppm-fpn_x1_576": lambda: _variant(
-        "fastinst_R50_ppm-fpn_x1_576", "resnet", 50, 1, (576, 777), 34.9, "fastinst_R50_ppm-fpn_x1_576_34.9.pth"),
+        "fastinst_R50_ppm-fpn_x1_576", "resnet", 50, 1, (576, 777), 34.9, "fastinst_R50_ppm-fpn_x1_576_34.9.pth"
+    ),
     "fastinst_R50_ppm-fpn_x3_640": lambda: _variant(
-        "fastinst_R50_ppm-fpn_x3_640", "resnet", 50, 3, (640, 853), 37.9, "fastinst_R50_ppm-fpn_x3_640_37.9.pth"),
+        "fastinst_R50_ppm-fpn_x3_640", "resnet", 50, 3, (640, 853), 37.9, "fastinst_R50_ppm-fpn_x3_640_37.9.pth"
+    ),
     "fastinst_R101_ppm-fpn_x3_640": lambda: _variant(
-        "fastinst_R101_ppm-fpn_x3_640", "resnet", 101, 3, (640, 853), 38.9, "fastinst_R101_ppm-fpn_x3_640_38.9.pth"),
+        "fastinst_R101_ppm-fpn_x3_640", "resnet", 101, 3, (640, 853), 38.9, "fastinst_R101_ppm-fpn_x3_640_38.9.pth"
+    ),
     "fastinst_R50-vd-dcn_ppm-fpn_x1_576": lambda: _variant(
-        "fastinst_R50-vd-dcn_ppm-fpn_x1_576", "resnet_vd", 50, 1, (576, 777), 37.4,
-        "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth"),
+        "fastinst_R50-vd-dcn_ppm-fpn_x1_576",
+        "resnet_vd",
+        50,
+        1,
+        (576, 777),
+        37.4,
+        "fastinst_R50-vd-dcn_ppm-fpn_x1_576_37.4.pth",
+    ),
     "fastinst_R50-vd-dcn_ppm-fpn_x3_640": lambda: _variant(
-        "fastinst_R50-vd-dcn_ppm-fpn_x3_640", "resnet_vd", 50, 3, (640, 853), 40.1,
-        "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth"),
+        "fastinst_R50-vd-dcn_ppm-fpn_x3_640",
+        "resnet_vd",
+        50,
+        3,
+        (640, 853),
+        40.1,
+        "fastinst_R50-vd-dcn_ppm-fpn_x3_640_40.1.pth",
+    ),
     "fastinst-demo": _demo,
 }
 
@@ -301,8 +344,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             continue
         sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(cfg, f.name))]
         if len(parts) != 2 or parts[0] not in sections:
-            raise ConfigError(f"unknown config key {key!r}; keys look like <section>.<name> with section one of "
-                              f"{', '.join(sections)}")
+            raise ConfigError(
+                f"unknown config key {key!r}; keys look like <section>.<name> with section one of {', '.join(sections)}"
+            )
         sub = getattr(cfg, parts[0])
         names = [f.name for f in dataclasses.fields(sub)]
         if parts[1] not in names:

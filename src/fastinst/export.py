@@ -18,6 +18,7 @@ exporting (the PyTorch model is never changed):
   align_corners) gathers the 9 taps, a matmul applies the weight. ONNX's own `DeformConv` (opset 19) runs in
   onnxruntime >= 1.20 CPU but is missing in most other runtimes, so the decomposition is used at every opset.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,6 +46,7 @@ RTOL = 1e-3
 # Export-only stand-ins
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _pool_matrix(n, size: int, like: torch.Tensor) -> torch.Tensor:
     """(size, n) averaging matrix of adaptive pooling: row i averages [floor(i n / s), ceil((i + 1) n / s))."""
     i = torch.arange(size, device=like.device)
@@ -63,9 +65,9 @@ class ExportAdaptiveAvgPool2d(nn.Module):
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ph = _pool_matrix(x.shape[-2], self.size, x)                         # (s, H)
-        pw = _pool_matrix(x.shape[-1], self.size, x)                         # (s, W)
-        return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))         # (B, C, s, s)
+        ph = _pool_matrix(x.shape[-2], self.size, x)  # (s, H)
+        pw = _pool_matrix(x.shape[-1], self.size, x)  # (s, W)
+        return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))  # (B, C, s, s)
 
 
 class ExportDeformConv(nn.Module):
@@ -80,17 +82,18 @@ class ExportDeformConv(nn.Module):
         x, offset = x.float(), offset.float()
         b, c, h, w = x.shape
         ho, wo = offset.shape[-2:]
-        off = offset.reshape(b, 9, 2, ho, wo)                                # tap k = 3i + j: (dy, dx)
+        off = offset.reshape(b, 9, 2, ho, wo)  # tap k = 3i + j: (dy, dx)
         taps = torch.arange(9, device=x.device)
         ki = torch.div(taps, 3, rounding_mode="floor").to(x.dtype).view(1, 9, 1, 1)
         kj = (taps % 3).to(x.dtype).view(1, 9, 1, 1)
         ys = (torch.arange(ho, device=x.device) * self.stride - 1).to(x.dtype).view(1, 1, -1, 1)
         xs = (torch.arange(wo, device=x.device) * self.stride - 1).to(x.dtype).view(1, 1, 1, -1)
-        py = ys + ki + off[:, :, 0]                                          # (B, 9, Ho, Wo) sample rows
+        py = ys + ki + off[:, :, 0]  # (B, 9, Ho, Wo) sample rows
         px = xs + kj + off[:, :, 1]
         grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
-        cols = F.grid_sample(x, grid.reshape(b, 9 * ho, wo, 2), mode="bilinear", padding_mode="zeros",
-                             align_corners=True)                             # (B, C, 9 Ho, Wo)
+        cols = F.grid_sample(
+            x, grid.reshape(b, 9 * ho, wo, 2), mode="bilinear", padding_mode="zeros", align_corners=True
+        )  # (B, C, 9 Ho, Wo)
         cols = cols.reshape(b, c * 9, ho * wo)
         out = torch.matmul(self.weight.float().reshape(self.weight.shape[0], c * 9), cols)
         return out.reshape(b, -1, ho, wo)
@@ -129,6 +132,7 @@ class InferenceNet(nn.Module):
 # Export and verification
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def default_size(cfg: Config) -> tuple[int, int]:
     """The padded input of a 480x640 (COCO-typical) photo at the variant's test resize, e.g. 576x768 for D1."""
     h, w = resize_shape(480, 640, cfg.input.min_size_test, cfg.input.max_size_test)
@@ -145,13 +149,16 @@ def check_size(size, div: int) -> tuple[int, int]:
     h, w = (int(v) for v in size)
     if h < 2 * div or w < 2 * div or h % div or w % div:
         up = (max(-(-h // div) * div, 2 * div), max(-(-w // div) * div, 2 * div))
-        raise FastInstError(f"export size {h}x{w}: height and width must be multiples of {div} and at least "
-                            f"{2 * div} (the padded batch), e.g. {up[0]} {up[1]}")
+        raise FastInstError(
+            f"export size {h}x{w}: height and width must be multiples of {div} and at least "
+            f"{2 * div} (the padded batch), e.g. {up[0]} {up[1]}"
+        )
     return h, w
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] | None = None, dynamic: bool = False,
-                opset: int = 17) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | Path, size: tuple[int, int] | None = None, dynamic: bool = False, opset: int = 17
+) -> Path:
     """Write `model` as ONNX to `path`: `images` (B, 3, H, W) -> `pred_logits`, `pred_masks`; returns the path.
 
     Fixed (default): batch 1 and H x W = `size` (default: `default_size(cfg)`). `dynamic=True`: batch, H and W are
@@ -159,12 +166,13 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] | None
     example traced (the default size when `size` is too small for that).
     """
     import onnx
+
     if opset not in OPSETS:
         raise FastInstError(f"opset {opset}: choose one of {', '.join(map(str, OPSETS))}")
     cfg: Config = model.cfg
     size = check_size(size or default_size(cfg), cfg.model.size_divisibility)
     if dynamic and not _enough_cells(size, cfg):
-        size = default_size(cfg)   # a traced top-k over fewer cells than queries would make k shape-dependent
+        size = default_size(cfg)  # a traced top-k over fewer cells than queries would make k shape-dependent
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     param = next(model.parameters())
@@ -172,15 +180,30 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] | None
     example = torch.zeros(1, 3, *size, device=param.device)
     axes = None
     if dynamic:
-        axes = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUTS[0]: {0: "batch"},
-                OUTPUTS[1]: {0: "batch", 2: "height_8", 3: "width_8"}}
+        axes = {
+            INPUT: {0: "batch", 2: "height", 3: "width"},
+            OUTPUTS[0]: {0: "batch"},
+            OUTPUTS[1]: {0: "batch", 2: "height_8", 3: "width_8"},
+        }
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")   # TracerWarnings about shape arithmetic, exporter deprecation notices
-        torch.onnx.export(net, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT],
-                          output_names=list(OUTPUTS), dynamic_axes=axes, do_constant_folding=True)
+        warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic, exporter deprecation notices
+        torch.onnx.export(
+            net,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     proto = onnx.load(str(tmp))
-    meta = {"fastinst.config": json.dumps(to_dict(cfg)), "fastinst.size": "dynamic" if dynamic else f"{size[0]},{size[1]}"}
+    meta = {
+        "fastinst.config": json.dumps(to_dict(cfg)),
+        "fastinst.size": "dynamic" if dynamic else f"{size[0]},{size[1]}",
+    }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -192,6 +215,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] | None
 
 def _session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -207,6 +231,7 @@ def _input_tensor(model: nn.Module, image: np.ndarray | None, size: tuple[int, i
     cfg: Config = model.cfg
     if image is None:
         from .data.synthetic import render_sample
+
         image = render_sample(0, "val", 0, 320)[0]
     if size is not None:
         image = resize_image(image, size)
@@ -240,8 +265,9 @@ def verify_onnx(model: nn.Module, path: str | Path, image: np.ndarray | None = N
         scale = float(np.abs(r).max())
         worst = max(worst, diff)
         if not diff <= rtol * max(scale, 1e-6):
-            raise FastInstError(f"{path}: onnxruntime and PyTorch disagree on {name}: max abs diff {diff:.3g} > "
-                                f"{rtol:g} x {scale:.3g}")
+            raise FastInstError(
+                f"{path}: onnxruntime and PyTorch disagree on {name}: max abs diff {diff:.3g} > {rtol:g} x {scale:.3g}"
+            )
     return worst
 
 
@@ -249,8 +275,10 @@ def verify_onnx(model: nn.Module, path: str | Path, image: np.ndarray | None = N
 # onnxruntime model with the FastInst eval contract
 # ---------------------------------------------------------------------------------------------------------------------
 
-def normalize_and_pad(batch: list[dict], cfg: Config, size: tuple[int, int] | None = None
-                      ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+
+def normalize_and_pad(
+    batch: list[dict], cfg: Config, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """`FastInst.preprocess` maths: (uint8 - mean) / std, zero-padded bottom/right to a multiple of 32 (or `size`)."""
     mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)
     std = torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
@@ -261,8 +289,10 @@ def normalize_and_pad(batch: list[dict], cfg: Config, size: tuple[int, int] | No
     wp = -(-max(s[1] for s in sizes) // div) * div
     if size is not None:
         if hp > size[0] or wp > size[1]:
-            raise FastInstError(f"image of {max(s[0] for s in sizes)}x{max(s[1] for s in sizes)} does not fit this "
-                                f"ONNX file's fixed input {size[0]}x{size[1]}; export with --dynamic or a larger --size")
+            raise FastInstError(
+                f"image of {max(s[0] for s in sizes)}x{max(s[1] for s in sizes)} does not fit this "
+                f"ONNX file's fixed input {size[0]}x{size[1]}; export with --dynamic or a larger --size"
+            )
         hp, wp = size
     out = images[0].new_zeros(len(images), 3, hp, wp)
     for i, im in enumerate(images):
@@ -277,8 +307,13 @@ class OnnxModel:
     largest image), larger ones raise `FastInstError`. Fixed files run one image at a time.
     """
 
-    def __init__(self, path: str | Path, cfg: Config | None = None, providers: list[str] | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        cfg: Config | None = None,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise FastInstError(f"{self.path}: no such ONNX file")
@@ -286,8 +321,9 @@ class OnnxModel:
         meta = self.session.get_modelmeta().custom_metadata_map
         if cfg is None:
             if "fastinst.config" not in meta:
-                raise FastInstError(f"{self.path}: not written by `fastinst export` (no config in its metadata); "
-                                    "pass the config")
+                raise FastInstError(
+                    f"{self.path}: not written by `fastinst export` (no config in its metadata); pass the config"
+                )
             cfg = from_dict(json.loads(meta["fastinst.config"]))
         self.cfg = cfg
         self.num_classes = cfg.model.num_classes
@@ -306,8 +342,10 @@ class OnnxModel:
         for chunk in chunks:
             images, sizes = normalize_and_pad(chunk, self.cfg, self.size)
             if self.size is None and not _enough_cells(images.shape[-2:], self.cfg):
-                raise FastInstError(f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
-                                    f"dynamic ONNX file (needs H/16 x W/16 >= {self.cfg.model.num_queries} queries)")
+                raise FastInstError(
+                    f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
+                    f"dynamic ONNX file (needs H/16 x W/16 >= {self.cfg.model.num_queries} queries)"
+                )
             logits, masks = self.forward_raw(images)
             padded = tuple(images.shape[-2:])
             for i, d in enumerate(chunk):

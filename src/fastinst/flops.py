@@ -6,6 +6,7 @@ the attention inside `scaled_dot_product_attention`), normalisation (BatchNorm 2
 per-op rules. `count_flops(model, h, w)` runs one eval forward on an h×w image and adds the official post-processing
 (all Q mask logits upsampled to the padded size, then resized to the original h×w), as the official numbers do.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,8 +78,7 @@ def count_flops(model, height: int, width: int) -> dict:
     image = torch.zeros(3, height, width, dtype=torch.uint8)
     batch = [{"image": image, "height": height, "width": width}]
     parts = {}
-    hooks = [m.register_forward_hook(_frozen_bn)
-             for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    hooks = [m.register_forward_hook(_frozen_bn) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     try:
         with torch.no_grad():
             images, sizes = model.preprocess(batch)

@@ -12,6 +12,7 @@
   later use re-hashes the cached file and refuses it if it changed (truncated copy, disk corruption, replaced file).
 * Offline or failing downloads raise `CheckpointError` telling the user where to get the file by hand.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,12 @@ def cache_dir() -> Path:
 def weights_url(name: str) -> str:
     """The official release URL of a variant (name, alias or release file name)."""
     from .config import get_config
+
     cfg = get_config(name)
     if not cfg.weights_url:
-        raise CheckpointError(f"{cfg.name} has no official checkpoint; train it (fastinst train) and pass --weights PATH")
+        raise CheckpointError(
+            f"{cfg.name} has no official checkpoint; train it (fastinst train) and pass --weights PATH"
+        )
     return cfg.weights_url
 
 
@@ -69,8 +73,10 @@ def verify_cached(path: Path, expected: str | None = None) -> None:
     words = sidecar.read_text().split() if sidecar.is_file() else []
     recorded = expected or (words[0] if words else None)
     if recorded and actual != recorded.lower():
-        raise CheckpointError(f"{path}: SHA-256 {actual[:16]}... does not match the expected {recorded[:16]}... "
-                              "(corrupt or replaced file); delete it to download it again")
+        raise CheckpointError(
+            f"{path}: SHA-256 {actual[:16]}... does not match the expected {recorded[:16]}... "
+            "(corrupt or replaced file); delete it to download it again"
+        )
     if expected or not words:
         _write_text_atomic(sidecar, f"{actual}  {path.name}\n")
 
@@ -105,8 +111,10 @@ def download(url: str, dest: Path, expected: str | None = None, progress: bool =
     actual = digest.hexdigest()
     if expected and actual != expected.lower():
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"downloaded {url} has SHA-256 {actual[:16]}..., expected {expected[:16]}...; "
-                              f"refusing it (corrupt or tampered). {hint[0].upper()}{hint[1:]}")
+        raise CheckpointError(
+            f"downloaded {url} has SHA-256 {actual[:16]}..., expected {expected[:16]}...; "
+            f"refusing it (corrupt or tampered). {hint[0].upper()}{hint[1:]}"
+        )
     _write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
     os.replace(tmp, dest)
     return dest

@@ -5,6 +5,7 @@
 and returns one `Row` per stored tensor (max abs diff, scale, tolerance, verdict). Training keys (`train.*`) are
 checked by `fastinst.losses.parity` when present.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,6 +51,7 @@ def synthetic_weights_fn(fixture_dir: Path):
 def load_fixture(fixture_dir: str | Path):
     """-> (npz, meta dict, model with the fixture's synthetic weights, in eval mode)."""
     from . import build_model
+
     fixture_dir = Path(fixture_dir)
     npz_path = fixture_dir / "reference.npz"
     if not npz_path.is_file():
@@ -102,20 +104,40 @@ def check_fixture(fixture_dir: str | Path, rel32: float = 1e-3, rel16: float = 2
         original = npz[f"input.{i}.original"]
         resized = resize_image(original, resize_shape(*original.shape[:2], short, max_size))
         rows.append(_compare(f"input.{i}.resized", resized, npz[f"input.{i}.resized"], 0.0))
-        batch.append({"image": torch.from_numpy(resized.transpose(2, 0, 1).copy()),
-                      "height": original.shape[0], "width": original.shape[1]})
+        batch.append(
+            {
+                "image": torch.from_numpy(resized.transpose(2, 0, 1).copy()),
+                "height": original.shape[0],
+                "width": original.shape[1],
+            }
+        )
     with torch.inference_mode():
         images, sizes = model.preprocess(batch)
         feats = model.backbone(images)
         pix = model.sem_seg_head.pixel_decoder(feats)
         out = model.sem_seg_head.predictor(pix)
         results = model.postprocess(out, batch, images.shape[-2:], sizes)
-    rows.append(Row("padded_batch_shape", 0.0 if list(images.shape) == meta["padded_batch_shape"] else 1.0, 0, 0,
-                    list(images.shape) == meta["padded_batch_shape"], str(list(images.shape))))
-    named = {"eval.backbone.res3": feats["res3"], "eval.backbone.res4": feats["res4"],
-             "eval.backbone.res5": feats["res5"], "eval.pixel_decoder.E5": pix[0], "eval.pixel_decoder.E4": pix[1],
-             "eval.pixel_decoder.E3": pix[2], "eval.proposal_cls_logits": out["proposal_cls_logits"],
-             "eval.pred_logits": out["pred_logits"], "eval.pred_masks": out["pred_masks"]}
+    rows.append(
+        Row(
+            "padded_batch_shape",
+            0.0 if list(images.shape) == meta["padded_batch_shape"] else 1.0,
+            0,
+            0,
+            list(images.shape) == meta["padded_batch_shape"],
+            str(list(images.shape)),
+        )
+    )
+    named = {
+        "eval.backbone.res3": feats["res3"],
+        "eval.backbone.res4": feats["res4"],
+        "eval.backbone.res5": feats["res5"],
+        "eval.pixel_decoder.E5": pix[0],
+        "eval.pixel_decoder.E4": pix[1],
+        "eval.pixel_decoder.E3": pix[2],
+        "eval.proposal_cls_logits": out["proposal_cls_logits"],
+        "eval.pred_logits": out["pred_logits"],
+        "eval.pred_masks": out["pred_masks"],
+    }
     for j, aux in enumerate(out["aux_outputs"]):
         named[f"eval.aux.{j}.pred_masks"] = aux["pred_masks"]
     for key in npz.files:
@@ -151,6 +173,8 @@ def _compare_instances(npz, i: int, res: dict, num_classes: int) -> list[Row]:
         iou = 1.0 if union == 0 else np.logical_and(a, b).sum() / union
         worst_iou = min(worst_iou, float(iou))
         worst_score = max(worst_score, abs(float(res["scores"][n]) - float(ref_scores[r])))
-    return [Row(f"{p} (set of query*K+class)", 0.0 if same_set else 1.0, 0, 0, same_set, f"{len(pos)} instances"),
-            Row(f"{p}.masks (1 - worst IoU)", 1.0 - worst_iou, 1.0, 0.01, worst_iou >= 0.99),
-            Row(f"{p}.scores", worst_score, float(np.abs(ref_scores).max()), 1e-4, worst_score <= 1e-4)]
+    return [
+        Row(f"{p} (set of query*K+class)", 0.0 if same_set else 1.0, 0, 0, same_set, f"{len(pos)} instances"),
+        Row(f"{p}.masks (1 - worst IoU)", 1.0 - worst_iou, 1.0, 0.01, worst_iou >= 0.99),
+        Row(f"{p}.scores", worst_score, float(np.abs(ref_scores).max()), 1e-4, worst_score <= 1e-4),
+    ]

@@ -3,6 +3,7 @@
 `draw_instances` blends each instance's mask in its own colour, outlines it with a 2-px contour and writes a
 ``"name 0.87"`` label on a filled box; `plot_training_curves` turns a ``metrics.jsonl`` into a PNG.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,30 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import FastInstError
 
-__all__ = ["PALETTE", "instance_colour", "mask_edges", "draw_instances", "plot_training_curves"]
+__all__ = ["PALETTE", "draw_instances", "instance_colour", "mask_edges", "plot_training_curves"]
 
 # Twenty well-separated, saturated colours (RGB); instance i gets PALETTE[i % 20].
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 200, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (170, 220, 50), (250, 160, 180),
-    (0, 128, 128), (190, 140, 255), (170, 110, 40), (255, 240, 140), (128, 0, 0),
-    (120, 255, 170), (128, 128, 0), (255, 210, 170), (0, 0, 128), (255, 120, 90),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 200, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (170, 220, 50),
+    (250, 160, 180),
+    (0, 128, 128),
+    (190, 140, 255),
+    (170, 110, 40),
+    (255, 240, 140),
+    (128, 0, 0),
+    (120, 255, 170),
+    (128, 128, 0),
+    (255, 210, 170),
+    (0, 0, 128),
+    (255, 120, 90),
 )
 
 
@@ -39,7 +56,7 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     out = mask.copy()
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            out &= p[dy:dy + h, dx:dx + w]
+            out &= p[dy : dy + h, dx : dx + w]
     return out
 
 
@@ -70,9 +87,16 @@ def _label_text(label: int | None, score: float | None, names: Sequence[str] | N
     return text
 
 
-def draw_instances(image: np.ndarray, masks: Any, labels: Sequence[int] | np.ndarray | None = None,
-                   scores: Sequence[float] | np.ndarray | None = None, names: Sequence[str] | None = None,
-                   score_threshold: float = 0.0, alpha: float = 0.5, contour_width: int = 2) -> np.ndarray:
+def draw_instances(
+    image: np.ndarray,
+    masks: Any,
+    labels: Sequence[int] | np.ndarray | None = None,
+    scores: Sequence[float] | np.ndarray | None = None,
+    names: Sequence[str] | None = None,
+    score_threshold: float = 0.0,
+    alpha: float = 0.5,
+    contour_width: int = 2,
+) -> np.ndarray:
     """Draw instance masks on `image` (uint8 H×W×3 RGB) and return a new uint8 RGB array.
 
     `masks` is bool (N, H, W) (numpy or torch); `labels` contiguous class ids and `scores` floats, both
@@ -119,8 +143,9 @@ def draw_instances(image: np.ndarray, masks: Any, labels: Sequence[int] | np.nda
         colour = instance_colour(i)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
         draw.rectangle((x0, y0, x0 + tw - 1, y0 + th - 1), fill=colour)
-        draw.text((x0 + 2 - left, y0 + 2 - top), text, font=font,
-                  fill=(0, 0, 0) if luminance > 140 else (255, 255, 255))
+        draw.text(
+            (x0 + 2 - left, y0 + 2 - top), text, font=font, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255)
+        )
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 

@@ -1,4 +1,5 @@
 """`fastinst demo`: the schedule fitted to a time budget, and the whole command end to end (a few iterations)."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ class _Sleepy(nn.Module):
 
     def forward(self, batch):
         time.sleep(self.seconds)
-        return {"loss": (self.w ** 2).sum()}
+        return {"loss": (self.w**2).sum()}
 
 
 def _batches(start_iter: int):
@@ -32,10 +33,11 @@ def _batches(start_iter: int):
 
 
 def test_budget_trainer_fits_iterations_and_lr_step_to_the_deadline(tmp_path):
-    cfg = apply_overrides(get_config("fastinst-demo"), ["solver.max_iter=1000", "solver.steps=[800]",
-                                                        "solver.checkpoint_period=0", "solver.warmup_iters=0"])
-    trainer = BudgetTrainer(cfg, _Sleepy(0.01), _batches, tmp_path, progress=False,
-                            deadline=time.perf_counter() + 0.6)
+    cfg = apply_overrides(
+        get_config("fastinst-demo"),
+        ["solver.max_iter=1000", "solver.steps=[800]", "solver.checkpoint_period=0", "solver.warmup_iters=0"],
+    )
+    trainer = BudgetTrainer(cfg, _Sleepy(0.01), _batches, tmp_path, progress=False, deadline=time.perf_counter() + 0.6)
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert 20 <= trainer.iteration <= 62, trainer.iteration  # ~0.6 s / ~0.01 s, well below the cap of 1000
@@ -47,10 +49,10 @@ def test_budget_trainer_fits_iterations_and_lr_step_to_the_deadline(tmp_path):
 
 
 def test_budget_trainer_keeps_the_configured_cap(tmp_path):
-    cfg = apply_overrides(get_config("fastinst-demo"), ["solver.max_iter=40", "solver.steps=[32]",
-                                                        "solver.checkpoint_period=0"])
-    trainer = BudgetTrainer(cfg, _Sleepy(0.0), _batches, tmp_path, progress=False,
-                            deadline=time.perf_counter() + 60)
+    cfg = apply_overrides(
+        get_config("fastinst-demo"), ["solver.max_iter=40", "solver.steps=[32]", "solver.checkpoint_period=0"]
+    )
+    trainer = BudgetTrainer(cfg, _Sleepy(0.0), _batches, tmp_path, progress=False, deadline=time.perf_counter() + 60)
     trainer.train()
     assert trainer.iteration == 40 and cfg.solver.steps == (32,)
 

@@ -1,4 +1,5 @@
 """`fastinst eval`: a results json, a (fake, then real demo) model over a dataset split, and error exits."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import torch
 from fastinst.commands import evaluate as eval_cmd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from makers import make_coco  # noqa: E402
+from makers import make_coco
 
 
 def _args(**kw) -> argparse.Namespace:
@@ -26,13 +27,17 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def _gt_results(ds) -> list[dict]:
-    return [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-             "score": 1.0} for a in ds.coco["annotations"] if not a["iscrowd"]]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 1.0}
+        for a in ds.coco["annotations"]
+        if not a["iscrowd"]
+    ]
 
 
 @pytest.fixture()
 def data(tmp_path):
     from fastinst.data.datasets import load_dataset
+
     root = make_coco(tmp_path / "coco")
     return root, load_dataset(root)
 
@@ -40,10 +45,14 @@ def data(tmp_path):
 def test_results_json(tmp_path, data, capsys):
     root, ds = data
     from fastinst.data.convert import to_coco_json
+
     # polygons in the GT: the results need RLE, so take them from an RLE conversion
     rle_gt = json.loads(to_coco_json(ds, tmp_path / "rle.json", rle=True).read_text())
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-                "score": 0.9} for a in rle_gt["annotations"] if not a["iscrowd"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 0.9}
+        for a in rle_gt["annotations"]
+        if not a["iscrowd"]
+    ]
     (tmp_path / "pred.json").write_text(json.dumps(results))
     out = tmp_path / "out"
     assert eval_cmd.run(_args(results=tmp_path / "pred.json", data=root, output=out)) == 0
@@ -65,18 +74,24 @@ class FakeModel(torch.nn.Module):
 
     def inference(self, images):
         from makers import decoded
+
         rec = self.queue.pop(0)
         assert images[0].shape == (rec["height"], rec["width"], 3) and images[0].dtype == np.uint8
         keep = [i for i, a in enumerate(rec["annotations"]) if not a["iscrowd"]]
         masks = decoded(rec)
-        return [{"masks": torch.from_numpy(np.stack([masks[i] for i in keep]) if keep else np.zeros((0, 1, 1), bool)),
-                 "scores": torch.ones(len(keep)),
-                 "labels": torch.tensor([rec["annotations"][i]["category_id"] for i in keep], dtype=torch.long)}]
+        return [
+            {
+                "masks": torch.from_numpy(np.stack([masks[i] for i in keep]) if keep else np.zeros((0, 1, 1), bool)),
+                "scores": torch.ones(len(keep)),
+                "labels": torch.tensor([rec["annotations"][i]["category_id"] for i in keep], dtype=torch.long),
+            }
+        ]
 
 
 def test_model_path_with_fake_model(tmp_path, data, monkeypatch, capsys):
     import fastinst
     import fastinst.checkpoint
+
     root, ds = data
     built = []
     monkeypatch.setattr(fastinst, "build_model", lambda cfg: built.append(cfg) or FakeModel(ds))
@@ -89,28 +104,33 @@ def test_model_path_with_fake_model(tmp_path, data, monkeypatch, capsys):
     assert len(json.loads((out / "predictions.json").read_text())) == 2
     capsys.readouterr()
     # --max-images 1 scores image 10 alone
-    assert eval_cmd.run(_args(model="fastinst-demo", weights=tmp_path / "w.pth", data=root, output=out,
-                              max_images=1)) == 0
+    assert (
+        eval_cmd.run(_args(model="fastinst-demo", weights=tmp_path / "w.pth", data=root, output=out, max_images=1)) == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["AP"] == pytest.approx(100.0)
 
 
 def test_model_path_with_real_demo_model(tmp_path, data):
     import fastinst
     from fastinst.config import get_config
+
     root, _ = data
     cfg = get_config("fastinst-demo")
     cfg.model.num_classes = 2
     torch.manual_seed(0)
     torch.save({"model": fastinst.build_model(cfg).state_dict()}, tmp_path / "demo.pth")
     out = tmp_path / "out"
-    assert eval_cmd.run(_args(model="fastinst-demo", weights=tmp_path / "demo.pth", data=root, output=out,
-                              max_images=1)) == 0
+    assert (
+        eval_cmd.run(_args(model="fastinst-demo", weights=tmp_path / "demo.pth", data=root, output=out, max_images=1))
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["AP"] <= 100
 
 
 def test_errors_exit_2(tmp_path, data, capsys):
     from fastinst.cli import main
+
     root, ds = data
     bad = [dict(r, image_id=999) for r in _gt_results(ds)]
     (tmp_path / "bad.json").write_text(json.dumps(bad))

@@ -1,4 +1,5 @@
 """`fastinst predict`: fixture parity from the CLI, folders with bad files, videos, COCO json, error exits."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ from PIL import Image
 from fastinst.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_predictor import FIXTURE, compare_with_fixture, fixture_weights  # noqa: E402
+from test_predictor import FIXTURE, compare_with_fixture, fixture_weights
 
 NAMES = "circle,square,triangle,star"
 
@@ -21,6 +22,7 @@ NAMES = "circle,square,triangle,star"
 @pytest.fixture(scope="module")
 def demo_weights(tmp_path_factory):
     import fastinst
+
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("demo") / "demo.pth"
     torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
@@ -32,8 +34,21 @@ def _image(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
 
 
 def _predict(demo_weights, out, *sources, extra=()):
-    return main(["predict", "--model", "fastinst-demo", "--weights", demo_weights, "--classes", NAMES,
-                 "--output", str(out), *extra, *map(str, sources)])
+    return main(
+        [
+            "predict",
+            "--model",
+            "fastinst-demo",
+            "--weights",
+            demo_weights,
+            "--classes",
+            NAMES,
+            "--output",
+            str(out),
+            *extra,
+            *map(str, sources),
+        ]
+    )
 
 
 @pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
@@ -44,11 +59,29 @@ def test_fixture_instances_from_the_cli(tmp_path, tmp_path_factory):
     for i in range(2):
         Image.fromarray(npz[f"input.{i}.original"]).save(photos / f"img{i}.png")
     out = tmp_path / "out"
-    rc = main(["predict", "--model", meta["config"], "--weights", str(weights), "--score-threshold", "0",
-               "--max-dets", "100", "--batch-size", "2", "--save-json", "--output", str(out), str(photos)])
+    rc = main(
+        [
+            "predict",
+            "--model",
+            meta["config"],
+            "--weights",
+            str(weights),
+            "--score-threshold",
+            "0",
+            "--max-dets",
+            "100",
+            "--batch-size",
+            "2",
+            "--save-json",
+            "--output",
+            str(out),
+            str(photos),
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "predictions.json"]
     from fastinst.data.coco_classes import COCO_CATEGORY_IDS
+
     contiguous = {cid: i for i, cid in enumerate(COCO_CATEGORY_IDS)}
     entries = json.loads((out / "predictions.json").read_text())
     for i in range(2):
@@ -85,23 +118,32 @@ def test_a_bad_file_given_directly_is_an_error(demo_weights, tmp_path, capsys):
 
 def test_glob_and_coco_json(demo_weights, tmp_path):
     from pycocotools.coco import COCO
+
     for n in (1, 2):
         Image.fromarray(_image(n, 40 + n * 8, 56)).save(tmp_path / f"00000{n}.png")
     out = tmp_path / "out"
-    assert _predict(demo_weights, out, tmp_path / "*.png", extra=["--save-json", "--score-threshold", "0",
-                                                                   "--batch-size", "2"]) == 0
+    assert (
+        _predict(
+            demo_weights, out, tmp_path / "*.png", extra=["--save-json", "--score-threshold", "0", "--batch-size", "2"]
+        )
+        == 0
+    )
     entries = json.loads((out / "predictions.json").read_text())
     assert {e["image_id"] for e in entries} == {1, 2}  # numeric stems become COCO image ids
     assert {Path(e["file_name"]).name for e in entries} == {"000001.png", "000002.png"}
     gt = COCO()
-    gt.dataset = {"images": [{"id": n, "height": 40 + n * 8, "width": 56} for n in (1, 2)], "annotations": [],
-                  "categories": [{"id": i} for i in range(1, 5)]}
+    gt.dataset = {
+        "images": [{"id": n, "height": 40 + n * 8, "width": 56} for n in (1, 2)],
+        "annotations": [],
+        "categories": [{"id": i} for i in range(1, 5)],
+    }
     gt.createIndex()
     assert len(gt.loadRes(str(out / "predictions.json")).getAnnIds()) == len(entries) == 2 * 64
 
 
 def test_video_round_trip(demo_weights, tmp_path):
     import av
+
     video = tmp_path / "clip.mp4"
     with av.open(str(video), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=5)
@@ -138,6 +180,7 @@ def test_onnxruntime_backend_matches_torch(demo_weights, tmp_path):
     pytest.importorskip("onnxruntime")
     export = pytest.importorskip("fastinst.export")
     import fastinst
+
     model = fastinst.build_model("fastinst-demo")
     fastinst.load_checkpoint(model, demo_weights)
     onnx_file = export.export_onnx(model.eval(), tmp_path / "demo.onnx")

@@ -3,6 +3,7 @@
 Each maker returns the path to hand to `load_dataset` and the expected instance masks per image file name:
 `{file name: [(dataset category id, bool mask, iscrowd), ...]}`.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,16 +44,39 @@ def rle(mask: np.ndarray) -> dict:
 def coco_dict() -> dict:
     """Two images, categories 3 ("dog") and 7 ("cat"), polygons, one crowd RLE."""
     return {
-        "images": [{"id": 10, "file_name": "a.jpg", "height": H, "width": W},
-                   {"id": 11, "file_name": "b.jpg", "height": H, "width": W}],
+        "images": [
+            {"id": 10, "file_name": "a.jpg", "height": H, "width": W},
+            {"id": 11, "file_name": "b.jpg", "height": H, "width": W},
+        ],
         "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],
         "annotations": [
-            {"id": 1, "image_id": 10, "category_id": 3, "segmentation": [box_polygon(2, 2, 12, 10)], "iscrowd": 0,
-             "area": 80.0, "bbox": [2, 2, 10, 8]},
-            {"id": 2, "image_id": 10, "category_id": 7, "segmentation": [box_polygon(14, 4, 30, 20)], "iscrowd": 0,
-             "area": 256.0, "bbox": [14, 4, 16, 16]},
-            {"id": 3, "image_id": 11, "category_id": 7, "segmentation": rle(box_mask(0, 0, 8, 8)), "iscrowd": 1,
-             "area": 64.0, "bbox": [0, 0, 8, 8]},
+            {
+                "id": 1,
+                "image_id": 10,
+                "category_id": 3,
+                "segmentation": [box_polygon(2, 2, 12, 10)],
+                "iscrowd": 0,
+                "area": 80.0,
+                "bbox": [2, 2, 10, 8],
+            },
+            {
+                "id": 2,
+                "image_id": 10,
+                "category_id": 7,
+                "segmentation": [box_polygon(14, 4, 30, 20)],
+                "iscrowd": 0,
+                "area": 256.0,
+                "bbox": [14, 4, 16, 16],
+            },
+            {
+                "id": 3,
+                "image_id": 11,
+                "category_id": 7,
+                "segmentation": rle(box_mask(0, 0, 8, 8)),
+                "iscrowd": 1,
+                "area": 64.0,
+                "bbox": [0, 0, 8, 8],
+            },
         ],
     }
 
@@ -70,16 +94,17 @@ def make_coco(root: Path, split: str = "val2017", data: dict | None = None) -> P
 def make_yolo(root: Path) -> tuple[Path, dict]:
     """`data.yaml` + `images/{train,val}` + `labels/{train,val}` (normalised polygons); expected masks of `val`."""
     expected: dict = {}
-    polys = {"val/p.jpg": [(0, box_polygon(2, 2, 12, 10)), (1, box_polygon(14, 4, 30, 20))],
-             "val/q.jpg": [(1, box_polygon(4, 6, 16, 18))],
-             "val/empty.jpg": [],
-             "train/t.jpg": [(0, box_polygon(1, 1, 9, 9))]}
+    polys = {
+        "val/p.jpg": [(0, box_polygon(2, 2, 12, 10)), (1, box_polygon(14, 4, 30, 20))],
+        "val/q.jpg": [(1, box_polygon(4, 6, 16, 18))],
+        "val/empty.jpg": [],
+        "train/t.jpg": [(0, box_polygon(1, 1, 9, 9))],
+    }
     for n, (name, objs) in enumerate(polys.items()):
         write_image(root / "images" / name, seed=n)
         label = root / "labels" / Path(name).with_suffix(".txt")
         label.parent.mkdir(parents=True, exist_ok=True)
-        lines = [" ".join([str(c)] + [f"{v / (W if k % 2 == 0 else H):.6f}" for k, v in enumerate(p)])
-                 for c, p in objs]
+        lines = [" ".join([str(c)] + [f"{v / (W if k % 2 == 0 else H):.6f}" for k, v in enumerate(p)]) for c, p in objs]
         if name != "val/empty.jpg":
             label.write_text("\n".join(lines) + "\n")
         if name.startswith("val/"):
@@ -104,8 +129,12 @@ def make_cityscapes(root: Path, split: str = "val") -> dict:
         gt.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(ids.astype(np.uint16)).save(gt)  # 16-bit PNG, as Cityscapes ships them
         write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed=n)
-        expected[f"{stem}_leftImg8bit.png"] = [(26, ids == 26001, 0), (26, ids == 26002, 0),
-                                              (24, ids == 24000 + n, 0), (33, ids == 33, 1)]
+        expected[f"{stem}_leftImg8bit.png"] = [
+            (26, ids == 26001, 0),
+            (26, ids == 26002, 0),
+            (24, ids == 24000 + n, 0),
+            (33, ids == 33, 1),
+        ]
     return expected
 
 

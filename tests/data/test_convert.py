@@ -1,4 +1,5 @@
 """`to_coco_json` and `fastinst convert`: every layout converted, reloaded from the json, gives the same masks."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ from fastinst.data.convert import to_coco_json
 from fastinst.data.datasets import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import makers  # noqa: E402
-from makers import decoded  # noqa: E402
+import makers
+from makers import decoded
 
 
 def _same(a, b) -> None:
@@ -23,8 +24,9 @@ def _same(a, b) -> None:
     assert [Path(r["file_name"]).resolve() for r in a.records] == [Path(r["file_name"]).resolve() for r in b.records]
     for ra, rb in zip(a.records, b.records):
         assert (ra["height"], ra["width"]) == (rb["height"], rb["width"])
-        assert [(x["category_id"], x["iscrowd"]) for x in ra["annotations"]] == \
-               [(x["category_id"], x["iscrowd"]) for x in rb["annotations"]]
+        assert [(x["category_id"], x["iscrowd"]) for x in ra["annotations"]] == [
+            (x["category_id"], x["iscrowd"]) for x in rb["annotations"]
+        ]
         for ma, mb in zip(decoded(ra), decoded(rb)):
             assert np.array_equal(ma, mb)
 

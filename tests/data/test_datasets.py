@@ -1,4 +1,5 @@
 """`load_dataset`: every layout in its native form, the COCO loading rules, and one clear error per kind of bad data."""
+
 from __future__ import annotations
 
 import copy
@@ -14,14 +15,18 @@ from fastinst.data.datasets import ADE20K_THINGS, load_dataset
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import makers  # noqa: E402
-from makers import H, W, box_polygon, check_against, coco_dict, decoded, make_coco, rle, write_image  # noqa: E402
+import makers
+from makers import H, W, box_polygon, check_against, coco_dict, decoded, make_coco, rle, write_image
 
 
 def _coco_expected() -> dict:
-    return {"a.jpg": [(3, makers.polygon_mask(box_polygon(2, 2, 12, 10)), 0),
-                      (7, makers.polygon_mask(box_polygon(14, 4, 30, 20)), 0)],
-            "b.jpg": [(7, makers.box_mask(0, 0, 8, 8), 1)]}
+    return {
+        "a.jpg": [
+            (3, makers.polygon_mask(box_polygon(2, 2, 12, 10)), 0),
+            (7, makers.polygon_mask(box_polygon(14, 4, 30, 20)), 0),
+        ],
+        "b.jpg": [(7, makers.box_mask(0, 0, 8, 8), 1)],
+    }
 
 
 def _json_only(tmp_path: Path, data: dict, name: str = "ann.json") -> Path:
@@ -120,10 +125,21 @@ def test_ade20k_premade_json(tmp_path):
     base = tmp_path / "ADEChallengeData2016"
     write_image(base / "images" / "validation" / "ADE_val_00000001.jpg")
     mask = makers.box_mask(3, 3, 9, 9)
-    data = {"images": [{"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg", "height": H, "width": W}],
-            "categories": [{"id": i, "name": n} for i, n in ADE20K_THINGS],
-            "annotations": [{"id": 1, "image_id": "ADE_val_00000001", "category_id": 12, "segmentation": rle(mask),
-                             "area": 36, "bbox": [3, 3, 6, 6], "iscrowd": 0}]}
+    data = {
+        "images": [{"id": "ADE_val_00000001", "file_name": "ADE_val_00000001.jpg", "height": H, "width": W}],
+        "categories": [{"id": i, "name": n} for i, n in ADE20K_THINGS],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": "ADE_val_00000001",
+                "category_id": 12,
+                "segmentation": rle(mask),
+                "area": 36,
+                "bbox": [3, 3, 6, 6],
+                "iscrowd": 0,
+            }
+        ],
+    }
     (base / "ade20k_instance_val.json").write_text(json.dumps(data))
     ds = load_dataset(tmp_path, "val")
     assert ds.records[0]["image_id"] == 1 and ds.coco["annotations"][0]["image_id"] == 1  # string ids renumbered
@@ -151,8 +167,9 @@ def test_bad_polygons_bbox_only_and_clipping(tmp_path):
     anns[0]["segmentation"] = [box_polygon(2, 2, 12, 10), [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]]  # two bad parts
     anns.append({"id": 4, "image_id": 11, "category_id": 3, "segmentation": [[1, 1, 2, 2]], "iscrowd": 0})
     anns.append({"id": 5, "image_id": 11, "category_id": 3, "bbox": [1, 1, 4, 4], "iscrowd": 0})
-    anns.append({"id": 6, "image_id": 11, "category_id": 3, "segmentation": [box_polygon(-5, 20, 50, 40)],
-                 "iscrowd": 0})
+    anns.append(
+        {"id": 6, "image_id": 11, "category_id": 3, "segmentation": [box_polygon(-5, 20, 50, 40)], "iscrowd": 0}
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_dataset(_json_only(tmp_path, data))
@@ -215,17 +232,24 @@ def test_missing_image_file(tmp_path):
         load_dataset(path)
 
 
-@pytest.mark.parametrize("text,pattern", [("", "file is empty"), ("{\"images\": [", "not valid JSON"),
-                                          ("[1, 2]", "not a COCO instances file")])
+@pytest.mark.parametrize(
+    "text,pattern", [("", "file is empty"), ('{"images": [', "not valid JSON"), ("[1, 2]", "not a COCO instances file")]
+)
 def test_bad_json_files(tmp_path, text, pattern):
     (tmp_path / "bad.json").write_text(text)
     with pytest.raises(DatasetError, match=f"bad.json: {pattern}"):
         load_dataset(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("text,pattern", [("", "file is empty"), ("names: [a, b\nval: x\n", "not valid YAML"),
-                                          ("val: images/val\n", "'names' must be"),
-                                          ("names: [a]\ntrain: images/train\n", "no 'val' entry")])
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        ("", "file is empty"),
+        ("names: [a, b\nval: x\n", "not valid YAML"),
+        ("val: images/val\n", "'names' must be"),
+        ("names: [a]\ntrain: images/train\n", "no 'val' entry"),
+    ],
+)
 def test_bad_yaml_files(tmp_path, text, pattern):
     makers.make_yolo(tmp_path)
     (tmp_path / "data.yaml").write_text(text)
@@ -233,8 +257,13 @@ def test_bad_yaml_files(tmp_path, text, pattern):
         load_dataset(tmp_path / "data.yaml")
 
 
-@pytest.mark.parametrize("line,pattern", [("7 0.1 0.1 0.5 0.1 0.5 0.5", r"q.txt:2: class 7 is not an index"),
-                                          ("0 a b c d e f", r"q.txt:2: expected numbers")])
+@pytest.mark.parametrize(
+    "line,pattern",
+    [
+        ("7 0.1 0.1 0.5 0.1 0.5 0.5", r"q.txt:2: class 7 is not an index"),
+        ("0 a b c d e f", r"q.txt:2: expected numbers"),
+    ],
+)
 def test_bad_yolo_labels(tmp_path, line, pattern):
     yaml, _ = makers.make_yolo(tmp_path)
     with open(tmp_path / "labels" / "val" / "q.txt", "a") as f:
@@ -262,6 +291,7 @@ def test_ade20k_bad_png(tmp_path):
     makers.make_ade20k(tmp_path)
     png = next(tmp_path.rglob("ADE_val_00000002.png"))
     from PIL import Image
+
     Image.fromarray(np.zeros((H, W), np.uint8)).save(png)
     with pytest.raises(DatasetError, match=r"ADE_val_00000002.png: expected an RGB"):
         load_dataset(tmp_path, "val")

@@ -1,4 +1,5 @@
 """read_image on every Pillow mode and failure, to_rgb_array on every input kind, list_images, is_video."""
+
 from __future__ import annotations
 
 import struct
@@ -23,11 +24,27 @@ def _check(arr: np.ndarray, shape: tuple[int, int]) -> None:
     assert arr.dtype == np.uint8 and arr.shape == (*shape, 3) and arr.flags.c_contiguous
 
 
-@pytest.mark.parametrize("mode,ext", [
-    ("RGB", "png"), ("RGB", "jpg"), ("RGBA", "png"), ("L", "png"), ("L", "jpg"), ("LA", "png"), ("P", "png"),
-    ("P", "gif"), ("1", "png"), ("1", "bmp"), ("CMYK", "tiff"), ("YCbCr", "tiff"), ("RGB", "webp"),
-    ("RGB", "tiff"), ("RGB", "bmp"), ("L", "pgm"),
-])
+@pytest.mark.parametrize(
+    "mode,ext",
+    [
+        ("RGB", "png"),
+        ("RGB", "jpg"),
+        ("RGBA", "png"),
+        ("L", "png"),
+        ("L", "jpg"),
+        ("LA", "png"),
+        ("P", "png"),
+        ("P", "gif"),
+        ("1", "png"),
+        ("1", "bmp"),
+        ("CMYK", "tiff"),
+        ("YCbCr", "tiff"),
+        ("RGB", "webp"),
+        ("RGB", "tiff"),
+        ("RGB", "bmp"),
+        ("L", "pgm"),
+    ],
+)
 def test_modes_decode_to_rgb(tmp_path: Path, mode: str, ext: str) -> None:
     src = Image.fromarray(_rgb()).convert(mode)
     f = tmp_path / f"img.{ext}"
@@ -131,6 +148,7 @@ def test_truncated_file(tmp_path: Path, ext: str) -> None:
 def _png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -172,25 +190,27 @@ def test_to_rgb_array_pil_path_tensor(tmp_path: Path) -> None:
     assert np.array_equal(to_rgb_array(tmp_path / "a.png"), rgb)
     assert np.array_equal(to_rgb_array(str(tmp_path / "a.png")), rgb)
     t = torch.from_numpy(rgb)
-    assert np.array_equal(to_rgb_array(t), rgb)                                   # H×W×C uint8
-    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1)), rgb)                  # C×H×W uint8
-    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1).float() / 255), rgb)   # C×H×W float 0..1
-    assert np.array_equal(to_rgb_array(t.float()), rgb)                           # H×W×C float 0..255
-    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1).to(torch.bfloat16) / 255)[..., 0] > 128,
-                          rgb[..., 0] > 128)
+    assert np.array_equal(to_rgb_array(t), rgb)  # H×W×C uint8
+    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1)), rgb)  # C×H×W uint8
+    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1).float() / 255), rgb)  # C×H×W float 0..1
+    assert np.array_equal(to_rgb_array(t.float()), rgb)  # H×W×C float 0..255
+    assert np.array_equal(to_rgb_array(t.permute(2, 0, 1).to(torch.bfloat16) / 255)[..., 0] > 128, rgb[..., 0] > 128)
     _check(to_rgb_array(t[..., 0]), (24, 32))
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((2, 24, 32, 3), np.uint8), "shape 2x24x32x3"),
-    (np.zeros((24, 32, 2), np.uint8), "shape 24x32x2"),
-    (np.zeros((3, 24, 32), np.uint8), "channels-first"),
-    (np.zeros((0, 5, 3), np.uint8), "empty"),
-    (np.full((4, 4), -3, np.int32), "values -3"),
-    (np.zeros((4, 4), complex), "dtype"),
-    (torch.zeros(2, 3, 8, 8), "tensor has shape 2x3x8x8"),
-    ([[1, 2], [3, 4]], "cannot use a list"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((2, 24, 32, 3), np.uint8), "shape 2x24x32x3"),
+        (np.zeros((24, 32, 2), np.uint8), "shape 24x32x2"),
+        (np.zeros((3, 24, 32), np.uint8), "channels-first"),
+        (np.zeros((0, 5, 3), np.uint8), "empty"),
+        (np.full((4, 4), -3, np.int32), "values -3"),
+        (np.zeros((4, 4), complex), "dtype"),
+        (torch.zeros(2, 3, 8, 8), "tensor has shape 2x3x8x8"),
+        ([[1, 2], [3, 4]], "cannot use a list"),
+    ],
+)
 def test_to_rgb_array_errors(bad: object, match: str) -> None:
     with pytest.raises(ImageReadError, match=match):
         to_rgb_array(bad)

@@ -1,4 +1,5 @@
 """Training stream: aspect grouping, DDP sharding equivalence, exact resume, worker-count independence."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,11 +10,22 @@ import torch
 from PIL import Image
 
 from fastinst.config import apply_overrides, get_config
-from fastinst.data.loader import (GroupedInfiniteSampler, TrainDataset, build_test_loader, build_train_loader,
-                                  sample_seed)
+from fastinst.data.loader import (
+    GroupedInfiniteSampler,
+    TrainDataset,
+    build_test_loader,
+    build_train_loader,
+    sample_seed,
+)
 
-SMALL = ["input.min_size_train=[32,48]", "input.max_size_train=96", "input.crop_enabled=true",
-         "input.crop_resize_sizes=[40,50]", "input.crop_size=[24,40]", "solver.seed=5"]
+SMALL = [
+    "input.min_size_train=[32,48]",
+    "input.max_size_train=96",
+    "input.crop_enabled=true",
+    "input.crop_resize_sizes=[40,50]",
+    "input.crop_size=[24,40]",
+    "solver.seed=5",
+]
 
 
 def _cfg():
@@ -29,8 +41,10 @@ def records(tmp_path_factory):
     for i, (h, w) in enumerate([(40, 60), (60, 40), (50, 50), (30, 70), (64, 48), (44, 66), (70, 36)]):
         path = root / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        annos = [{"category_id": i % 3, "segmentation": [[2, 2, w / 2, 2, w / 2, h / 2, 2, h / 2]], "iscrowd": 0},
-                 {"category_id": 1, "segmentation": [[w / 3, h / 3, w - 1, h / 3, w - 1, h - 1]], "iscrowd": 0}]
+        annos = [
+            {"category_id": i % 3, "segmentation": [[2, 2, w / 2, 2, w / 2, h / 2, 2, h / 2]], "iscrowd": 0},
+            {"category_id": 1, "segmentation": [[w / 3, h / 3, w - 1, h / 3, w - 1, h - 1]], "iscrowd": 0},
+        ]
         out.append({"file_name": str(path), "image_id": i, "height": h, "width": w, "annotations": annos})
     return out
 
@@ -58,8 +72,8 @@ def test_grouping_and_epochs():
     first = positions[positions < 5 * len(land)]
     assert len(first) >= 4 * len(land)  # at most batch_size - 1 items wait in each bucket
     idx = [i for i, _ in g.keys(np.arange(len(land) * 2))]
-    assert sorted(idx[: len(land)]) == list(range(len(land))) and sorted(idx[len(land):]) == list(range(len(land)))
-    assert idx[: len(land)] != idx[len(land):]  # a fresh permutation per epoch
+    assert sorted(idx[: len(land)]) == list(range(len(land))) and sorted(idx[len(land) :]) == list(range(len(land)))
+    assert idx[: len(land)] != idx[len(land) :]  # a fresh permutation per epoch
     assert s.state_dict()["iteration"] == 40
 
 

@@ -1,4 +1,5 @@
 """The embedded shapes dataset: deterministic, valid COCO, visible-part masks, generated once."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from fastinst.data.synthetic import (CATEGORY_NAMES, MIN_VISIBLE_AREA, ensure_synthetic_coco,
-                                     generate_synthetic_coco, render_sample)
+from fastinst.data.synthetic import (
+    CATEGORY_NAMES,
+    MIN_VISIBLE_AREA,
+    ensure_synthetic_coco,
+    generate_synthetic_coco,
+    render_sample,
+)
 
 # pycocotools' own decode() trips a numpy 2 deprecation warning; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -59,8 +65,9 @@ def test_deterministic_and_seed_dependent(tmp_path: Path, small: dict) -> None:
         assert json.loads(again[key].read_text()) == json.loads(small[key].read_text())
     for i in range(12):
         name = f"{i:06d}.png"
-        assert np.array_equal(np.asarray(Image.open(again["train_images"] / name)),
-                              np.asarray(Image.open(small["train_images"] / name)))
+        assert np.array_equal(
+            np.asarray(Image.open(again["train_images"] / name)), np.asarray(Image.open(small["train_images"] / name))
+        )
     assert not np.array_equal(render_sample(3, "train", 0, 96)[0], render_sample(4, "train", 0, 96)[0])
     assert not np.array_equal(render_sample(3, "train", 0, 96)[0], render_sample(3, "val", 0, 96)[0])
 
@@ -74,7 +81,7 @@ def test_occlusion_and_contrast() -> None:
             assert m.sum() >= MIN_VISIBLE_AREA
             ring = np.zeros_like(m)
             ys, xs = np.nonzero(m)
-            ring[max(ys.min() - 3, 0):ys.max() + 4, max(xs.min() - 3, 0):xs.max() + 4] = True
+            ring[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = True
             ring &= ~m
             inside, outside = img[m].astype(float).mean(0), img[ring].astype(float).mean(0)
             if ring.sum() > 20:

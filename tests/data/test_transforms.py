@@ -1,4 +1,5 @@
 """Training augmentation: size rules of both paths, masks moving with the image, RLE == polygon, determinism."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,16 @@ import pytest
 from pycocotools import mask as mask_util
 
 from fastinst.config import InputConfig
-from fastinst.data.transforms import (Plan, apply_bitmap, apply_image, polygons_to_mask, rle_to_mask, sample_plan,
-                                      test_transform, train_transform)
+from fastinst.data.transforms import (
+    Plan,
+    apply_bitmap,
+    apply_image,
+    polygons_to_mask,
+    rle_to_mask,
+    sample_plan,
+    test_transform,
+    train_transform,
+)
 from fastinst.model.preprocess import resize_image, resize_shape
 
 CROP = InputConfig()  # official: crop enabled
@@ -74,11 +83,14 @@ def test_crop_path_sizes(hw):
 
 def test_image_and_masks_shapes_and_crowd_dropped():
     img = _image(120, 160)
-    annos = [{"category_id": 3, "segmentation": _rect(10, 10, 50, 40), "iscrowd": 0},
-             {"category_id": 1, "segmentation": _rect(0, 0, 5, 5), "iscrowd": 1},
-             {"category_id": 2, "segmentation": _rle(np.ones((120, 160), bool)), "iscrowd": 0}]
-    cfg = dataclasses.replace(CROP, crop_resize_sizes=(100, 120), crop_size=(60, 90),
-                              min_size_train=(64, 96), max_size_train=200)
+    annos = [
+        {"category_id": 3, "segmentation": _rect(10, 10, 50, 40), "iscrowd": 0},
+        {"category_id": 1, "segmentation": _rect(0, 0, 5, 5), "iscrowd": 1},
+        {"category_id": 2, "segmentation": _rle(np.ones((120, 160), bool)), "iscrowd": 0},
+    ]
+    cfg = dataclasses.replace(
+        CROP, crop_resize_sizes=(100, 120), crop_size=(60, 90), min_size_train=(64, 96), max_size_train=200
+    )
     for seed in range(8):
         out, labels, masks = train_transform(img, annos, cfg, np.random.default_rng(seed))
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3 and out.flags.c_contiguous
@@ -120,6 +132,7 @@ def test_rectangle_through_a_known_crop():
     plan = Plan((100, 100), (200, 200), (40, 60, 100, 100), (50, 50), True)
     poly = _rect(40, 30, 60, 50)  # x2 -> 80..120, 60..100; -crop -> 20..60, 20..60; x0.5 -> 10..30; flip -> 20..40
     from fastinst.data.transforms import apply_polygon
+
     mask = polygons_to_mask([apply_polygon(p, plan) for p in poly], 50, 50)
     expected = np.zeros((50, 50), bool)
     expected[10:30, 20:40] = True
@@ -141,13 +154,16 @@ def test_rle_and_polygon_give_the_same_mask(compressed):
     rle = _rle(bitmap, compressed)
     np.testing.assert_array_equal(rle_to_mask(rle), bitmap)
     img = _image(h, w)
-    cfg = dataclasses.replace(CROP, crop_resize_sizes=(90, 100), crop_size=(60, 80), min_size_train=(45, 60, 90),
-                              max_size_train=400)
+    cfg = dataclasses.replace(
+        CROP, crop_resize_sizes=(90, 100), crop_size=(60, 80), min_size_train=(45, 60, 90), max_size_train=400
+    )
     for seed in range(12):
-        _, _, a = train_transform(img, [{"category_id": 0, "segmentation": poly, "iscrowd": 0}], cfg,
-                                  np.random.default_rng(seed))
-        _, _, b = train_transform(img, [{"category_id": 0, "segmentation": rle, "iscrowd": 0}], cfg,
-                                  np.random.default_rng(seed))
+        _, _, a = train_transform(
+            img, [{"category_id": 0, "segmentation": poly, "iscrowd": 0}], cfg, np.random.default_rng(seed)
+        )
+        _, _, b = train_transform(
+            img, [{"category_id": 0, "segmentation": rle, "iscrowd": 0}], cfg, np.random.default_rng(seed)
+        )
         # polygons are rasterised at the final size, RLE bitmaps are nearest-resized: edges may move by a pixel
         diff = (a[0] ^ b[0]).sum()
         assert diff <= 0.12 * max(1, a[0].sum()), (seed, diff, a[0].sum())
@@ -170,8 +186,9 @@ def test_rle_and_polygon_identical_for_integer_scales():
 def test_deterministic_for_a_seed():
     img = _image(240, 320, seed=3)
     annos = [{"category_id": 1, "segmentation": _rect(30, 40, 200, 180), "iscrowd": 0}]
-    cfg = dataclasses.replace(CROP, crop_resize_sizes=(200, 240), crop_size=(120, 200), min_size_train=(96, 128),
-                              max_size_train=256)
+    cfg = dataclasses.replace(
+        CROP, crop_resize_sizes=(200, 240), crop_size=(120, 200), min_size_train=(96, 128), max_size_train=256
+    )
     outs = [train_transform(img, annos, cfg, np.random.default_rng(7)) for _ in range(2)]
     for x, y in zip(*outs):
         np.testing.assert_array_equal(x, y)
@@ -183,15 +200,19 @@ def test_instance_cropped_away_is_kept_empty():
     img = _image(100, 100)
     plan = Plan((100, 100), (100, 100), (0, 0, 50, 50), (50, 50), False)  # keep the top-left quarter only
     from fastinst.data.transforms import apply_polygon
+
     gone = _rect(70, 70, 90, 90)
     assert not polygons_to_mask([apply_polygon(p, plan) for p in gone], 50, 50).any()
     partial = polygons_to_mask([apply_polygon(p, plan) for p in _rect(40, 40, 90, 90)], 50, 50)
     assert partial.sum() == 100 and partial[40:, 40:].all()
     # end to end: a small crop window with the object on the other side; the annotation survives, all zeros
-    cfg = dataclasses.replace(CROP, crop_resize_sizes=(100,), crop_size=(20, 20), min_size_train=(40,),
-                              max_size_train=1000)
-    annos = [{"category_id": 5, "segmentation": _rect(0, 0, 10, 10), "iscrowd": 0},
-             {"category_id": 6, "segmentation": _rect(0, 0, 100, 100), "iscrowd": 0}]
+    cfg = dataclasses.replace(
+        CROP, crop_resize_sizes=(100,), crop_size=(20, 20), min_size_train=(40,), max_size_train=1000
+    )
+    annos = [
+        {"category_id": 5, "segmentation": _rect(0, 0, 10, 10), "iscrowd": 0},
+        {"category_id": 6, "segmentation": _rect(0, 0, 100, 100), "iscrowd": 0},
+    ]
     empty_seen = False
     for seed in range(30):
         plan = sample_plan(100, 100, cfg, np.random.default_rng(seed))

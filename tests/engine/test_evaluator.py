@@ -1,4 +1,5 @@
 """`COCOEvaluator`: identical to pycocotools run by hand, AP 100 for the ground truth, a hand-computed AP, edge cases."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,15 +35,33 @@ def _box(x0, y0, x1, y1) -> np.ndarray:
 
 def _gt() -> tuple[dict, dict]:
     """Three images, categories 5 ("a") and 9 ("b"), a crowd region; -> (COCO dict, masks by annotation id)."""
-    masks = {1: _box(2, 2, 20, 20), 2: _box(24, 4, 46, 36), 3: _box(0, 0, 10, 30), 4: _box(12, 10, 40, 38),
-             5: _box(30, 0, 48, 8), 6: _box(5, 5, 25, 25)}
+    masks = {
+        1: _box(2, 2, 20, 20),
+        2: _box(24, 4, 46, 36),
+        3: _box(0, 0, 10, 30),
+        4: _box(12, 10, 40, 38),
+        5: _box(30, 0, 48, 8),
+        6: _box(5, 5, 25, 25),
+    }
     owners = {1: (1, 5, 0), 2: (1, 9, 0), 3: (2, 5, 0), 4: (2, 5, 0), 5: (2, 9, 1), 6: (3, 9, 0)}
-    anns = [{"id": i, "image_id": im, "category_id": c, "segmentation": _rle(masks[i]), "iscrowd": crowd,
-             "area": float(masks[i].sum()), "bbox": [float(v) for v in mask_util.toBbox(_rle(masks[i]))]}
-            for i, (im, c, crowd) in owners.items()]
+    anns = [
+        {
+            "id": i,
+            "image_id": im,
+            "category_id": c,
+            "segmentation": _rle(masks[i]),
+            "iscrowd": crowd,
+            "area": float(masks[i].sum()),
+            "bbox": [float(v) for v in mask_util.toBbox(_rle(masks[i]))],
+        }
+        for i, (im, c, crowd) in owners.items()
+    ]
     images = [{"id": i, "file_name": f"{i}.jpg", "height": H, "width": W} for i in (1, 2, 3)]
-    return {"images": images, "annotations": anns, "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}]}, \
-        masks
+    return {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+    }, masks
 
 
 def _noisy_predictions(seed: int = 0) -> dict[int, tuple]:
@@ -102,8 +121,12 @@ def test_ground_truth_as_prediction_scores_100():
     ev = COCOEvaluator(gt)
     for im in (1, 2, 3):
         anns = [a for a in gt["annotations"] if a["image_id"] == im and not a["iscrowd"]]
-        ev.process(im, torch.from_numpy(np.stack([masks[a["id"]] for a in anns])),
-                   torch.ones(len(anns)), torch.tensor([0 if a["category_id"] == 5 else 1 for a in anns]))
+        ev.process(
+            im,
+            torch.from_numpy(np.stack([masks[a["id"]] for a in anns])),
+            torch.ones(len(anns)),
+            torch.tensor([0 if a["category_id"] == 5 else 1 for a in anns]),
+        )
     metrics = ev.evaluate(verbose=False)
     assert metrics["AP"] == metrics["AP50"] == metrics["AP75"] == metrics["AR100"] == 100.0
     assert metrics["per_class"] == {"a": 100.0, "b": 100.0}
@@ -115,10 +138,22 @@ def test_hand_computed_ap():
     Of the 101 recall thresholds, 0.00..0.50 (51) get 1 and 0.51..1.00 (50) get 2/3: AP = (51 + 50 * 2/3) / 101.
     """
     g1, g2 = _box(0, 0, 10, 10), _box(20, 20, 30, 30)
-    gt = {"images": [{"id": 1, "file_name": "x.jpg", "height": H, "width": W}],
-          "categories": [{"id": 1, "name": "thing"}],
-          "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": _rle(m), "iscrowd": 0,
-                           "area": float(m.sum()), "bbox": [0, 0, 1, 1]} for k, m in enumerate((g1, g2))]}
+    gt = {
+        "images": [{"id": 1, "file_name": "x.jpg", "height": H, "width": W}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": _rle(m),
+                "iscrowd": 0,
+                "area": float(m.sum()),
+                "bbox": [0, 0, 1, 1],
+            }
+            for k, m in enumerate((g1, g2))
+        ],
+    }
     ev = COCOEvaluator(gt, [1])
     ev.process(1, np.stack([g1, _box(40, 0, 48, 6), g2]), np.array([0.9, 0.8, 0.7]), np.zeros(3, int))
     metrics = ev.evaluate(verbose=False)
@@ -178,8 +213,11 @@ def test_bad_inputs():
 def test_results_file_and_report(tmp_path):
     gt, masks = _gt()
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
-                "score": 1.0} for a in gt["annotations"] if not a["iscrowd"]]
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
     (tmp_path / "res.json").write_text(json.dumps(results))
     metrics = evaluate_results(tmp_path / "res.json", tmp_path / "gt.json", verbose=False)
     assert metrics["AP"] == 100.0

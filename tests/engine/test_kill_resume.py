@@ -1,5 +1,6 @@
 """A training process killed with SIGKILL at random moments (also mid-checkpoint) and resumed each time ends with
 weights bit-identical to an uninterrupted run of the same length."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,13 @@ ITERS = 8
 
 def _start(script: Path, out: Path, slow: bool) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(out), str(ITERS), "slow" if slow else "fast"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(out), str(ITERS), "slow" if slow else "fast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, marker: str | None, delay: float) -> bool:

@@ -1,4 +1,5 @@
 """Predictor and Results: every input type, sorting/filtering, boxes, COCO export, and fixture parity via the API."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ FIXTURE = FIXTURES / "fastinst_R50_ppm-fpn_x1_576-s0"
 @pytest.fixture(scope="module")
 def demo():
     import fastinst
+
     torch.manual_seed(0)
     return Predictor(fastinst.build_model("fastinst-demo"), names=["circle", "square", "triangle", "star"])
 
@@ -81,6 +83,7 @@ def test_boxes_from_masks():
 
 def test_to_coco_loads_in_pycocotools(demo, photo):
     from pycocotools.coco import COCO
+
     r = demo.predict(photo, score_threshold=0.0)[0]
     entries = r.to_coco(7, category_ids=[10, 20, 30, 40])
     assert len(entries) == len(r)
@@ -90,8 +93,11 @@ def test_to_coco_loads_in_pycocotools(demo, photo):
     assert e["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
     json.dumps(entries)
     gt = COCO()
-    gt.dataset = {"images": [{"id": 7, "height": 60, "width": 80}], "annotations": [],
-                  "categories": [{"id": i} for i in (10, 20, 30, 40)]}
+    gt.dataset = {
+        "images": [{"id": 7, "height": 60, "width": 80}],
+        "annotations": [],
+        "categories": [{"id": i} for i in (10, 20, 30, 40)],
+    }
     gt.createIndex()
     dt = gt.loadRes(entries)
     assert len(dt.getAnnIds()) == len(r)
@@ -115,6 +121,7 @@ def test_wrong_number_of_names(demo):
 
 def test_default_names_are_coco():
     from fastinst.data.coco_classes import COCO_CATEGORY_IDS, COCO_NAMES
+
     assert COCO_NAMES[0] == "person" and COCO_NAMES[-1] == "toothbrush" and COCO_CATEGORY_IDS[-1] == 90
     assert len(set(COCO_CATEGORY_IDS)) == 80
 
@@ -127,6 +134,7 @@ def test_default_names_are_coco():
 def fixture_weights(tmp_path_factory):
     """The fixture's synthetic weights saved as an official-format checkpoint, and the reference npz."""
     from fastinst.parity import synthetic_weights_fn
+
     npz = np.load(FIXTURE / "reference.npz")
     meta = json.loads(str(npz["meta_json"]))
     weights = synthetic_weights_fn(FIXTURE)(str(FIXTURE / "keys.txt"), int(meta["seed"]))
@@ -157,6 +165,7 @@ def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, ma
 @pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
 def test_fixture_instances_through_fastinst_load(tmp_path_factory):
     import fastinst
+
     path, npz, meta = fixture_weights(tmp_path_factory)
     predictor = fastinst.load(meta["config"], weights=path)
     images = [npz["input.0.original"], npz["input.1.original"]]

@@ -1,4 +1,5 @@
 """Trainer: parameter groups, schedule, atomic checkpoints, exact resume, NaN handling, 2-process DDP equivalence."""
+
 from __future__ import annotations
 
 import os
@@ -11,12 +12,24 @@ import torch
 
 from fastinst import build_model
 from fastinst.config import apply_overrides, get_config
-from fastinst.engine.trainer import Trainer, build_optimizer, lr_factor, NonFiniteLoss
+from fastinst.engine.trainer import NonFiniteLoss, Trainer, build_optimizer, lr_factor
 
-TINY = ["model.backbone_norm=FrozenBN", "model.hidden_dim=32", "model.num_queries=9", "model.num_aux_queries=2",
-        "model.nheads=2", "model.dim_feedforward=32", "model.num_classes=3", "loss.num_points=256",
-        "solver.ims_per_batch=2", "solver.max_iter=4", "solver.steps=[3]", "solver.checkpoint_period=2",
-        "solver.log_period=1", "solver.amp=false"]
+TINY = [
+    "model.backbone_norm=FrozenBN",
+    "model.hidden_dim=32",
+    "model.num_queries=9",
+    "model.num_aux_queries=2",
+    "model.nheads=2",
+    "model.dim_feedforward=32",
+    "model.num_classes=3",
+    "loss.num_points=256",
+    "solver.ims_per_batch=2",
+    "solver.max_iter=4",
+    "solver.steps=[3]",
+    "solver.checkpoint_period=2",
+    "solver.log_period=1",
+    "solver.amp=false",
+]
 
 
 def tiny_cfg(extra=()):
@@ -30,21 +43,27 @@ def make_sample(position: int, size=(64, 64)) -> dict:
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
     masks = torch.zeros(2, h, w, dtype=torch.bool)
     y, x = int(torch.randint(0, h // 2, (1,), generator=g)), int(torch.randint(0, w // 2, (1,), generator=g))
-    masks[0, y: y + h // 3, x: x + w // 3] = True
-    masks[1, h // 2:, w // 2:] = True
+    masks[0, y : y + h // 3, x : x + w // 3] = True
+    masks[1, h // 2 :, w // 2 :] = True
     image[:, masks[0]] = 250
-    return {"image": image, "height": h, "width": w,
-            "instances": {"labels": torch.tensor([position % 3, (position + 1) % 3]), "masks": masks}}
+    return {
+        "image": image,
+        "height": h,
+        "width": w,
+        "instances": {"labels": torch.tensor([position % 3, (position + 1) % 3]), "masks": masks},
+    }
 
 
 def stream(batch_size: int, rank: int = 0, world: int = 1):
     """loader_fn: global batch i holds positions [i*B*world, ...); rank r takes every world-th of them."""
+
     def loader(start_iter: int):
         it = start_iter
         while True:
             base = it * batch_size * world
             yield [make_sample(base + j) for j in range(rank, batch_size * world, world)]
             it += 1
+
     return loader
 
 
@@ -81,8 +100,8 @@ def _train(tmp: Path, iters: int, resume: bool = False, max_iter: int = 4) -> Tr
 def test_stop_and_resume_gives_identical_weights(tmp_path):
     full = _train(tmp_path / "full", 4)
     part = tmp_path / "part"
-    _train(part, 2)                             # stops after 2 iterations (checkpoint written)
-    resumed = _train(part, 4, resume=True)       # picks up at iteration 2
+    _train(part, 2)  # stops after 2 iterations (checkpoint written)
+    resumed = _train(part, 4, resume=True)  # picks up at iteration 2
     assert resumed.iteration == 4
     a, b = full.model.state_dict(), resumed.model.state_dict()
     for k in a:
@@ -137,8 +156,16 @@ def test_two_process_ddp_step_equals_single_process(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parents[1]), out=str(tmp_path / "ddp")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(script)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        str(script),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)["model"]

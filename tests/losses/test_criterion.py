@@ -1,12 +1,19 @@
 """SetCriterion: hand-computed BCE/dice/CE values, the draw order, matching reuse, weights and the state dict."""
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-from fastinst.losses.criterion import (SetCriterion, build_weight_dict, dice_loss, num_masks_of, sigmoid_bce_loss,
-                                       weighted_total)
+from fastinst.losses.criterion import (
+    SetCriterion,
+    build_weight_dict,
+    dice_loss,
+    num_masks_of,
+    sigmoid_bce_loss,
+    weighted_total,
+)
 from fastinst.losses.matcher import HungarianMatcher
 from fastinst.losses.points import ReplayRand
 
@@ -27,8 +34,18 @@ def test_sigmoid_bce_and_dice_by_hand():
 
 def test_weight_dict_and_total():
     w = build_weight_dict(2.0, 5.0, 5.0, 20.0, num_aux=2)
-    assert list(w) == ["loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0",
-                       "loss_ce_1", "loss_mask_1", "loss_dice_1", "loss_proposal"]
+    assert list(w) == [
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_0",
+        "loss_mask_0",
+        "loss_dice_0",
+        "loss_ce_1",
+        "loss_mask_1",
+        "loss_dice_1",
+        "loss_proposal",
+    ]
     assert w["loss_mask_1"] == 5.0 and w["loss_proposal"] == 20.0 and w["loss_ce_0"] == 2.0
     losses = {"loss_ce": torch.tensor(1.0), "loss_proposal": torch.tensor(0.5), "other": torch.tensor(100.0)}
     torch.testing.assert_close(weighted_total(losses, w), torch.tensor(12.0))
@@ -52,12 +69,18 @@ def batch(c: float = 0.7):
     """B = 2, Q = 3, K = 2: image 0 has one full GT, image 1 a full GT and an empty GT; constant mask logits c."""
     h = 8
     full, empty = torch.ones(h, h, dtype=torch.bool), torch.zeros(h, h, dtype=torch.bool)
-    targets = [{"labels": torch.tensor([1]), "masks": full[None]},
-               {"labels": torch.tensor([0, 1]), "masks": torch.stack([full, empty])}]
-    logits = torch.tensor([[[2.0, 0.0, 1.0], [0.5, -1.0, 0.0], [0.0, 0.0, 3.0]],
-                           [[1.0, 1.0, 1.0], [-2.0, 0.0, 2.0], [0.3, 0.2, 0.1]]])
-    outputs = {"pred_logits": logits, "pred_masks": torch.full((2, 3, 4, 4), c),
-               "query_locations": torch.full((2, 3, 2), 0.5)}
+    targets = [
+        {"labels": torch.tensor([1]), "masks": full[None]},
+        {"labels": torch.tensor([0, 1]), "masks": torch.stack([full, empty])},
+    ]
+    logits = torch.tensor(
+        [[[2.0, 0.0, 1.0], [0.5, -1.0, 0.0], [0.0, 0.0, 3.0]], [[1.0, 1.0, 1.0], [-2.0, 0.0, 2.0], [0.3, 0.2, 0.1]]]
+    )
+    outputs = {
+        "pred_logits": logits,
+        "pred_masks": torch.full((2, 3, 4, 4), c),
+        "query_locations": torch.full((2, 3, 2), 0.5),
+    }
     matching = [(torch.tensor([2]), torch.tensor([0])), (torch.tensor([0, 1]), torch.tensor([1, 0]))]
     return outputs, targets, matching
 
@@ -66,8 +89,9 @@ def test_losses_of_a_given_matching_by_hand():
     c = 0.7
     outputs, targets, matching = batch(c)
     outputs["pred_matching_indices"] = matching
-    crit = SetCriterion(2, HungarianMatcher(num_points=4), num_points=4, oversample_ratio=1.0,
-                        importance_sample_ratio=0.5)
+    crit = SetCriterion(
+        2, HungarianMatcher(num_points=4), num_points=4, oversample_ratio=1.0, importance_sample_ratio=0.5
+    )
     interior = torch.tensor([[0.3, 0.4], [0.5, 0.5], [0.6, 0.7], [0.45, 0.55]])
     replay = ReplayRand([interior.expand(3, 4, 2), interior[:2].expand(3, 2, 2)])
     losses = crit({k: v for k, v in outputs.items()}, targets, rand=replay)
@@ -95,10 +119,11 @@ def test_proposal_loss_is_unweighted_mean_ce():
     crit = SetCriterion(2, HungarianMatcher())
     logits = torch.randn(1, 3, 2, 2)
     gt = torch.zeros(1, 32, 32, dtype=torch.bool)
-    gt[0, 20:, 20:] = True                                  # only cell (1, 1) -> flat pixel 3
-    loss = crit.loss_proposal(logits, [{"labels": torch.tensor([0]), "masks": gt}],
-                              [(torch.tensor([3]), torch.tensor([0]))])
-    lp = logits[0].flatten(1).T.log_softmax(-1)             # (4, 3)
+    gt[0, 20:, 20:] = True  # only cell (1, 1) -> flat pixel 3
+    loss = crit.loss_proposal(
+        logits, [{"labels": torch.tensor([0]), "masks": gt}], [(torch.tensor([3]), torch.tensor([0]))]
+    )
+    lp = logits[0].flatten(1).T.log_softmax(-1)  # (4, 3)
     manual = -(lp[0, 2] + lp[1, 2] + lp[2, 2] + lp[3, 0]) / 4
     torch.testing.assert_close(loss, manual)
 
@@ -108,10 +133,14 @@ def test_forward_draw_order_matching_reuse_and_names():
     outputs["proposal_cls_logits"] = torch.randn(2, 3, 1, 1)
     outputs["pred_matching_indices"] = None
     outputs["aux_outputs"] = [
-        {**{k: outputs[k].clone() for k in ("pred_logits", "pred_masks", "query_locations")},
-         "pred_matching_indices": matching},                                        # guided: no matcher call
-        {**{k: outputs[k].clone() for k in ("pred_logits", "pred_masks", "query_locations")},
-         "pred_matching_indices": None},
+        {
+            **{k: outputs[k].clone() for k in ("pred_logits", "pred_masks", "query_locations")},
+            "pred_matching_indices": matching,
+        },  # guided: no matcher call
+        {
+            **{k: outputs[k].clone() for k in ("pred_logits", "pred_masks", "query_locations")},
+            "pred_matching_indices": None,
+        },
     ]
     calls = []
 
@@ -123,8 +152,18 @@ def test_forward_draw_order_matching_reuse_and_names():
     losses = crit(outputs, targets, rand=rand)
     match, over, fresh = (1, 16, 2), (3, 48, 2), (3, 4, 2)
     assert calls == [match, match, over, fresh, over, fresh, match, match, over, fresh]
-    assert list(losses) == ["loss_proposal", "loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0",
-                            "loss_dice_0", "loss_ce_1", "loss_mask_1", "loss_dice_1"]
+    assert list(losses) == [
+        "loss_proposal",
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_0",
+        "loss_mask_0",
+        "loss_dice_0",
+        "loss_ce_1",
+        "loss_mask_1",
+        "loss_dice_1",
+    ]
     assert set(crit.last_matchings) == {"proposal", "final", "aux_0", "aux_1"}
     assert crit.last_matchings["aux_0"] is matching
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())

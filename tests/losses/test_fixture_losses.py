@@ -4,6 +4,7 @@ The proposal head is the same in training and eval, so `eval.proposal_cls_logits
 `train.match.proposal.*` and `train.loss.loss_proposal` without running the model. The full check replays the
 recorded random draws through the model's training forward (`fastinst.losses.parity.check_train_parity`).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FIXTURE_DIRS
 from fastinst.losses.criterion import SetCriterion
 from fastinst.losses.matcher import HungarianMatcher, proposal_match
 from fastinst.losses.parity import check_train_parity, fixture_batch, fixture_replay
-
-from conftest import FIXTURE_DIRS
 
 pytestmark = pytest.mark.skipif(not FIXTURE_DIRS, reason="no fixtures")
 
 # The full training forward takes ~10 s per fixture on 2 cores: by default run the D1 fixtures and one D3 one
 # (keeps this file near a minute); FASTINST_FULL_PARITY=1 runs every fixture.
 QUICK = ("fastinst_R50_ppm-fpn_x1_576", "fastinst_R50-vd-dcn_ppm-fpn_x1_576", "fastinst_R50_ppm-fpn_x3_640")
-TRAIN_DIRS = [p for p in FIXTURE_DIRS
-              if os.environ.get("FASTINST_FULL_PARITY") == "1" or p.name.rsplit("-s", 1)[0] in QUICK]
+TRAIN_DIRS = [
+    p for p in FIXTURE_DIRS if os.environ.get("FASTINST_FULL_PARITY") == "1" or p.name.rsplit("-s", 1)[0] in QUICK
+]
 
 
 def padded_targets(npz) -> list[dict]:

@@ -1,4 +1,5 @@
 """point_sample corner semantics, uncertain point selection order, and the ReplayRand shape check."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,8 +48,8 @@ def test_replay_rand_order_shape_and_device():
 def test_uncertain_points_topk_first_then_fresh_with_row_offset():
     # Two masks on a 2x2 grid; the candidates sit at pixel centres so their logits are exact.
     logits = torch.tensor([[[[0.1, -5.0], [3.0, -0.2]]], [[[-9.0, 0.05], [7.0, 1.0]]]])  # (2, 1, 2, 2)
-    centres = torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])    # pixel order
-    cand = torch.stack([centres, centres.flip(0)])                                     # (2, 4, 2)
+    centres = torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]])  # pixel order
+    cand = torch.stack([centres, centres.flip(0)])  # (2, 4, 2)
     fresh = torch.full((2, 1, 2), 0.5)
     replay = ReplayRand([cand, fresh])
     # num_points 4, oversample 1 -> 4 candidates; importance 0.75 -> 3 uncertain + 1 fresh

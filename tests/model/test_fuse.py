@@ -1,4 +1,5 @@
 """`optimize_for_inference`: BatchNorm folding (and channels_last) leaves the network's outputs unchanged."""
+
 from __future__ import annotations
 
 import pytest

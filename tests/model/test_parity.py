@@ -1,4 +1,5 @@
 """Eval-mode parity with the official implementation on every shared fixture (SPEC fixtures README tolerances)."""
+
 import pytest
 
 from conftest import FIXTURE_DIRS

@@ -1,4 +1,5 @@
 """The fast post-processing (only the kept queries are upsampled) equals the official order of operations."""
+
 import torch
 
 from fastinst.model.postprocess import instances, instances_reference
@@ -17,7 +18,7 @@ def test_fast_equals_reference():
     assert torch.equal(a["masks"], b["masks"])
     assert torch.allclose(a["scores"], b["scores"], atol=1e-7)
     assert a["masks"].shape == (100, 253, 241)
-    class_probs = logits.softmax(-1)[a["queries"], a["labels"]]   # instances come best class probability first
+    class_probs = logits.softmax(-1)[a["queries"], a["labels"]]  # instances come best class probability first
     assert torch.all(class_probs[:-1] >= class_probs[1:])
 
 

@@ -1,4 +1,5 @@
 """The five published variants: exact parameter counts and the official state-dict keys (names, shapes, order)."""
+
 import pytest
 import torch
 
@@ -7,8 +8,11 @@ from fastinst import build_model
 from fastinst.config import ALIASES, canonical_name
 
 COUNTS = {
-    "fastinst-d1-r50": 29_658_035, "fastinst-d3-r50": 34_176_597, "fastinst-d3-r101": 53_116_501,
-    "fastinst-d1-r50vd-dcn": 30_174_965, "fastinst-d3-r50vd-dcn": 34_693_527,
+    "fastinst-d1-r50": 29_658_035,
+    "fastinst-d3-r50": 34_176_597,
+    "fastinst-d3-r101": 53_116_501,
+    "fastinst-d1-r50vd-dcn": 30_174_965,
+    "fastinst-d3-r50vd-dcn": 34_693_527,
 }
 
 
@@ -49,8 +53,7 @@ def test_demo_variant_trains_forward():
     masks = torch.zeros(2, 96, 128, dtype=torch.bool)
     masks[0, 10:40, 10:50] = True
     masks[1, 50:90, 60:120] = True
-    batch = [{"image": img, "height": 96, "width": 128,
-              "instances": {"labels": torch.tensor([0, 2]), "masks": masks}}]
+    batch = [{"image": img, "height": 96, "width": 128, "instances": {"labels": torch.tensor([0, 2]), "masks": masks}}]
     losses = model(batch)
     total = sum(losses.values())
     total.backward()

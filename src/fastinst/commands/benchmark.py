@@ -8,6 +8,7 @@ Reports params, GFLOPs (fvcore convention: one multiply-add = one flop), the ach
 big square matmul's rate measured in the same run on the same device and dtype, before and after the model runs
 (the practical peak: the higher of the two), the "floor" 2 x MACs / peak, and the goal floor / 0.85. `--json FILE` writes everything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,8 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -33,13 +34,21 @@ GOAL_FRACTION = 0.85
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("benchmark", help="latency, FPS and GFLOP/s of a variant on this machine",
-                       description="Latency of the network and of the full image -> masks pipeline, with GFLOPs and "
-                                   "the fraction of a matmul peak measured in the same run.")
+    p = sub.add_parser(
+        "benchmark",
+        help="latency, FPS and GFLOP/s of a variant on this machine",
+        description="Latency of the network and of the full image -> masks pipeline, with GFLOPs and "
+        "the fraction of a matmul peak measured in the same run.",
+    )
     p.add_argument("--model", default="fastinst-d1-r50", help="variant name or alias (default fastinst-d1-r50)")
     p.add_argument("--weights", help="checkpoint (default: random init; timings do not depend on the weights)")
-    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                   help="input height and width, multiples of 32 (default: a 480x640 photo at the test size)")
+    p.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="input height and width, multiples of 32 (default: a 480x640 photo at the test size)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", default="fp32", choices=DTYPES, help="autocast precision (default fp32)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile or onnxruntime")
@@ -56,6 +65,7 @@ def add_parser(sub) -> None:
 # Timing helpers
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def time_fn(fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[], None]) -> dict:
     """Call `fn` warmup + iters times; statistics of the timed calls in milliseconds."""
     for _ in range(warmup):
@@ -69,18 +79,23 @@ def time_fn(fn: Callable[[], object], iters: int, warmup: int, sync: Callable[[]
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     p90 = times[min(len(times) - 1, int(np.ceil(0.9 * len(times))) - 1)]
-    return {"median_ms": statistics.median(times), "p90_ms": p90, "mean_ms": statistics.fmean(times),
-            "min_ms": times[0]}
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": p90,
+        "mean_ms": statistics.fmean(times),
+        "min_ms": times[0],
+    }
 
 
 def matmul_peak(device, dtype, sync, n: int | None = None, iters: int = 10) -> dict:
     """GFLOP/s (2 n^3 per product) of an n x n matmul on `device` in `dtype`: the practical compute peak."""
     import torch
+
     n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     stats = time_fn(lambda: torch.mm(a, b), iters, 2, sync)
-    return {"n": n, "median_ms": stats["median_ms"], "gflops_per_s": 2 * n ** 3 / (stats["median_ms"] * 1e-3) / 1e9}
+    return {"n": n, "median_ms": stats["median_ms"], "gflops_per_s": 2 * n**3 / (stats["median_ms"] * 1e-3) / 1e9}
 
 
 def cpu_model() -> str:
@@ -98,10 +113,12 @@ def cpu_model() -> str:
 # Backends: (network(images), pipeline(list of HxWx3 uint8)) callables
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def _torch_backend(model, args, device, autocast):
     import torch
 
     from ..export import InferenceNet
+
     net = InferenceNet(model)
     if args.backend == "compile":
         net = torch.compile(net)
@@ -126,6 +143,7 @@ def _onnx_backend(model, args, size, workdir: Path):
     import torch
 
     from ..export import INPUT, OnnxModel, export_onnx
+
     path = export_onnx(model, workdir / "model.onnx", size=size, dynamic=args.batch_size > 1)
     onnx_model = OnnxModel(path, model.cfg, threads=args.threads or None)
 
@@ -143,6 +161,7 @@ def _onnx_backend(model, args, size, workdir: Path):
 # The benchmark
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 def benchmark(args: argparse.Namespace) -> dict:
     import torch
 
@@ -151,6 +170,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     from ..export import check_size, default_size
     from ..flops import count_flops
     from ..model.fuse import optimize_for_inference
+
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         raise FastInstError("--iters and --batch-size must be at least 1, --warmup at least 0")
     if args.backend == "onnxruntime" and (args.dtype != "fp32" or args.device != "cpu"):
@@ -166,6 +186,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     model = build_model(cfg).eval()
     if args.weights:
         from ..checkpoint import load_checkpoint
+
         load_checkpoint(model, args.weights)
     with torch.no_grad():
         flops = count_flops(model, *size)
@@ -198,17 +219,28 @@ def benchmark(args: argparse.Namespace) -> dict:
         pipe_stats = time_fn(lambda: pipeline(arrays), args.iters, args.warmup, sync)
     after = matmul_peak(device, low or torch.float32, sync)
     # measured before and after the model runs: on a shared machine they differ, and the higher one is the peak
-    peak = {**max(before, after, key=lambda m: m["gflops_per_s"]),
-            "before_gflops_per_s": before["gflops_per_s"], "after_gflops_per_s": after["gflops_per_s"]}
+    peak = {
+        **max(before, after, key=lambda m: m["gflops_per_s"]),
+        "before_gflops_per_s": before["gflops_per_s"],
+        "after_gflops_per_s": after["gflops_per_s"],
+    }
     b = args.batch_size
     macs_net = flops["backbone"] + flops["pixel_decoder"] + flops["decoder"]
     macs_pipe = flops["total"]
     rate = peak["gflops_per_s"] * 1e9
     result = {
-        "model": cfg.name, "size": list(size), "batch_size": b, "device": str(device), "dtype": args.dtype,
-        "backend": args.backend, "fused": args.fuse, "channels_last": args.channels_last,
+        "model": cfg.name,
+        "size": list(size),
+        "batch_size": b,
+        "device": str(device),
+        "dtype": args.dtype,
+        "backend": args.backend,
+        "fused": args.fuse,
+        "channels_last": args.channels_last,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "iters": args.iters, "warmup": args.warmup, "params": params,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "params": params,
         "gflops": {k: round(v / 1e9, 3) for k, v in flops.items()},
         "network": {**net_stats, "fps": 1e3 * b / net_stats["median_ms"]},
         "pipeline": {**pipe_stats, "fps": 1e3 * b / pipe_stats["median_ms"]},
@@ -223,10 +255,13 @@ def benchmark(args: argparse.Namespace) -> dict:
         stats["goal_met"] = stats["median_ms"] <= stats["goal_ms"]
     result["machine"] = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
     if args.backend == "onnxruntime":
         import onnxruntime
+
         result["machine"]["onnxruntime"] = onnxruntime.__version__
     return result
 
@@ -234,17 +269,25 @@ def benchmark(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     result = benchmark(args)
     h, w = result["size"]
-    print(f"{result['model']}  {h}x{w}  batch {result['batch_size']}  {result['device']} "
-          f"({result['machine']['device_name']}, {result['threads'] or '-'} threads)  {result['dtype']}  "
-          f"{result['backend']}{'  fused' if result['fused'] else ''}{'  channels_last' if result['channels_last'] else ''}")
-    print(f"  params {result['params'] / 1e6:.2f} M   GFLOPs {result['gflops']['total']:.2f} "
-          f"(network {result['gflops']['total'] - result['gflops']['postprocess']:.2f})   "
-          f"matmul peak {result['matmul']['gflops_per_s']:.1f} GFLOP/s")
-    print(f"  {'':<10}{'median ms':>10}{'p90 ms':>9}{'FPS':>8}{'GFLOP/s':>9}{'of peak':>9}{'floor ms':>10}{'goal ms':>9}")
+    print(
+        f"{result['model']}  {h}x{w}  batch {result['batch_size']}  {result['device']} "
+        f"({result['machine']['device_name']}, {result['threads'] or '-'} threads)  {result['dtype']}  "
+        f"{result['backend']}{'  fused' if result['fused'] else ''}{'  channels_last' if result['channels_last'] else ''}"
+    )
+    print(
+        f"  params {result['params'] / 1e6:.2f} M   GFLOPs {result['gflops']['total']:.2f} "
+        f"(network {result['gflops']['total'] - result['gflops']['postprocess']:.2f})   "
+        f"matmul peak {result['matmul']['gflops_per_s']:.1f} GFLOP/s"
+    )
+    print(
+        f"  {'':<10}{'median ms':>10}{'p90 ms':>9}{'FPS':>8}{'GFLOP/s':>9}{'of peak':>9}{'floor ms':>10}{'goal ms':>9}"
+    )
     for key in ("network", "pipeline"):
         s = result[key]
-        print(f"  {key:<10}{s['median_ms']:>10.1f}{s['p90_ms']:>9.1f}{s['fps']:>8.2f}{s['achieved_gflops_per_s']:>9.1f}"
-              f"{s['fraction_of_peak']:>9.1%}{s['floor_ms']:>10.1f}{s['goal_ms']:>9.1f}")
+        print(
+            f"  {key:<10}{s['median_ms']:>10.1f}{s['p90_ms']:>9.1f}{s['fps']:>8.2f}{s['achieved_gflops_per_s']:>9.1f}"
+            f"{s['fraction_of_peak']:>9.1%}{s['floor_ms']:>10.1f}{s['goal_ms']:>9.1f}"
+        )
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

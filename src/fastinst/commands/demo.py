@@ -6,6 +6,7 @@ learns the four shape classes in minutes on two CPU cores. The training length i
 (`BudgetTrainer`): training ends `--budget` seconds after the start, then the val split is evaluated. The last line
 printed is `mask AP <value> in <seconds> s`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,19 @@ from ..engine.trainer import Trainer
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train and evaluate the CPU demo on generated data (the README's main command)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "demo",
+        help="train and evaluate the CPU demo on generated data (the README's main command)",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("--data", default="datasets/fastinst-synthetic", help="where the synthetic dataset lives")
     p.add_argument("--output", default="runs/demo", help="output folder")
-    p.add_argument("--budget", type=float, default=480.0,
-                   help="training ends this many seconds after the start, data generation included (default 480)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=480.0,
+        help="training ends this many seconds after the start, data generation included (default 480)",
+    )
     p.add_argument("--iters", type=int, help="train exactly this many iterations (ignores --budget)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -60,6 +68,8 @@ class BudgetTrainer(Trainer):
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from .. import build_model
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
@@ -68,7 +78,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data.synthetic import ensure_synthetic_coco
     from ..engine.evaluator import COCOEvaluator, write_report
     from ..visualize import draw_instances
-    from PIL import Image
 
     start = time.time()
     deadline = time.perf_counter() + args.budget
@@ -86,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(cfg)
 
     def loader(start_iter: int):
-        return build_train_loader(train.records, cfg, cfg.solver.ims_per_batch, num_workers=cfg.solver.num_workers,
-                                  start_iter=start_iter)
+        return build_train_loader(
+            train.records, cfg, cfg.solver.ims_per_batch, num_workers=cfg.solver.num_workers, start_iter=start_iter
+        )
 
     for f in ("metrics.jsonl", "last.pth"):  # a demo run always starts fresh
         (out / f).unlink(missing_ok=True)
@@ -98,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         trainer = BudgetTrainer(cfg, model, loader, out, progress=True, deadline=deadline)
     trainer.train()
-    print(f"trained {trainer.iteration} iterations of {cfg.solver.ims_per_batch} images in "
-          f"{time.time() - start:.0f} s (lr x{cfg.solver.gamma} from iteration {cfg.solver.steps[0]})")
+    print(
+        f"trained {trainer.iteration} iterations of {cfg.solver.ims_per_batch} images in "
+        f"{time.time() - start:.0f} s (lr x{cfg.solver.gamma} from iteration {cfg.solver.steps[0]})"
+    )
 
     model.eval()
     evaluator = COCOEvaluator(val.coco, val.category_ids)

@@ -7,6 +7,7 @@ Prints pycocotools' 12-line table and writes `metrics.json`, `pr_curve_iou50.png
 `--output` (default runs/eval); with `--model` also the raw predictions as `predictions.json`. Under torchrun the
 images are split over the processes and rank 0 scores everything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,14 +20,21 @@ from ..errors import FastInstError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="COCO mask AP of a results json or of a model on a dataset split",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "eval",
+        help="COCO mask AP of a results json or of a model on a dataset split",
+        description=__doc__.split("\n\n")[0],
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--results", help="COCO results json (list of {image_id, category_id, segmentation, score})")
     src.add_argument("--model", help="variant name, alias or YAML config to run (needs --weights)")
     p.add_argument("--weights", help="checkpoint file for --model")
-    p.add_argument("--data", required=True, help="dataset: folder, COCO json, Ultralytics YAML or short name (coco, "
-                                                 "cityscapes, ade20k under $FASTINST_DATASETS); see docs/datasets.md")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="dataset: folder, COCO json, Ultralytics YAML or short name (coco, "
+        "cityscapes, ade20k under $FASTINST_DATASETS); see docs/datasets.md",
+    )
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -42,6 +50,7 @@ def _read_image(path: str):
         return read_image(path)
     import numpy as np
     from PIL import Image
+
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -50,7 +59,9 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks."""
     import torch
     from tqdm import tqdm
+
     import fastinst
+
     from .. import checkpoint
     from ..config import get_config
     from ..engine import distributed as dist_utils
@@ -101,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             image_ids = None  # the whole split: score against every ground-truth image, as pycocotools does
     metrics = evaluate_results(results, dataset.coco, image_ids=image_ids)
     target = write_report(metrics, out)
-    print(f"{dataset.name}: mask AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}, AP75 {metrics['AP75']:.2f}) "
-          f"in {time.time() - start:.0f} s; wrote {target} and the PR curves")
+    print(
+        f"{dataset.name}: mask AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}, AP75 {metrics['AP75']:.2f}) "
+        f"in {time.time() - start:.0f} s; wrote {target} and the PR curves"
+    )
     return 0

@@ -4,6 +4,7 @@ Writes an ONNX graph (normalised padded images -> `pred_logits`, `pred_masks`; s
 onnxruntime next to PyTorch on one image and prints the max abs difference; exits non-zero if they disagree.
 Use the file with `fastinst predict --backend onnxruntime --onnx FILE`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,16 +15,23 @@ from ..errors import FastInstError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="export a variant to ONNX and check it against PyTorch",
-                       description="Export to ONNX (images -> pred_logits, pred_masks), then compare onnxruntime with "
-                                   "PyTorch on one image.")
+    p = sub.add_parser(
+        "export",
+        help="export a variant to ONNX and check it against PyTorch",
+        description="Export to ONNX (images -> pred_logits, pred_masks), then compare onnxruntime with "
+        "PyTorch on one image.",
+    )
     p.add_argument("--model", default="fastinst-d1-r50", help="variant name, alias or YAML config")
     p.add_argument("--weights", help="checkpoint file (default: random init, with a warning)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
-                      help="fixed input size, multiples of 32 (default: a 480x640 photo at the test size, "
-                           "e.g. 576 768 for D1)")
+    size.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        help="fixed input size, multiples of 32 (default: a 480x640 photo at the test size, e.g. 576 768 for D1)",
+    )
     size.add_argument("--dynamic", action="store_true", help="free batch, height and width")
     p.add_argument("--opset", type=int, default=17, choices=[17, 18], help="ONNX opset (default 17)")
     p.add_argument("--output", help="output file (default <model>.onnx)")
@@ -36,18 +44,21 @@ def run(args: argparse.Namespace) -> int:
     from .. import build_model
     from ..config import get_config
     from ..export import check_size, default_size, export_onnx, verify_onnx
+
     cfg = get_config(args.model)
     if args.size:
         check_size(args.size, cfg.model.size_divisibility)
     model = build_model(cfg).eval()
     if args.weights:
         from ..checkpoint import load_checkpoint
+
         load_checkpoint(model, args.weights)
     else:
         warnings.warn(f"{cfg.name}: no --weights given, exporting a randomly initialised model", stacklevel=1)
     image = None
     if args.image:
         from ..data.images import read_image
+
         image = read_image(args.image)
     output = Path(args.output or f"{cfg.name}.onnx")
     torch.set_grad_enabled(False)

@@ -5,6 +5,7 @@ COCO results file `predictions.json`. Every file appears under its final name on
 rename). In a folder or glob run an unreadable file is reported (`skipped <file>: <reason>`) and counted; a bad file
 named directly on the command line is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,31 +18,54 @@ import numpy as np
 
 from ..errors import FastInstError
 
-THRESHOLD_HELP = ("keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
-                  "(query, class) pairs and most of them score near zero, so some threshold is needed for readable "
-                  "overlays; use 0 with --save-json for COCO evaluation")
+THRESHOLD_HELP = (
+    "keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
+    "(query, class) pairs and most of them score near zero, so some threshold is needed for readable "
+    "overlays; use 0 with --save-json for COCO evaluation"
+)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="segment instances in images, folders, globs or videos",
-                       description="Segment instances in images, folders, globs and videos: overlay PNGs/MP4s and, "
-                                   "with --save-json, COCO results in --output.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, folder, glob pattern or video (mp4/avi/mov)")
-    p.add_argument("--model", default="fastinst-d1-r50", help="variant name, alias or YAML config (default fastinst-d1-r50)")
-    p.add_argument("--weights", help="checkpoint file, or 'official' to download the release weights "
-                                     "(cached in $FASTINST_CACHE or ~/.cache/fastinst)")
+    p = sub.add_parser(
+        "predict",
+        help="segment instances in images, folders, globs or videos",
+        description="Segment instances in images, folders, globs and videos: overlay PNGs/MP4s and, "
+        "with --save-json, COCO results in --output.",
+    )
+    p.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="image file, folder, glob pattern or video (mp4/avi/mov)"
+    )
+    p.add_argument(
+        "--model", default="fastinst-d1-r50", help="variant name, alias or YAML config (default fastinst-d1-r50)"
+    )
+    p.add_argument(
+        "--weights",
+        help="checkpoint file, or 'official' to download the release weights "
+        "(cached in $FASTINST_CACHE or ~/.cache/fastinst)",
+    )
     p.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--score-threshold", type=float, default=0.3, help=THRESHOLD_HELP)
     p.add_argument("--max-dets", type=int, default=100, help="at most this many instances per image (default 100)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"],
-                   help="autocast precision (fp16 runs as bf16 on CPU); results are float32 either way")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="autocast precision (fp16 runs as bf16 on CPU); results are float32 either way",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--classes", help="class names: a text file (one a line), a COCO json (its categories) or a "
-                                     "comma-separated list (default: the 80 COCO classes)")
+    p.add_argument(
+        "--classes",
+        help="class names: a text file (one a line), a COCO json (its categories) or a "
+        "comma-separated list (default: the 80 COCO classes)",
+    )
     p.add_argument("--save-json", action="store_true", help="also write predictions.json (COCO results format)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
-                   help="run the PyTorch model or an exported ONNX file (--onnx)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="run the PyTorch model or an exported ONNX file (--onnx)",
+    )
     p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (from `fastinst export`)")
 
 
@@ -52,24 +76,28 @@ def add_parser(sub) -> None:
 
 def build_predictor(args: argparse.Namespace):
     from ..engine.predictor import Predictor, parse_classes
+
     if args.batch_size < 1 or args.max_dets < 1:
         raise FastInstError("--batch-size and --max-dets must be at least 1")
     if args.backend == "torch":
         if args.weights is None:
             raise FastInstError("pass --weights PATH (a checkpoint) or --weights official (download the release)")
-        return Predictor.from_name(args.model, weights=args.weights, device=args.device, dtype=args.dtype,
-                                   classes=args.classes)
+        return Predictor.from_name(
+            args.model, weights=args.weights, device=args.device, dtype=args.dtype, classes=args.classes
+        )
     if not args.onnx:
         raise FastInstError("--backend onnxruntime needs --onnx FILE (made by `fastinst export`)")
     names, ids = parse_classes(args.classes)
     try:
         from ..export import OnnxModel
+
         try:
             model = OnnxModel(args.onnx)  # files from `fastinst export` carry their config
         except FastInstError as e:
             if "no config in its metadata" not in str(e):
                 raise
             from ..config import get_config
+
             model = OnnxModel(args.onnx, cfg=get_config(args.model))
     except ImportError as e:
         raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[export]'") from None
@@ -84,6 +112,7 @@ def build_predictor(args: argparse.Namespace):
 def collect_sources(sources: list[str]) -> list[tuple[Path, bool]]:
     """SOURCE arguments -> [(file, lenient)]: files found in folders/globs are lenient (skipped when unreadable)."""
     from ..engine.predictor import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_path
+
     out: list[tuple[Path, bool]] = []
     for source in sources:
         path = Path(source)
@@ -110,6 +139,7 @@ def _atomic_target(path: Path) -> Path:
 
 def save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
+
     tmp = _atomic_target(path)
     Image.fromarray(image).save(tmp, format="PNG")
     os.replace(tmp, path)
@@ -126,6 +156,7 @@ class VideoWriter:
 
     def __init__(self, path: Path, fps: float):
         import av
+
         self.path, self.tmp = path, _atomic_target(path)
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
@@ -134,6 +165,7 @@ class VideoWriter:
 
     def _open(self, h: int, w: int) -> None:
         import av
+
         for codec in ("libx264", "mpeg4"):
             try:
                 av.codec.Codec(codec, "w")
@@ -147,6 +179,7 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         import av
+
         h, w = frame.shape[:2]
         if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -215,8 +248,9 @@ class _Run:
 
     def images_batch(self, batch: list[tuple[np.ndarray, Path]], ids: dict[Path, int] | None) -> None:
         a = self.args
-        results = self.predictor.predict([im for im, _ in batch], batch_size=len(batch),
-                                         score_threshold=a.score_threshold, max_dets=a.max_dets)
+        results = self.predictor.predict(
+            [im for im, _ in batch], batch_size=len(batch), score_threshold=a.score_threshold, max_dets=a.max_dets
+        )
         for r, (_, path) in zip(results, batch):
             r.path = path
             save_png(r.plot(a.score_threshold), _unique(self.out / f"{path.stem}.png", self.used))
@@ -234,6 +268,7 @@ class _Run:
         from tqdm import tqdm
 
         from ..data.images import read_image
+
         ids = _image_ids([p for p, _ in files]) if self.args.save_json else None
         if ids:
             self.next_id = max(ids.values()) + 1
@@ -259,6 +294,7 @@ class _Run:
         from tqdm import tqdm
 
         from ..engine.predictor import video_rate
+
         a = self.args
         try:
             fps = video_rate(path)
@@ -293,6 +329,7 @@ class _Run:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.predictor import VIDEO_SUFFIXES
+
     files = collect_sources(args.sources)
     predictor = build_predictor(args)
     out = Path(args.output)

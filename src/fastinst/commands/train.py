@@ -4,6 +4,7 @@ Single process: `fastinst train ...`. Many GPUs / nodes: `torchrun --nproc_per_n
 batch `solver.ims_per_batch` is split over the processes). The 50-epoch COCO recipe is the default of every published
 variant; `key=value` overrides change it (e.g. `solver.max_iter=90000 solver.steps=[80000]`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,9 @@ import torch
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (single process or under torchrun)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "train", help="train a model (single process or under torchrun)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--model", required=True, help="variant name/alias or a YAML config file")
     p.add_argument("--data", required=True, help="dataset: COCO folder/JSON, YOLO YAML, cityscapes, ade20k ...")
     p.add_argument("--train-split", default="train", help="split to train on (default: train)")
@@ -33,6 +35,7 @@ def build_training(args: argparse.Namespace):
     from ..checkpoint import load_backbone, load_checkpoint, read_state_dict
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
+
     cfg = apply_overrides(get_config(args.model), list(args.overrides or []))
     train = load_dataset(args.data, split=args.train_split, filter_empty=True)
     if len(train.names) != cfg.model.num_classes:
@@ -62,13 +65,14 @@ def make_evaluator(model_cfg, val, max_images: int | None = None):
     from ..engine.evaluator import COCOEvaluator
 
     def evaluate(model) -> dict:
-        records = val.records[: max_images] if max_images else val.records
-        records = records[dist_utils.rank():: dist_utils.world_size()]
+        records = val.records[:max_images] if max_images else val.records
+        records = records[dist_utils.rank() :: dist_utils.world_size()]
         evaluator = COCOEvaluator(val.coco, val.category_ids)
         for rec in records:
             out = model.inference([read_image(rec["file_name"])])[0]
-            evaluator.process(rec["image_id"], out["masks"].cpu().numpy(), out["scores"].cpu().numpy(),
-                              out["labels"].cpu().numpy())
+            evaluator.process(
+                rec["image_id"], out["masks"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy()
+            )
         evaluator.gather()
         if not dist_utils.is_main():
             return {}
@@ -81,24 +85,43 @@ def run(args: argparse.Namespace) -> int:
     from ..data.loader import build_train_loader
     from ..engine import distributed as dist_utils
     from ..engine.trainer import Trainer
+
     rank, world, local = dist_utils.init_distributed(args.device)
     device = f"cuda:{local}" if args.device.startswith("cuda") else args.device
     cfg, model, train, val = build_training(args)
     per_rank = max(1, cfg.solver.ims_per_batch // world)
     if dist_utils.is_main():
-        print(f"training {cfg.name} on {len(train.records)} images, {len(train.names)} classes, "
-              f"{world} process(es) x {per_rank} images, {cfg.solver.max_iter} iterations -> {args.output}")
+        print(
+            f"training {cfg.name} on {len(train.records)} images, {len(train.names)} classes, "
+            f"{world} process(es) x {per_rank} images, {cfg.solver.max_iter} iterations -> {args.output}"
+        )
 
     def loader(start_iter: int):
-        return build_train_loader(train.records, cfg, per_rank, rank=rank, world=world,
-                                  num_workers=cfg.solver.num_workers, start_iter=start_iter)
+        return build_train_loader(
+            train.records,
+            cfg,
+            per_rank,
+            rank=rank,
+            world=world,
+            num_workers=cfg.solver.num_workers,
+            start_iter=start_iter,
+        )
 
-    trainer = Trainer(cfg, model, loader, Path(args.output), device=device, resume=args.resume,
-                      evaluate_fn=make_evaluator(cfg, val) if val is not None else None,
-                      max_seconds=args.max_seconds)
+    trainer = Trainer(
+        cfg,
+        model,
+        loader,
+        Path(args.output),
+        device=device,
+        resume=args.resume,
+        evaluate_fn=make_evaluator(cfg, val) if val is not None else None,
+        max_seconds=args.max_seconds,
+    )
     result = trainer.train()
     if dist_utils.is_main():
         ap = result.get("AP")
-        print(f"finished at iteration {result['iteration']} in {result['seconds']:.0f} s"
-              + (f"; mask AP {ap:.1f}" if ap is not None else ""))
+        print(
+            f"finished at iteration {result['iteration']} in {result['seconds']:.0f} s"
+            + (f"; mask AP {ap:.1f}" if ap is not None else "")
+        )
     return 0

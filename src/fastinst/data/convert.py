@@ -3,6 +3,7 @@
 Image `file_name`s are written relative to the json's folder, so `load_dataset(out_path)` finds the images again and
 gives back the same masks. Segmentations are kept as loaded (polygons or RLE) unless `rle=True`.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,13 @@ def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: 
     if rle:
         sizes = {im["id"]: (im["height"], im["width"]) for im in images}
         annotations = [dict(a, segmentation=_as_rle(a["segmentation"], *sizes[a["image_id"]])) for a in annotations]
-    data = {"info": dataset.coco.get("info", {}), "licenses": dataset.coco.get("licenses", []), "images": images,
-            "annotations": annotations, "categories": dataset.coco["categories"]}
+    data = {
+        "info": dataset.coco.get("info", {}),
+        "licenses": dataset.coco.get("licenses", []),
+        "images": images,
+        "annotations": annotations,
+        "categories": dataset.coco["categories"],
+    }
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)

@@ -8,6 +8,7 @@ own ids (the COCO rule). Problems that leave the data usable (bad polygon parts,
 outside the image) are fixed or skipped and reported in one warning per kind with a count; anything else raises
 `DatasetError` naming the file and the entry. The layouts are documented in docs/datasets.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,29 +30,121 @@ SHORT_NAMES = {"coco": "coco", "cityscapes": "cityscapes", "ade20k": "ADEChallen
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
 # Cityscapes label ids of the eight classes with instances (the "thing" classes of the instance benchmark).
-CITYSCAPES_THINGS = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 31: "train", 32: "motorcycle",
-                     33: "bicycle"}
+CITYSCAPES_THINGS = {
+    24: "person",
+    25: "rider",
+    26: "car",
+    27: "truck",
+    28: "bus",
+    31: "train",
+    32: "motorcycle",
+    33: "bicycle",
+}
 
 # ADE20K instance track (ADEChallengeData2016 `annotations_instance`): its 100 classes as the ids of the 150-class
 # scene-parsing benchmark minus one (the ids `ade20k_instance_{train,val}.json` uses). Instance class k (1..100, the
 # R value in the PNGs) is the k-th entry; the mapping to the 150 semantic classes is monotonic.
 ADE20K_THINGS: tuple[tuple[int, str], ...] = (
-    (7, "bed"), (8, "windowpane"), (10, "cabinet"), (12, "person"), (14, "door"), (15, "table"), (18, "curtain"),
-    (19, "chair"), (20, "car"), (22, "painting"), (23, "sofa"), (24, "shelf"), (27, "mirror"), (30, "armchair"),
-    (31, "seat"), (32, "fence"), (33, "desk"), (35, "wardrobe"), (36, "lamp"), (37, "bathtub"), (38, "railing"),
-    (39, "cushion"), (41, "box"), (42, "column"), (43, "signboard"), (44, "chest of drawers"), (45, "counter"),
-    (47, "sink"), (49, "fireplace"), (50, "refrigerator"), (53, "stairs"), (55, "case"), (56, "pool table"),
-    (57, "pillow"), (58, "screen door"), (62, "bookcase"), (64, "coffee table"), (65, "toilet"), (66, "flower"),
-    (67, "book"), (69, "bench"), (70, "countertop"), (71, "stove"), (72, "palm"), (73, "kitchen island"),
-    (74, "computer"), (75, "swivel chair"), (76, "boat"), (78, "arcade machine"), (80, "bus"), (81, "towel"),
-    (82, "light"), (83, "truck"), (85, "chandelier"), (86, "awning"), (87, "streetlight"), (88, "booth"),
-    (89, "television receiver"), (90, "airplane"), (92, "apparel"), (93, "pole"), (95, "bannister"), (97, "ottoman"),
-    (98, "bottle"), (102, "van"), (103, "ship"), (104, "fountain"), (107, "washer"), (108, "plaything"),
-    (110, "stool"), (111, "barrel"), (112, "basket"), (115, "bag"), (116, "minibike"), (118, "oven"), (119, "ball"),
-    (120, "food"), (121, "step"), (123, "trade name"), (124, "microwave"), (125, "pot"), (126, "animal"),
-    (127, "bicycle"), (129, "dishwasher"), (130, "screen"), (132, "sculpture"), (133, "hood"), (134, "sconce"),
-    (135, "vase"), (136, "traffic light"), (137, "tray"), (138, "ashcan"), (139, "fan"), (142, "plate"),
-    (143, "monitor"), (144, "bulletin board"), (146, "radiator"), (147, "glass"), (148, "clock"), (149, "flag"),
+    (7, "bed"),
+    (8, "windowpane"),
+    (10, "cabinet"),
+    (12, "person"),
+    (14, "door"),
+    (15, "table"),
+    (18, "curtain"),
+    (19, "chair"),
+    (20, "car"),
+    (22, "painting"),
+    (23, "sofa"),
+    (24, "shelf"),
+    (27, "mirror"),
+    (30, "armchair"),
+    (31, "seat"),
+    (32, "fence"),
+    (33, "desk"),
+    (35, "wardrobe"),
+    (36, "lamp"),
+    (37, "bathtub"),
+    (38, "railing"),
+    (39, "cushion"),
+    (41, "box"),
+    (42, "column"),
+    (43, "signboard"),
+    (44, "chest of drawers"),
+    (45, "counter"),
+    (47, "sink"),
+    (49, "fireplace"),
+    (50, "refrigerator"),
+    (53, "stairs"),
+    (55, "case"),
+    (56, "pool table"),
+    (57, "pillow"),
+    (58, "screen door"),
+    (62, "bookcase"),
+    (64, "coffee table"),
+    (65, "toilet"),
+    (66, "flower"),
+    (67, "book"),
+    (69, "bench"),
+    (70, "countertop"),
+    (71, "stove"),
+    (72, "palm"),
+    (73, "kitchen island"),
+    (74, "computer"),
+    (75, "swivel chair"),
+    (76, "boat"),
+    (78, "arcade machine"),
+    (80, "bus"),
+    (81, "towel"),
+    (82, "light"),
+    (83, "truck"),
+    (85, "chandelier"),
+    (86, "awning"),
+    (87, "streetlight"),
+    (88, "booth"),
+    (89, "television receiver"),
+    (90, "airplane"),
+    (92, "apparel"),
+    (93, "pole"),
+    (95, "bannister"),
+    (97, "ottoman"),
+    (98, "bottle"),
+    (102, "van"),
+    (103, "ship"),
+    (104, "fountain"),
+    (107, "washer"),
+    (108, "plaything"),
+    (110, "stool"),
+    (111, "barrel"),
+    (112, "basket"),
+    (115, "bag"),
+    (116, "minibike"),
+    (118, "oven"),
+    (119, "ball"),
+    (120, "food"),
+    (121, "step"),
+    (123, "trade name"),
+    (124, "microwave"),
+    (125, "pot"),
+    (126, "animal"),
+    (127, "bicycle"),
+    (129, "dishwasher"),
+    (130, "screen"),
+    (132, "sculpture"),
+    (133, "hood"),
+    (134, "sconce"),
+    (135, "vase"),
+    (136, "traffic light"),
+    (137, "tray"),
+    (138, "ashcan"),
+    (139, "fan"),
+    (142, "plate"),
+    (143, "monitor"),
+    (144, "bulletin board"),
+    (146, "radiator"),
+    (147, "glass"),
+    (148, "clock"),
+    (149, "flag"),
 )
 assert len(ADE20K_THINGS) == 100
 ADE20K_SPLITS = {"train": "training", "val": "validation"}
@@ -96,8 +189,14 @@ def datasets_root() -> Path:
     return Path(os.environ.get("FASTINST_DATASETS", "datasets"))
 
 
-def load_dataset(spec: str | os.PathLike, split: str = "val", *, filter_empty: bool = False,
-                 image_root: str | os.PathLike | None = None, ade_labels: str = "instance") -> InstanceDataset:
+def load_dataset(
+    spec: str | os.PathLike,
+    split: str = "val",
+    *,
+    filter_empty: bool = False,
+    image_root: str | os.PathLike | None = None,
+    ade_labels: str = "instance",
+) -> InstanceDataset:
     """Load split `split` of the dataset `spec` (a folder, a .json / .yaml file or a short name).
 
     `filter_empty` drops images without a non-crowd annotation (for training). `image_root` overrides where the
@@ -137,8 +236,10 @@ def _resolve(spec: str | os.PathLike) -> Path:
     candidate = base / SHORT_NAMES.get(str(spec).lower(), str(spec))
     if candidate.exists():
         return candidate
-    raise DatasetError(f"{spec}: no such file or folder (nor {candidate}); the short names "
-                       f"{', '.join(SHORT_NAMES)} are looked up under $FASTINST_DATASETS (now {base})")
+    raise DatasetError(
+        f"{spec}: no such file or folder (nor {candidate}); the short names "
+        f"{', '.join(SHORT_NAMES)} are looked up under $FASTINST_DATASETS (now {base})"
+    )
 
 
 def detect_layout(folder: Path) -> tuple[str, Path]:
@@ -153,8 +254,10 @@ def detect_layout(folder: Path) -> tuple[str, Path]:
     yamls = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
     if len(yamls) == 1:
         return "yolo", yamls[0]
-    raise DatasetError(f"{folder}: not a dataset layout fastinst knows (COCO annotations/instances_*.json, "
-                       "Cityscapes gtFine/, ADE20K annotations_instance/ or one Ultralytics .yaml); see docs/datasets.md")
+    raise DatasetError(
+        f"{folder}: not a dataset layout fastinst knows (COCO annotations/instances_*.json, "
+        "Cityscapes gtFine/, ADE20K annotations_instance/ or one Ultralytics .yaml); see docs/datasets.md"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -173,6 +276,7 @@ def read_json(path: Path) -> Any:
 
 def read_yaml(path: Path) -> dict:
     import yaml
+
     text = _read_text(path)
     try:
         data = yaml.safe_load(text)
@@ -200,6 +304,7 @@ def _read_text(path: Path) -> str:
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image as `read_image` returns it (EXIF rotation applied), from the header only."""
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             w, h = im.size
@@ -220,9 +325,15 @@ def mask_to_rle(mask: np.ndarray) -> dict:
 
 def _rle_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int, iscrowd: int) -> dict:
     rle = mask_to_rle(mask)
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle,
-            "area": float(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)],
-            "iscrowd": iscrowd}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": rle,
+        "area": float(mask_util.area(rle)),
+        "bbox": [float(v) for v in mask_util.toBbox(rle)],
+        "iscrowd": iscrowd,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,11 +341,21 @@ def _rle_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: i
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def from_coco(data: Any, image_root: Path, source: str | Path, *, name: str | None = None, root: Path | None = None,
-              check_files: bool = True) -> InstanceDataset:
+def from_coco(
+    data: Any,
+    image_root: Path,
+    source: str | Path,
+    *,
+    name: str | None = None,
+    root: Path | None = None,
+    check_files: bool = True,
+) -> InstanceDataset:
     """Check a COCO instances dict and build the dataset; `source` names the file in messages."""
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("categories"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("categories"), list)
+    ):
         raise DatasetError(f"{source}: not a COCO instances file (needs 'images' and 'categories' lists)")
     anns_in = data.get("annotations") or []
     if not isinstance(anns_in, list):
@@ -244,8 +365,16 @@ def from_coco(data: Any, image_root: Path, source: str | Path, *, name: str | No
     contiguous = {cid: i for i, cid in enumerate(category_ids)}
     images, id_map = _images(data["images"], source)
     issues: Counter = Counter()
-    records = [{"file_name": str(image_root / im["file_name"]), "image_id": im["id"], "height": im["height"],
-                "width": im["width"], "annotations": []} for im in images]
+    records = [
+        {
+            "file_name": str(image_root / im["file_name"]),
+            "image_id": im["id"],
+            "height": im["height"],
+            "width": im["width"],
+            "annotations": [],
+        }
+        for im in images
+    ]
     by_id = {r["image_id"]: r for r in records}
     anns_out = []
     for j, a in enumerate(anns_in):
@@ -282,12 +411,23 @@ def from_coco(data: Any, image_root: Path, source: str | Path, *, name: str | No
         _check_files(records, image_root, source)
     for kind, count in issues.items():
         warnings.warn(f"{source}: {_ISSUES[kind]}: {count}", stacklevel=3)
-    coco = {"info": data.get("info", {}), "licenses": data.get("licenses", []), "images": images,
-            "annotations": anns_out, "categories": [{**cats[c], "id": c} for c in category_ids]}
+    coco = {
+        "info": data.get("info", {}),
+        "licenses": data.get("licenses", []),
+        "images": images,
+        "annotations": anns_out,
+        "categories": [{**cats[c], "id": c} for c in category_ids],
+    }
     src = Path(source)
-    return InstanceDataset(name=name or src.stem, root=root or src.parent, image_root=Path(image_root),
-                           records=records, names=[str(cats[c].get("name", c)) for c in category_ids],
-                           category_ids=category_ids, coco=coco)
+    return InstanceDataset(
+        name=name or src.stem,
+        root=root or src.parent,
+        image_root=Path(image_root),
+        records=records,
+        names=[str(cats[c].get("name", c)) for c in category_ids],
+        category_ids=category_ids,
+        coco=coco,
+    )
 
 
 def _key(value: Any) -> Any:
@@ -383,8 +523,10 @@ def _check_files(records: list[dict], image_root: Path, source) -> None:
     missing = [r for r in records if not os.path.isfile(r["file_name"])]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DatasetError(f"{source}: image id {missing[0]['image_id']}: {missing[0]['file_name']} not found{more}; "
-                           f"images are looked up under {image_root} (pass image_root= to change)")
+        raise DatasetError(
+            f"{source}: image id {missing[0]['image_id']}: {missing[0]['file_name']} not found{more}; "
+            f"images are looked up under {image_root} (pass image_root= to change)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -392,8 +534,9 @@ def _check_files(records: list[dict], image_root: Path, source) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                   root: Path | None = None) -> InstanceDataset:
+def load_coco_json(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, root: Path | None = None
+) -> InstanceDataset:
     """A COCO instances json; images under `image_root` or, by default, next to the json, its parent or `images/`."""
     path = Path(path)
     data = read_json(path)
@@ -404,8 +547,14 @@ def load_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
 
 def _guess_image_root(path: Path, data: Any) -> Path:
     here, stem = path.parent, path.stem.removeprefix("instances_")
-    candidates = [here, here.parent, here / "images", here.parent / "images", here.parent / stem,
-                  here.parent / "images" / stem]
+    candidates = [
+        here,
+        here.parent,
+        here / "images",
+        here.parent / "images",
+        here.parent / stem,
+        here.parent / "images" / stem,
+    ]
     images = data.get("images") if isinstance(data, dict) else None
     first = images[0].get("file_name") if isinstance(images, list) and images and isinstance(images[0], dict) else None
     if isinstance(first, str):
@@ -425,8 +574,10 @@ def load_coco_folder(root: Path, split: str, image_root: Path | None = None) -> 
         have = ", ".join(p.name for p in sorted(ann_dir.glob("instances_*.json"))) or "none"
         raise DatasetError(f"{ann_dir}: no instances_{split}*.json for split {split!r} (found: {have})")
     if len(found) > 1:
-        raise DatasetError(f"{ann_dir}: several files match split {split!r} ({', '.join(p.name for p in found)}); "
-                           "pass the json path instead")
+        raise DatasetError(
+            f"{ann_dir}: several files match split {split!r} ({', '.join(p.name for p in found)}); "
+            "pass the json path instead"
+        )
     ann = found[0]
     stem = ann.stem.removeprefix("instances_")
     if image_root is None:
@@ -469,11 +620,13 @@ def load_yolo(yaml_path: Path, split: str) -> InstanceDataset:
         images.append({"id": image_id, "file_name": _relative(f, root), "height": h, "width": w})
         for cls, coords in _yolo_labels(_label_path(f), len(names)):
             seg = [] if len(coords) == 4 else [[v * (w if k % 2 == 0 else h) for k, v in enumerate(coords)]]
-            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "segmentation": seg,
-                         "iscrowd": 0})
+            anns.append(
+                {"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "segmentation": seg, "iscrowd": 0}
+            )
     cats = [{"id": i + 1, "name": n} for i, n in enumerate(names) if n is not None]
-    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, root, yaml_path, root=root,
-                   check_files=False)
+    ds = from_coco(
+        {"images": images, "annotations": anns, "categories": cats}, root, yaml_path, root=root, check_files=False
+    )
     ds.name = f"{yaml_path.stem}_{split}"
     return ds
 
@@ -564,6 +717,7 @@ def _relative(f: Path, root: Path) -> str:
 
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             return np.asarray(im)
@@ -594,8 +748,9 @@ def load_cityscapes(root: Path, split: str) -> InstanceDataset:
                 anns.append(_rle_annotation(ids == value, len(anns) + 1, image_id, label, int(value < 1000)))
         images.append({"id": image_id, "file_name": _relative(img, root), "height": h, "width": w})
     cats = [{"id": k, "name": v} for k, v in CITYSCAPES_THINGS.items()]
-    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, root, gt_dir, root=root,
-                   check_files=False)
+    ds = from_coco(
+        {"images": images, "annotations": anns, "categories": cats}, root, gt_dir, root=root, check_files=False
+    )
     ds.name = f"cityscapes_{split}"
     return ds
 
@@ -623,13 +778,16 @@ def load_ade20k(root: Path, split: str, image_root: Path | None = None, labels: 
     thing_of = _ade_class_table(labels)
     images, anns, issues = [], [], Counter()
     for image_id, f in enumerate(files, 1):
-        img = next((img_dir / (f.stem + s) for s in (".jpg", ".png", ".jpeg") if (img_dir / (f.stem + s)).is_file()),
-                   img_dir / f"{f.stem}.jpg")
+        img = next(
+            (img_dir / (f.stem + s) for s in (".jpg", ".png", ".jpeg") if (img_dir / (f.stem + s)).is_file()),
+            img_dir / f"{f.stem}.jpg",
+        )
         h, w = image_size(img)
         arr = _read_png(f)
         if arr.ndim != 3 or arr.shape[2] < 2 or arr.shape[:2] != (h, w):
-            raise DatasetError(f"{f}: expected an RGB {h}x{w} PNG (R = class, G = instance) like its image, "
-                               f"got shape {arr.shape}")
+            raise DatasetError(
+                f"{f}: expected an RGB {h}x{w} PNG (R = class, G = instance) like its image, got shape {arr.shape}"
+            )
         cls, inst = arr[..., 0], arr[..., 1]
         for k in np.unique(inst):
             if k == 0:
@@ -647,8 +805,9 @@ def load_ade20k(root: Path, split: str, image_root: Path | None = None, labels: 
     for kind, count in issues.items():
         warnings.warn(f"{ann_dir}: {_ISSUES[kind]}: {count}", stacklevel=3)
     cats = [{"id": i, "name": n} for i, n in ADE20K_THINGS]
-    ds = from_coco({"images": images, "annotations": anns, "categories": cats}, img_dir, ann_dir, root=root,
-                   check_files=False)
+    ds = from_coco(
+        {"images": images, "annotations": anns, "categories": cats}, img_dir, ann_dir, root=root, check_files=False
+    )
     ds.name = f"ade20k_{short}"
     return ds
 

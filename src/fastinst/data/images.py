@@ -15,6 +15,7 @@ orientation, and converts every Pillow mode to 8-bit RGB:
 
 Every failure raises `fastinst.errors.ImageReadError` with a one-line message naming the file.
 """
+
 from __future__ import annotations
 
 import glob
@@ -29,17 +30,52 @@ from PIL import Image, ImageOps
 from ..errors import ImageReadError
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "DEFAULT_MAX_PIXELS",
-    "read_image", "to_rgb_array", "list_images", "is_video", "is_image_file",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "is_image_file",
+    "is_video",
+    "list_images",
+    "read_image",
+    "to_rgb_array",
 ]
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm",
-})
-VIDEO_EXTENSIONS = frozenset({
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".dib",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
+VIDEO_EXTENSIONS = frozenset(
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".avi",
+        ".mkv",
+        ".webm",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".3gp",
+        ".ts",
+        ".mts",
+    }
+)
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 × Image.MAX_IMAGE_PIXELS) at its default
 _GLOB_CHARS = set("*?[")
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -68,8 +104,10 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         img.close()
-        raise ImageReadError(f"{path}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
-                             f"{max_pixels / 1e6:.0f} megapixels (possible decompression bomb; raise max_pixels)")
+        raise ImageReadError(
+            f"{path}: image is {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:.0f} megapixels (possible decompression bomb; raise max_pixels)"
+        )
     if w <= 0 or h <= 0:
         img.close()
         raise ImageReadError(f"{path}: image has an empty size {w}x{h}")
@@ -195,6 +233,7 @@ def to_rgb_array(x: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndar
             raise ImageReadError(f"PIL image: {e}") from None
     if _is_tensor(x):
         import torch
+
         t = x.detach().cpu()
         arr = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
         if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
@@ -202,8 +241,9 @@ def to_rgb_array(x: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndar
         return _array_to_rgb(arr, "tensor")
     if isinstance(x, np.ndarray):
         return _array_to_rgb(x, "array")
-    raise ImageReadError(f"cannot use a {type(x).__name__} as an image (expected a path, PIL image, numpy array "
-                         "or torch tensor)")
+    raise ImageReadError(
+        f"cannot use a {type(x).__name__} as an image (expected a path, PIL image, numpy array or torch tensor)"
+    )
 
 
 def _is_tensor(x: Any) -> bool:
@@ -211,19 +251,24 @@ def _is_tensor(x: Any) -> bool:
     if not mod.startswith("torch"):
         return False
     import torch
+
     return isinstance(x, torch.Tensor)
 
 
 def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     shape = "x".join(map(str, arr.shape))
     if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4) and what == "array":
-        raise ImageReadError(f"image {what} of shape {shape} looks channels-first; numpy images must be H×W×C "
-                             "(use arr.transpose(1, 2, 0))")
+        raise ImageReadError(
+            f"image {what} of shape {shape} looks channels-first; numpy images must be H×W×C "
+            "(use arr.transpose(1, 2, 0))"
+        )
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise ImageReadError(f"image {what} has shape {shape}; expected H×W, H×W×3 (RGB), H×W×4 (RGBA) or "
-                             "H×W×1" + (" (or C×H×W)" if what == "tensor" else ""))
+        raise ImageReadError(
+            f"image {what} has shape {shape}; expected H×W, H×W×3 (RGB), H×W×4 (RGBA) or "
+            "H×W×1" + (" (or C×H×W)" if what == "tensor" else "")
+        )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"image {what} of shape {shape} is empty")
     arr = arr[:, :, :3]
@@ -264,6 +309,7 @@ def list_images(source: str | Path, recursive: bool = False) -> list[Path]:
         return sorted(f for f in files if f.is_file() and is_image_file(f) and not f.name.startswith("."))
     if _GLOB_CHARS & set(text):
         hits = glob.glob(str(Path(text).expanduser()), recursive=recursive)
-        return sorted(Path(h) for h in hits
-                      if Path(h).is_file() and is_image_file(h) and not Path(h).name.startswith("."))
+        return sorted(
+            Path(h) for h in hits if Path(h).is_file() and is_image_file(h) and not Path(h).name.startswith(".")
+        )
     raise ImageReadError(f"{source}: no such file or folder")

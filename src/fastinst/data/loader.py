@@ -24,11 +24,12 @@ Global batch ``k`` depends only on (seed, record aspect flags, G, k); `GroupedIn
 continues with batch ``k``. Because a DataLoader prefetches, the trainer should pass its own iteration count as
 ``start_iter`` rather than reading the sampler's counter.
 """
+
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from ..errors import DatasetError
 from .images import read_image
 from .transforms import to_tensor_image, train_transform
 
-__all__ = ["sample_seed", "TrainDataset", "GroupedInfiniteSampler", "build_train_loader", "build_test_loader"]
+__all__ = ["GroupedInfiniteSampler", "TrainDataset", "build_test_loader", "build_train_loader", "sample_seed"]
 
 Key = tuple[int, int]  # (record index, sample seed)
 
@@ -61,8 +62,9 @@ class TrainDataset(Dataset):
     "masks": bool (N, H, W)}}`` (H0, W0 = the image's original size).
     """
 
-    def __init__(self, records: Sequence[dict], cfg: InputConfig,
-                 reader: Callable[[str], np.ndarray] = read_image) -> None:
+    def __init__(
+        self, records: Sequence[dict], cfg: InputConfig, reader: Callable[[str], np.ndarray] = read_image
+    ) -> None:
         self.records = list(records)
         self.cfg = cfg
         self.reader = reader
@@ -76,12 +78,17 @@ class TrainDataset(Dataset):
         image = self.reader(rec["file_name"])
         h0, w0 = image.shape[:2]
         if (rec.get("height", h0), rec.get("width", w0)) != (h0, w0):
-            raise DatasetError(f"{rec['file_name']}: image is {w0}x{h0} but its record says "
-                               f"{rec['width']}x{rec['height']}")
-        img, labels, masks = train_transform(image, rec.get("annotations", []), self.cfg,
-                                             np.random.default_rng(seed))
-        return {"image": to_tensor_image(img), "height": h0, "width": w0, "image_id": rec.get("image_id"),
-                "instances": {"labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks)}}
+            raise DatasetError(
+                f"{rec['file_name']}: image is {w0}x{h0} but its record says {rec['width']}x{rec['height']}"
+            )
+        img, labels, masks = train_transform(image, rec.get("annotations", []), self.cfg, np.random.default_rng(seed))
+        return {
+            "image": to_tensor_image(img),
+            "height": h0,
+            "width": w0,
+            "image_id": rec.get("image_id"),
+            "instances": {"labels": torch.from_numpy(labels), "masks": torch.from_numpy(masks)},
+        }
 
 
 class GroupedInfiniteSampler:
@@ -92,8 +99,15 @@ class GroupedInfiniteSampler:
     batches yielded so far (plus `start_iter`); `state_dict`/`load_state_dict` save and restore it.
     """
 
-    def __init__(self, landscape: Sequence[bool], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 start_iter: int = 0) -> None:
+    def __init__(
+        self,
+        landscape: Sequence[bool],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        start_iter: int = 0,
+    ) -> None:
         if len(landscape) == 0:
             raise DatasetError("cannot sample training batches from an empty dataset")
         if batch_size < 1 or world < 1 or not 0 <= rank < world:
@@ -111,8 +125,13 @@ class GroupedInfiniteSampler:
     # -- state --------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, int]:
-        return {"iteration": self.iteration, "seed": self.seed, "batch_size": self.batch_size, "world": self.world,
-                "num_records": len(self.groups)}
+        return {
+            "iteration": self.iteration,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world": self.world,
+            "num_records": len(self.groups),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         for k in ("seed", "batch_size", "world"):
@@ -151,7 +170,7 @@ class GroupedInfiniteSampler:
             if done + len(chunks) <= start:
                 done += len(chunks)
                 continue
-            for c in chunks[max(0, start - done):]:
+            for c in chunks[max(0, start - done) :]:
                 yield c
             done += len(chunks)
             start = done
@@ -172,7 +191,7 @@ class GroupedInfiniteSampler:
     def __iter__(self) -> Iterator[list[Key]]:
         for batch in self.global_batches(self.iteration):
             self.iteration += 1
-            yield self.keys(batch[self.rank:: self.world])
+            yield self.keys(batch[self.rank :: self.world])
 
 
 def _collate(batch: list[Any]) -> list[Any]:
@@ -196,9 +215,16 @@ class _WorkerSeeder:
         torch.manual_seed(s)
 
 
-def build_train_loader(records: Sequence[dict], cfg: Config, batch_size_per_rank: int, rank: int = 0, world: int = 1,
-                       num_workers: int = 0, start_iter: int = 0,
-                       reader: Callable[[str], np.ndarray] = read_image) -> DataLoader:
+def build_train_loader(
+    records: Sequence[dict],
+    cfg: Config,
+    batch_size_per_rank: int,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+    start_iter: int = 0,
+    reader: Callable[[str], np.ndarray] = read_image,
+) -> DataLoader:
     """Infinite iterable of training batches (lists of `TrainDataset` dicts) for `rank`, from global batch
     `start_iter` on. Records should already be filtered (`load_dataset(..., filter_empty=True)`).
 
@@ -206,11 +232,17 @@ def build_train_loader(records: Sequence[dict], cfg: Config, batch_size_per_rank
     leaves the process's global torch RNG untouched.
     """
     seed = cfg.solver.seed
-    sampler = GroupedInfiniteSampler.from_records(records, batch_size_per_rank, seed=seed, rank=rank, world=world,
-                                                  start_iter=start_iter)
-    return DataLoader(TrainDataset(records, cfg.input, reader), batch_sampler=sampler, num_workers=num_workers,
-                      collate_fn=_collate, worker_init_fn=_WorkerSeeder(seed, rank),
-                      generator=torch.Generator().manual_seed(seed))
+    sampler = GroupedInfiniteSampler.from_records(
+        records, batch_size_per_rank, seed=seed, rank=rank, world=world, start_iter=start_iter
+    )
+    return DataLoader(
+        TrainDataset(records, cfg.input, reader),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        worker_init_fn=_WorkerSeeder(seed, rank),
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 class _TestDataset(Dataset):
@@ -224,12 +256,17 @@ class _TestDataset(Dataset):
         return self.records[i], self.reader(self.records[i]["file_name"])
 
 
-def build_test_loader(records: Sequence[dict], cfg: Config | None = None, num_workers: int | None = None,
-                      reader: Callable[[str], np.ndarray] = read_image) -> DataLoader:
+def build_test_loader(
+    records: Sequence[dict],
+    cfg: Config | None = None,
+    num_workers: int | None = None,
+    reader: Callable[[str], np.ndarray] = read_image,
+) -> DataLoader:
     """Iterable of ``(record, uint8 (H0, W0, 3) original image)`` in record order, decoded in `num_workers`
     processes (default ``cfg.solver.num_workers``, or 0). Images are not resized: the model's `inference` applies
     the test resize (`transforms.test_transform` is the same operation for callers that want it here)."""
     if num_workers is None:
         num_workers = cfg.solver.num_workers if cfg is not None else 0
-    return DataLoader(_TestDataset(records, reader), batch_size=None, shuffle=False, num_workers=num_workers,
-                      collate_fn=_identity)
+    return DataLoader(
+        _TestDataset(records, reader), batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity
+    )

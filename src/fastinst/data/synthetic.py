@@ -14,6 +14,7 @@ The default image size, 160 px, is the demo model's training resolution: images 
 sees, so that no detail of the smallest shapes is lost to a resize (rendering at 256 px and training at 128-192 px
 cost the demo about 10 mask AP at the same number of iterations; see README).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,13 +27,19 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ["CATEGORY_NAMES", "DEFAULT_IMAGE_SIZE", "MIN_VISIBLE_AREA", "generate_synthetic_coco",
-           "ensure_synthetic_coco", "render_sample"]
+__all__ = [
+    "CATEGORY_NAMES",
+    "DEFAULT_IMAGE_SIZE",
+    "MIN_VISIBLE_AREA",
+    "ensure_synthetic_coco",
+    "generate_synthetic_coco",
+    "render_sample",
+]
 
 CATEGORY_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-DEFAULT_IMAGE_SIZE = 160      # the demo model's training resolution (see the module docstring)
-MIN_VISIBLE_AREA = 30          # instances with fewer visible pixels are dropped
-MAX_OCCLUDED_FRACTION = 0.6    # a new shape may hide at most this fraction of an earlier one (keeps it learnable)
+DEFAULT_IMAGE_SIZE = 160  # the demo model's training resolution (see the module docstring)
+MIN_VISIBLE_AREA = 30  # instances with fewer visible pixels are dropped
+MAX_OCCLUDED_FRACTION = 0.6  # a new shape may hide at most this fraction of an earlier one (keeps it learnable)
 MARKER = "done"
 _SPLIT_KEYS = {"train": 1, "val": 2}
 _FILE_RE = re.compile(r"^\d{6}\.png$")
@@ -97,7 +104,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     style = int(rng.integers(4))
     amp = rng.uniform(10, 30)
-    if style == 0:    # smooth noise: upsampled coarse random grid
+    if style == 0:  # smooth noise: upsampled coarse random grid
         cells = int(rng.integers(4, 12))
         coarse = rng.uniform(-1, 1, size=(cells, cells, 1)).astype(np.float32)
         reps = -(-size // cells)
@@ -108,7 +115,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     elif style == 2:  # stripes
         ang, freq = rng.uniform(0, np.pi), rng.uniform(4, 16)
         tex = np.sin(2 * np.pi * freq * (np.cos(ang) * xx + np.sin(ang) * yy))[..., None]
-    else:             # checkerboard
+    else:  # checkerboard
         cells = int(rng.integers(4, 16))
         tex = (((xx * cells).astype(int) + (yy * cells).astype(int)) % 2 * 2 - 1)[..., None].astype(np.float32)
     tint = rng.uniform(0.5, 1.0, size=3)
@@ -125,16 +132,17 @@ def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------- one image
-def render_sample(seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE
-                  ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def render_sample(
+    seed: int, split: str, index: int, image_size: int = DEFAULT_IMAGE_SIZE
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Image `index` of `split`: (uint8 H×W×3 RGB, [(category index 0..3, visible bool mask), ...])."""
     rng = np.random.default_rng([seed, _SPLIT_KEYS.get(split, 3), index])
     size = image_size
     img = _background(rng, size)
     bg_mean = img.reshape(-1, 3).mean(0)
     colours: list[np.ndarray] = [bg_mean]
-    placed: list[tuple[int, np.ndarray, np.ndarray]] = []   # (kind, full mask, visible mask)
-    r_min, r_max = 8.0, max(size * 0.25, 9.0)               # circumradius: diameter ~16 px .. ~50% of image
+    placed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (kind, full mask, visible mask)
+    r_min, r_max = 8.0, max(size * 0.25, 9.0)  # circumradius: diameter ~16 px .. ~50% of image
     for _ in range(int(rng.integers(1, 7))):
         kind = int(rng.integers(len(CATEGORY_NAMES)))
         for _try in range(8):
@@ -210,8 +218,9 @@ def _paths(root: Path) -> dict[str, Any]:
     }
 
 
-def generate_synthetic_coco(root: Path, num_train: int = 400, num_val: int = 300,
-                            image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> dict[str, Any]:
+def generate_synthetic_coco(
+    root: Path, num_train: int = 400, num_val: int = 300, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0
+) -> dict[str, Any]:
     """Write the shapes dataset under `root` (``train/``, ``val/``, ``annotations/instances_{split}.json``) and
     the ``done`` marker last. Returns ``{"root", "train_images", "val_images", "train_json", "val_json"}`` paths
     plus ``"names"`` (class names in category-id order)."""
@@ -234,8 +243,9 @@ def ensure_synthetic_coco(root: Path, **kwargs: Any) -> dict[str, Any]:
     """`generate_synthetic_coco(root, **kwargs)` unless a complete generation with the same parameters is
     already there (its ``done`` marker is written last, so an interrupted run is regenerated)."""
     root = Path(root)
-    params = {name: p.default for name, p in inspect.signature(generate_synthetic_coco).parameters.items()
-              if name != "root"}
+    params = {
+        name: p.default for name, p in inspect.signature(generate_synthetic_coco).parameters.items() if name != "root"
+    }
     unknown = set(kwargs) - set(params)
     if unknown:
         raise TypeError(f"unexpected arguments: {sorted(unknown)}")
@@ -244,7 +254,8 @@ def ensure_synthetic_coco(root: Path, **kwargs: Any) -> dict[str, Any]:
         done = json.loads((root / MARKER).read_text())
     except (OSError, ValueError):
         done = None
-    if done == params and all(p.exists() for p in (root / "annotations" / "instances_train.json",
-                                                   root / "annotations" / "instances_val.json")):
+    if done == params and all(
+        p.exists() for p in (root / "annotations" / "instances_train.json", root / "annotations" / "instances_val.json")
+    ):
         return _paths(root)
     return generate_synthetic_coco(root, **params)

@@ -23,11 +23,13 @@ Images are resized with PIL bilinear on uint8 (`fastinst.model.preprocess.resize
 
 Crowd annotations are dropped; an instance cropped away completely is kept with an all-zero mask (no filtering).
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +39,18 @@ from pycocotools import mask as mask_util
 from ..config import InputConfig
 from ..model.preprocess import resize_image, resize_shape
 
-__all__ = ["Plan", "sample_plan", "apply_image", "apply_bitmap", "apply_polygon", "train_transform", "test_transform",
-           "polygons_to_mask", "rle_to_mask", "to_tensor_image"]
+__all__ = [
+    "Plan",
+    "apply_bitmap",
+    "apply_image",
+    "apply_polygon",
+    "polygons_to_mask",
+    "rle_to_mask",
+    "sample_plan",
+    "test_transform",
+    "to_tensor_image",
+    "train_transform",
+]
 
 NO_MAX = 1 << 62  # "no max size" for ResizeShortestEdge
 
@@ -80,13 +92,14 @@ def sample_plan(h: int, w: int, cfg: InputConfig, rng: np.random.Generator) -> P
 
 # -- applying a plan -------------------------------------------------------------------------------------------------
 
+
 def apply_image(image: np.ndarray, plan: Plan) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (plan.output_size..., 3), PIL bilinear resizes."""
     if plan.crop is not None:
         assert plan.pre_crop_size is not None
         image = resize_image(image, plan.pre_crop_size)
         t, l, ch, cw = plan.crop
-        image = image[t: t + ch, l: l + cw]
+        image = image[t : t + ch, l : l + cw]
     image = resize_image(np.ascontiguousarray(image), plan.output_size)
     if plan.flip:
         image = image[:, ::-1]
@@ -107,7 +120,7 @@ def apply_bitmap(mask: np.ndarray, plan: Plan) -> np.ndarray:
         assert plan.pre_crop_size is not None
         m = _resize_nearest(m, plan.pre_crop_size)
         t, l, ch, cw = plan.crop
-        m = m[t: t + ch, l: l + cw]
+        m = m[t : t + ch, l : l + cw]
     m = _resize_nearest(m, plan.output_size)
     if plan.flip:
         m = m[:, ::-1]
@@ -136,11 +149,13 @@ def apply_polygon(poly: Sequence[float], plan: Plan) -> list[float]:
 
 # -- rasterisation ---------------------------------------------------------------------------------------------------
 
+
 def _decode(rle: Any) -> np.ndarray:
     """`pycocotools.mask.decode` -> bool, without its numpy-2 `__array__(copy=...)` DeprecationWarning."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*__array__ implementation doesn't accept a copy keyword",
-                                category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*__array__ implementation doesn't accept a copy keyword", category=DeprecationWarning
+        )
         return mask_util.decode(rle).astype(bool)
 
 
@@ -179,8 +194,10 @@ def _instance_mask(segm: Any, image_size: tuple[int, int], plan: Plan) -> np.nda
 
 # -- public entry points ---------------------------------------------------------------------------------------------
 
-def train_transform(image: np.ndarray, annotations: Sequence[dict], cfg: InputConfig,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def train_transform(
+    image: np.ndarray, annotations: Sequence[dict], cfg: InputConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Augment one training image with its annotations.
 
     -> (uint8 (H, W, 3) image, int64 (N,) labels, bool (N, H, W) masks) for the N non-crowd annotations, in order.

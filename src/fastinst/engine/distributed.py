@@ -1,4 +1,5 @@
 """torchrun/DDP helpers: process-group set-up from torchrun's environment variables, rank queries, barriers."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ of the Fortran-ordered uint8 mask, `category_id` mapped back to the dataset's id
 gathers them across DDP ranks and scores them. Metrics are in percent; a metric pycocotools reports as -1 (no ground
 truth in that area range) is NaN. `write_report` saves `metrics.json` and precision/recall curves.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..errors import DatasetError, FastInstError
+from ..errors import DatasetError
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -37,6 +38,7 @@ def coco_api(coco_gt: dict | str | os.PathLike | COCO) -> COCO:
         return coco_gt
     if not isinstance(coco_gt, dict):
         from ..data.datasets import read_json
+
         coco_gt = read_json(Path(coco_gt))
     if not isinstance(coco_gt, dict) or "images" not in coco_gt or "categories" not in coco_gt:
         raise DatasetError("ground truth is not a COCO instances dict (needs 'images' and 'categories')")
@@ -71,12 +73,16 @@ class COCOEvaluator:
             raise DatasetError(f"image id {image_id} is not in the ground truth")
         masks, scores, labels = _as_numpy(masks), _as_numpy(scores).reshape(-1), _as_numpy(labels).reshape(-1)
         if masks.ndim != 3 or not len(masks) == len(scores) == len(labels):
-            raise ValueError(f"image {image_id}: expected masks (K, H, W), scores (K,), labels (K,); got "
-                             f"{masks.shape}, {scores.shape}, {labels.shape}")
+            raise ValueError(
+                f"image {image_id}: expected masks (K, H, W), scores (K,), labels (K,); got "
+                f"{masks.shape}, {scores.shape}, {labels.shape}"
+            )
         size = (info.get("height"), info.get("width"))
         if len(masks) and None not in size and masks.shape[1:] != size:
-            raise ValueError(f"image {image_id}: masks are {masks.shape[1]}x{masks.shape[2]} but the image is "
-                             f"{size[0]}x{size[1]} (predictions must be at the original size)")
+            raise ValueError(
+                f"image {image_id}: masks are {masks.shape[1]}x{masks.shape[2]} but the image is "
+                f"{size[0]}x{size[1]} (predictions must be at the original size)"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(self.category_ids)):
             raise ValueError(f"image {image_id}: labels outside 0..{len(self.category_ids) - 1}")
         self.image_ids.append(image_id)
@@ -85,14 +91,20 @@ class COCOEvaluator:
         rles = mask_util.encode(np.asfortranarray(masks.astype(bool).transpose(1, 2, 0).astype(np.uint8)))
         boxes = mask_util.toBbox(rles)
         for rle, box, score, label in zip(rles, boxes, scores, labels):
-            self.results.append({"image_id": image_id, "category_id": self.category_ids[int(label)],
-                                 "segmentation": {"size": [int(v) for v in rle["size"]],
-                                                  "counts": rle["counts"].decode("ascii")},
-                                 "bbox": [float(v) for v in box], "score": float(score)})
+            self.results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": self.category_ids[int(label)],
+                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
 
     def gather(self) -> None:
         """Under torch.distributed: every rank ends up with all ranks' results (all_gather_object)."""
         import torch.distributed as dist
+
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return
         boxes: list = [None] * dist.get_world_size()
@@ -109,6 +121,7 @@ class COCOEvaluator:
 def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
     if isinstance(results, (str, os.PathLike)):
         from ..data.datasets import read_json
+
         data = read_json(Path(results))
         label = str(results)
     else:
@@ -121,15 +134,20 @@ def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], 
     return data, label
 
 
-def evaluate_results(results: list[dict] | str | os.PathLike, coco_gt: dict | str | os.PathLike | COCO,
-                     image_ids: list[int] | None = None, verbose: bool = True) -> dict:
+def evaluate_results(
+    results: list[dict] | str | os.PathLike,
+    coco_gt: dict | str | os.PathLike | COCO,
+    image_ids: list[int] | None = None,
+    verbose: bool = True,
+) -> dict:
     """Score COCO segm results (a list or a results json) against a GT dict/json; prints the 12-line table."""
     gt = coco_api(coco_gt)
     dets, label = _load_results(results)
     unknown_images = sorted({r["image_id"] for r in dets} - set(gt.imgs), key=str)
     if unknown_images:
-        raise DatasetError(f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. "
-                           f"{unknown_images[:5]}")
+        raise DatasetError(
+            f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. {unknown_images[:5]}"
+        )
     unknown_cats = sorted({r["category_id"] for r in dets} - set(gt.cats), key=str)
     if unknown_cats:
         raise DatasetError(f"{label}: category id(s) {unknown_cats[:5]} not in the ground truth")
@@ -194,6 +212,7 @@ def _atomic_write(path: Path, write) -> None:
 def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
     """`metrics.json` (NaN as null) and `pr_curve_iou50.png` / `pr_curve_iou75.png` in `out_dir`; -> metrics path."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -208,8 +227,13 @@ def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
         fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
         ax.plot(curve["recall"], curve["precision"])
         ap = metrics.get("AP50" if key == "iou50" else "AP75", float("nan"))
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
-               title=f"mask precision/recall, IoU {label} (AP {ap:.1f})")
+        ax.set(
+            xlabel="recall",
+            ylabel="precision",
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            title=f"mask precision/recall, IoU {label} (AP {ap:.1f})",
+        )
         ax.grid(alpha=0.3)
         fig.tight_layout()
         _atomic_write(out / f"pr_curve_{key}.png", lambda p: fig.savefig(p, format="png"))

@@ -9,14 +9,16 @@ Pre- and post-processing are exactly the model's: `fastinst.model.preprocess.to_
 size, then `model(batch)` in eval mode, which returns masks at each image's original size. FastInst always returns its
 100 best (query, class) pairs, most of them with scores near zero: filter them with `score_threshold`.
 """
+
 from __future__ import annotations
 
 import contextlib
 import glob
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,24 +56,31 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
 class Results:
     """The instances found in one image, best score first. `masks` are at the image's own size."""
 
-    image: np.ndarray                       # uint8 (H, W, 3) RGB, as given
-    masks: np.ndarray                       # bool (N, H, W)
-    scores: np.ndarray                      # float32 (N,)
-    labels: np.ndarray                      # int64 (N,) contiguous class indices
-    classes: list[str]                      # every class name, in contiguous order
-    category_ids: list[int] | None = None   # contiguous index -> the dataset's own category id
+    image: np.ndarray  # uint8 (H, W, 3) RGB, as given
+    masks: np.ndarray  # bool (N, H, W)
+    scores: np.ndarray  # float32 (N,)
+    labels: np.ndarray  # int64 (N,) contiguous class indices
+    classes: list[str]  # every class name, in contiguous order
+    category_ids: list[int] | None = None  # contiguous index -> the dataset's own category id
     path: Path | None = None
     _boxes: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def __getitem__(self, index) -> "Results":
+    def __getitem__(self, index) -> Results:
         """A subset (slice, index array or boolean mask) of the instances."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
-        return Results(self.image, self.masks[index], self.scores[index], self.labels[index], self.classes,
-                       self.category_ids, self.path)
+        return Results(
+            self.image,
+            self.masks[index],
+            self.scores[index],
+            self.labels[index],
+            self.classes,
+            self.category_ids,
+            self.path,
+        )
 
     @property
     def names(self) -> list[str]:
@@ -85,18 +94,20 @@ class Results:
             self._boxes = masks_to_boxes(self.masks)
         return self._boxes
 
-    def filter(self, score_threshold: float) -> "Results":
+    def filter(self, score_threshold: float) -> Results:
         """The instances scoring at least `score_threshold`."""
         return self[self.scores >= score_threshold]
 
     def plot(self, score_threshold: float = 0.3) -> np.ndarray:
         """uint8 RGB overlay of the instances scoring at least `score_threshold` (masks, boxes, class, score)."""
         from ..visualize import draw_instances
+
         return draw_instances(self.image, self.masks, self.labels, self.scores, list(self.classes), score_threshold)
 
     def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
         """COCO results entries: image_id, file_name, category_id (dataset ids), RLE segmentation, XYWH bbox, score."""
         from pycocotools import mask as mask_util
+
         ids = list(category_ids or self.category_ids or default_category_ids(len(self.classes)))
         if len(self) == 0:
             return []
@@ -105,9 +116,16 @@ class Results:
         out = []
         for k, rle in enumerate(rles):
             x0, y0, x1, y1 = (float(v) for v in self.boxes[k])
-            out.append({"image_id": int(image_id), "file_name": file_name, "category_id": int(ids[int(self.labels[k])]),
-                        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(self.scores[k])})
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "file_name": file_name,
+                    "category_id": int(ids[int(self.labels[k])]),
+                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(self.scores[k]),
+                }
+            )
         return out
 
 
@@ -119,11 +137,13 @@ class Results:
 def default_category_ids(num_classes: int) -> list[int]:
     """COCO's 80 ids for an 80-class model, otherwise 1..num_classes."""
     from ..data.coco_classes import COCO_CATEGORY_IDS
+
     return list(COCO_CATEGORY_IDS) if num_classes == 80 else list(range(1, num_classes + 1))
 
 
 def default_names(num_classes: int) -> list[str]:
     from ..data.coco_classes import COCO_NAMES
+
     return list(COCO_NAMES) if num_classes == 80 else [f"class{i}" for i in range(num_classes)]
 
 
@@ -161,6 +181,7 @@ def _flatten(source: Any) -> list[tuple[Any, Path | None]]:
 def load_image(item: Any) -> np.ndarray:
     """One input (path, numpy, PIL, tensor) -> uint8 (H, W, 3) RGB."""
     from ..data.images import read_image, to_rgb_array
+
     if isinstance(item, (str, Path)):
         return read_image(item)
     return to_rgb_array(item)
@@ -177,6 +198,7 @@ def parse_classes(spec: str | Path | Iterable[str] | None) -> tuple[list[str] | 
     if path.is_file():
         if path.suffix.lower() == ".json":
             import json
+
             try:
                 cats = sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])
                 return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats]
@@ -210,9 +232,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class Predictor:
     """Wraps a FastInst model (or anything with its eval `__call__(batch) -> list[dict]` contract, e.g. OnnxModel)."""
 
-    def __init__(self, model, names: list[str] | None = None, category_ids: list[int] | None = None,
-                 device: str | torch.device = "cpu", dtype: str = "fp32",
-                 test_size: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        model,
+        names: list[str] | None = None,
+        category_ids: list[int] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: str = "fp32",
+        test_size: tuple[int, int] | None = None,
+    ):
         if dtype not in DTYPES:
             raise FastInstError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         self.device = resolve_device(device)
@@ -235,8 +263,15 @@ class Predictor:
             raise FastInstError(f"{len(self.category_ids)} category ids given for a model with {num_classes} classes")
 
     @classmethod
-    def from_name(cls, name: str, weights: str | Path | None = None, device: str = "cpu", dtype: str = "fp32",
-                  classes=None, category_ids: list[int] | None = None) -> "Predictor":
+    def from_name(
+        cls,
+        name: str,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        classes=None,
+        category_ids: list[int] | None = None,
+    ) -> Predictor:
         """A variant with weights from a file, `"official"` (downloaded, see `fastinst.hub`) or None (random init).
 
         A checkpoint written by `fastinst train` carries its config, which then wins over `name`; in other files the
@@ -246,12 +281,14 @@ class Predictor:
         from .. import build_model
         from ..checkpoint import load_checkpoint, read_checkpoint, to_state_dict
         from ..config import from_dict, get_config
+
         names, ids = parse_classes(classes)
         cfg = get_config(name)
         raw = None
         if weights is not None:
             if str(weights) == "official":
                 from ..hub import official_weights
+
                 weights = official_weights(name)
             raw = read_checkpoint(weights)
             if isinstance(raw.get("config"), dict):
@@ -261,8 +298,9 @@ class Predictor:
                 if bias is not None and bias.ndim == 1:
                     cfg.model.num_classes = int(bias.shape[0]) - 1
             if names and len(names) != cfg.model.num_classes:
-                raise FastInstError(f"{len(names)} class names given for {weights}, which has "
-                                    f"{cfg.model.num_classes} classes")
+                raise FastInstError(
+                    f"{len(names)} class names given for {weights}, which has {cfg.model.num_classes} classes"
+                )
         else:
             warnings.warn(f"{cfg.name}: no weights given, the model is randomly initialised", stacklevel=2)
             if names:
@@ -285,6 +323,7 @@ class Predictor:
     def infer(self, images: list[np.ndarray], max_dets: int = 100) -> list[dict[str, np.ndarray]]:
         """uint8 RGB arrays (one batch) -> raw per-image `masks`/`scores`/`labels` as numpy (float32 / bool)."""
         from ..model.preprocess import to_model_input
+
         batch = [to_model_input(np.ascontiguousarray(im), *self.test_size) for im in images]
         restore = getattr(self.model, "max_detections", None)
         if restore is not None and max_dets > restore:
@@ -295,37 +334,51 @@ class Predictor:
         finally:
             if restore is not None:
                 self.model.max_detections = restore
-        return [{"masks": _np(o["masks"]).astype(bool), "scores": _np(o["scores"]).astype(np.float32),
-                 "labels": _np(o["labels"]).astype(np.int64)} for o in outputs]
+        return [
+            {
+                "masks": _np(o["masks"]).astype(bool),
+                "scores": _np(o["scores"]).astype(np.float32),
+                "labels": _np(o["labels"]).astype(np.int64),
+            }
+            for o in outputs
+        ]
 
     def _results(self, images, paths, batch_size, score_threshold, max_dets) -> Iterator[Results]:
         for s in range(0, len(images), max(1, batch_size)):
-            chunk = images[s: s + batch_size]
-            for im, path, out in zip(chunk, paths[s: s + batch_size], self.infer(chunk, max_dets)):
+            chunk = images[s : s + batch_size]
+            for im, path, out in zip(chunk, paths[s : s + batch_size], self.infer(chunk, max_dets)):
                 order = np.argsort(-out["scores"], kind="stable")
                 order = order[out["scores"][order] >= score_threshold][:max_dets]
-                yield Results(im, out["masks"][order], out["scores"][order], out["labels"][order], self.names,
-                              self.category_ids, path)
+                yield Results(
+                    im,
+                    out["masks"][order],
+                    out["scores"][order],
+                    out["labels"][order],
+                    self.names,
+                    self.category_ids,
+                    path,
+                )
 
-    def stream(self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
-               ) -> Iterator[Results]:
+    def stream(
+        self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
+    ) -> Iterator[Results]:
         """Like `predict`, but reads and yields one batch at a time (for long lists of files)."""
         items = _flatten(source)
         for s in range(0, len(items), max(1, batch_size)):
-            chunk = items[s: s + batch_size]
+            chunk = items[s : s + batch_size]
             images = [load_image(item) for item, _ in chunk]
             yield from self._results(images, [p for _, p in chunk], batch_size, score_threshold, max_dets)
 
-    def predict(self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
-                ) -> list[Results]:
+    def predict(self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100) -> list[Results]:
         """Instances in each image of `source`: a numpy RGB array, PIL image, path (file, folder or glob), tensor,
         or a list of them. Results come sorted by score, filtered by `score_threshold`, at most `max_dets` each."""
         return list(self.stream(source, batch_size, score_threshold, max_dets))
 
     __call__ = predict
 
-    def predict_video(self, path: str | Path, batch_size: int = 1, score_threshold: float = 0.0,
-                      max_dets: int = 100) -> Iterator[Results]:
+    def predict_video(
+        self, path: str | Path, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
+    ) -> Iterator[Results]:
         """Decode a video with PyAV and yield one `Results` per frame (`path` = the video)."""
         path = Path(path)
         batch: list[np.ndarray] = []
@@ -348,6 +401,7 @@ def _np(t) -> np.ndarray:
 def _load_into(model: nn.Module, raw: dict, label, load_checkpoint) -> None:
     """Load a checkpoint dict; the error names the file (load_checkpoint only sees the dict)."""
     from ..errors import CheckpointError
+
     try:
         load_checkpoint(model, raw)
     except CheckpointError as e:
@@ -357,6 +411,7 @@ def _load_into(model: nn.Module, raw: dict, label, load_checkpoint) -> None:
 def video_frames(path: str | Path) -> Iterator[np.ndarray]:
     """uint8 RGB frames of a video file (PyAV)."""
     import av
+
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as e:
@@ -374,6 +429,7 @@ def video_frames(path: str | Path) -> Iterator[np.ndarray]:
 def video_rate(path: str | Path) -> float:
     """Frames per second of a video's first video stream (25 if unknown)."""
     import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or 25

@@ -5,6 +5,7 @@ returns an iterator of batches whose content depends only on the stream position
 reading `last.pth`) sees exactly the batches the uninterrupted run would have seen; model, optimizer, scaler, EMA and
 every RNG are restored too, so both end with the same weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -23,8 +24,15 @@ from ..config import Config, to_dict
 from ..errors import FastInstError
 from . import distributed as dist_utils
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d,
-          nn.LocalResponseNorm)
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm2d,
+    nn.LocalResponseNorm,
+)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -38,8 +46,15 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
             seen.add(id(p))
             lr = s.base_lr * (s.backbone_multiplier if "backbone" in mod_name else 1.0)
             wd = 0.0 if isinstance(module, _NORMS + (nn.Embedding,)) else s.weight_decay
-            groups.append({"params": [p], "lr": lr, "weight_decay": wd, "initial_lr": lr,
-                           "name": f"{mod_name}.{p_name}".lstrip(".")})
+            groups.append(
+                {
+                    "params": [p],
+                    "lr": lr,
+                    "weight_decay": wd,
+                    "initial_lr": lr,
+                    "name": f"{mod_name}.{p_name}".lstrip("."),
+                }
+            )
     if s.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=s.base_lr)
     if s.optimizer == "sgd":
@@ -122,10 +137,19 @@ class NonFiniteLoss(FastInstError):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: nn.Module, loader_fn: Callable[[int], Iterable[list[dict]]],
-                 output_dir: str | Path, device: str = "cpu", resume: bool = False,
-                 evaluate_fn: Callable[[nn.Module], dict] | None = None, rand=None,
-                 max_seconds: float | None = None, progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        loader_fn: Callable[[int], Iterable[list[dict]]],
+        output_dir: str | Path,
+        device: str = "cpu",
+        resume: bool = False,
+        evaluate_fn: Callable[[nn.Module], dict] | None = None,
+        rand=None,
+        max_seconds: float | None = None,
+        progress: bool = True,
+    ):
         self.cfg, self.device = cfg, torch.device(device)
         self.output_dir = Path(output_dir)
         self.loader_fn, self.evaluate_fn, self.rand = loader_fn, evaluate_fn, rand
@@ -133,8 +157,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         use_cuda_amp = cfg.solver.amp and self.device.type == "cuda"
-        self.amp_dtype = torch.float16 if use_cuda_amp else (
-            torch.bfloat16 if cfg.solver.amp_cpu_bf16 and self.device.type == "cpu" else None)
+        self.amp_dtype = (
+            torch.float16
+            if use_cuda_amp
+            else (torch.bfloat16 if cfg.solver.amp_cpu_bf16 and self.device.type == "cpu" else None)
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
         self.ema = EMA(self.model, cfg.solver.ema_decay) if cfg.solver.ema_decay > 0 else None
         self.iteration = 0
@@ -153,10 +180,16 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "ema": self.ema.shadow if self.ema else None,
-                "iteration": self.iteration, "rng": rng_state(), "config": to_dict(self.cfg),
-                "nonfinite": self.nonfinite}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.shadow if self.ema else None,
+            "iteration": self.iteration,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "nonfinite": self.nonfinite,
+        }
 
     def save(self, name: str = "last.pth") -> Path | None:
         path = self.output_dir / name
@@ -172,7 +205,9 @@ class Trainer:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a broken last.pth must not be silently replaced
-            raise FastInstError(f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})") from None
+            raise FastInstError(
+                f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})"
+            ) from None
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -200,14 +235,18 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if bad:
             self.nonfinite += 1
-            msg = (f"iteration {self.iteration}: non-finite loss in {', '.join(bad)} "
-                   f"({self.nonfinite} consecutive); step skipped")
+            msg = (
+                f"iteration {self.iteration}: non-finite loss in {', '.join(bad)} "
+                f"({self.nonfinite} consecutive); step skipped"
+            )
             self._log({"event": "nonfinite", "iter": self.iteration, "terms": bad})
             print(msg, flush=True)
             if self.nonfinite > self.cfg.solver.max_nonfinite_steps:
-                raise NonFiniteLoss(f"training stopped at iteration {self.iteration}: {', '.join(bad)} was NaN/Inf "
-                                    f"for {self.nonfinite} consecutive steps; last good checkpoint: "
-                                    f"{self.output_dir / 'last.pth'}")
+                raise NonFiniteLoss(
+                    f"training stopped at iteration {self.iteration}: {', '.join(bad)} was NaN/Inf "
+                    f"for {self.nonfinite} consecutive steps; last good checkpoint: "
+                    f"{self.output_dir / 'last.pth'}"
+                )
             # keep DDP's collectives aligned: a zero loss still runs backward through every rank
             if self.ddp is not None:
                 (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
@@ -235,6 +274,7 @@ class Trainer:
         bar = self.bar = None
         if self.progress and dist_utils.is_main():
             from tqdm import tqdm
+
             bar = self.bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
         last_metrics: dict = {}
         try:
@@ -245,18 +285,25 @@ class Trainer:
                 self.iteration += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{losses.get('total_loss', float('nan')):.3f}",
-                                    lr=f"{self.optimizer.param_groups[-1]['lr']:.1e}")
+                    bar.set_postfix(
+                        loss=f"{losses.get('total_loss', float('nan')):.3f}",
+                        lr=f"{self.optimizer.param_groups[-1]['lr']:.1e}",
+                    )
                 if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
-                    record = {"iter": self.iteration, "lr": self.optimizer.param_groups[-1]["lr"],
-                              "time": round(time.time() - start, 2), **losses}
+                    record = {
+                        "iter": self.iteration,
+                        "lr": self.optimizer.param_groups[-1]["lr"],
+                        "time": round(time.time() - start, 2),
+                        **losses,
+                    }
                     self._log(record)
                     if writer:
                         for k, v in losses.items():
                             if math.isfinite(v):
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
                 done = self.iteration >= s.max_iter or (
-                    self.max_seconds is not None and time.time() - start > self.max_seconds)
+                    self.max_seconds is not None and time.time() - start > self.max_seconds
+                )
                 if s.checkpoint_period and self.iteration % s.checkpoint_period == 0 and not done:
                     self.save()
                 if self.evaluate_fn and s.eval_period and self.iteration % s.eval_period == 0 and not done:
@@ -301,6 +348,7 @@ class Trainer:
     def _plot(self) -> None:
         try:
             from ..visualize import plot_training_curves
+
             plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "curves.png")
         except Exception as e:  # plotting must never lose a finished run
             print(f"warning: could not plot training curves ({e})")

@@ -4,6 +4,7 @@
 replays the recorded `torch.rand` draws through `model(batch, rand=...)`, and compares the unweighted and weighted
 losses, every recorded matching, and the query locations. The model must already hold the fixture's weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class TrainRow:
 
 
 def _unpack_masks(npz, prefix: str) -> np.ndarray:
-    shape = tuple(int(s) for s in npz[prefix + "_shape"])                  # (N, h, w)
+    shape = tuple(int(s) for s in npz[prefix + "_shape"])  # (N, h, w)
     count = int(np.prod(shape[1:]))
     if shape[0] == 0:
         return np.zeros(shape, dtype=bool)
@@ -44,12 +45,17 @@ def fixture_batch(npz) -> list[dict]:
     batch = []
     i = 0
     while f"input.{i}.resized" in npz.files:
-        resized = npz[f"input.{i}.resized"]                               # (h, w, 3) uint8
+        resized = npz[f"input.{i}.resized"]  # (h, w, 3) uint8
         original = npz[f"input.{i}.original"]
         masks = torch.from_numpy(_unpack_masks(npz, f"train.gt.{i}.masks"))  # (N, h, w) bool
-        batch.append({"image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
-                      "height": int(original.shape[0]), "width": int(original.shape[1]),
-                      "instances": {"labels": torch.from_numpy(npz[f"train.gt.{i}.labels"]).long(), "masks": masks}})
+        batch.append(
+            {
+                "image": torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1))),
+                "height": int(original.shape[0]),
+                "width": int(original.shape[1]),
+                "instances": {"labels": torch.from_numpy(npz[f"train.gt.{i}.labels"]).long(), "masks": masks},
+            }
+        )
         i += 1
     return batch
 
@@ -84,8 +90,9 @@ def _compare_matching(name: str, ours: tuple[torch.Tensor, torch.Tensor] | None,
     return TrainRow(name, 0.0 if same else 1.0, 0.0, same, 0.0, note)
 
 
-def check_train_parity(fixture_dir: str | Path, model: torch.nn.Module, rel: float = 1e-5,
-                       rel_locations: float = 1e-3) -> list[TrainRow]:
+def check_train_parity(
+    fixture_dir: str | Path, model: torch.nn.Module, rel: float = 1e-5, rel_locations: float = 1e-3
+) -> list[TrainRow]:
     """Run the training forward with the recorded draws and compare with `train.*`. -> one row per checked item."""
     fixture_dir = Path(fixture_dir)
     npz = np.load(fixture_dir / "reference.npz")
@@ -109,26 +116,34 @@ def check_train_parity(fixture_dir: str | Path, model: torch.nn.Module, rel: flo
         handle.remove()
         model.train(was_training)
     weights = model.criterion.weight_dict
-    rows = [TrainRow("train.rand (draws consumed)", float(replay.remaining), float(len(replay.draws)),
-                     replay.remaining == 0, 0.0, f"{replay.position}/{len(replay.draws)} used")]
+    rows = [
+        TrainRow(
+            "train.rand (draws consumed)",
+            float(replay.remaining),
+            float(len(replay.draws)),
+            replay.remaining == 0,
+            0.0,
+            f"{replay.position}/{len(replay.draws)} used",
+        )
+    ]
     for key in npz.files:
         if key.startswith("train.loss."):
-            name = key[len("train.loss."):]
+            name = key[len("train.loss.") :]
             if name not in weighted:
                 rows.append(TrainRow(key, float("inf"), 0.0, False, 0.0, "missing"))
                 continue
             rows.append(_compare(key, weighted[name] / weights[name], npz[key], rel))
         elif key.startswith("train.loss_weighted."):
-            name = key[len("train.loss_weighted."):]
+            name = key[len("train.loss_weighted.") :]
             if name in weighted:
                 rows.append(_compare(key, weighted[name], npz[key], rel))
-    extra = sorted(set(weighted) - {k[len("train.loss."):] for k in npz.files if k.startswith("train.loss.")})
+    extra = sorted(set(weighted) - {k[len("train.loss.") :] for k in npz.files if k.startswith("train.loss.")})
     if extra:
         rows.append(TrainRow("train.loss (extra keys)", float(len(extra)), 0.0, False, 0.0, ", ".join(extra)))
     matchings = dict(getattr(model.criterion, "last_matchings", {}))
     matchings.update(getattr(model, "last_matching", {}) or {})
     for key in sorted(k for k in npz.files if k.startswith("train.match.")):
-        output, i = key[len("train.match."):].rsplit(".", 1)
+        output, i = key[len("train.match.") :].rsplit(".", 1)
         per_image = matchings.get(output)
         ours = per_image[int(i)] if per_image is not None and int(i) < len(per_image) else None
         rows.append(_compare_matching(key, ours, npz[key]))

@@ -4,6 +4,7 @@ Both take a normalised image batch (B, 3, H, W) and return `{"res3": (B, C3, H/8
 "res5": (B, C5, H/32, W/32)}`. Module names follow the official checkpoints (SPEC §5.2, §5.3), so
 `state_dict()` keys are the released ones. BatchNorm is frozen (four buffers, identity init) unless `norm="BN"`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,16 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 class ConvNorm(nn.Conv2d):
     """Conv2d whose normalisation is a child named `norm` (keys `<name>.weight`, `<name>.norm.*`), then an optional ReLU."""
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, norm: nn.Module | None = None,
-                 relu: bool = False, bias: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        norm: nn.Module | None = None,
+        relu: bool = False,
+        bias: bool = False,
+    ):
         super().__init__(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
         self.norm = norm
         self.relu = relu
@@ -65,6 +74,7 @@ class ConvNorm(nn.Conv2d):
 # ---------------------------------------------------------------------------------------------------------------------
 # A. detectron2-layout ResNet: stem.conv1, res2..res5, blocks with conv1..conv3 (+ shortcut), stride in the 3x3.
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class BottleneckBlock(nn.Module):
     def __init__(self, cin: int, width: int, cout: int, stride: int, norm: str):
@@ -118,11 +128,12 @@ class ResNet(nn.Module):
         base = width
         self.out_channels = {}
         for i, n in enumerate(_DEPTHS[depth]):
-            width = base * 2 ** i
+            width = base * 2**i
             cout = width * 4 if bottleneck else width
             block = BottleneckBlock if bottleneck else BasicBlock
-            blocks = [block(cin if b == 0 else cout, width, cout, 2 if (b == 0 and i > 0) else 1, norm)
-                      for b in range(n)]
+            blocks = [
+                block(cin if b == 0 else cout, width, cout, 2 if (b == 0 and i > 0) else 1, norm) for b in range(n)
+            ]
             self.add_module(f"res{i + 2}", nn.Sequential(*blocks))
             self.out_channels[f"res{i + 2}"] = cout
             cin = cout
@@ -131,16 +142,17 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.res2(self.stem(x))       # (B, 256, H/4, W/4) for R50
-        c3 = self.res3(x)                 # (B, 512, H/8, W/8)
-        c4 = self.res4(c3)                # (B, 1024, H/16, W/16)
-        c5 = self.res5(c4)                # (B, 2048, H/32, W/32)
+        x = self.res2(self.stem(x))  # (B, 256, H/4, W/4) for R50
+        c3 = self.res3(x)  # (B, 512, H/8, W/8)
+        c4 = self.res4(c3)  # (B, 1024, H/16, W/16)
+        c5 = self.res5(c4)  # (B, 2048, H/32, W/32)
         return {"res3": c3, "res4": c4, "res5": c5}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # B. ResNet-vd (timm names): deep stem, avg-pool shortcut, non-modulated DCNv1 in the 3x3 of layer3/layer4.
 # ---------------------------------------------------------------------------------------------------------------------
+
 
 class DeformConv(nn.Module):
     """Non-modulated deformable 3x3 conv (DCNv1, one offset group) with a single `weight` and no bias."""
@@ -198,31 +210,41 @@ class ResNetVd(nn.Module):
         if depth not in (50, 101):
             raise ValueError(f"ResNet-vd depth must be 50 or 101, got {depth}")
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1, bias=False), make_norm(norm, 32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 3, 1, 1, bias=False), make_norm(norm, 32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, 1, 1, bias=False))
+            nn.Conv2d(3, 32, 3, 2, 1, bias=False),
+            make_norm(norm, 32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 3, 1, 1, bias=False),
+            make_norm(norm, 32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, 1, 1, bias=False),
+        )
         self.bn1 = make_norm(norm, 64)
         cin = 64
         self.out_channels = {}
         for i, n in enumerate(_DEPTHS[depth]):
-            planes = 64 * 2 ** i
-            blocks = [VdBottleneck(cin if b == 0 else planes * 4, planes, 2 if (b == 0 and i > 0) else 1,
-                                   deform_stages[i], norm) for b in range(n)]
+            planes = 64 * 2**i
+            blocks = [
+                VdBottleneck(
+                    cin if b == 0 else planes * 4, planes, 2 if (b == 0 and i > 0) else 1, deform_stages[i], norm
+                )
+                for b in range(n)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.out_channels[f"res{i + 2}"] = planes * 4
             cin = planes * 4
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)   # (B, 64, H/4, W/4)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)  # (B, 64, H/4, W/4)
         x = self.layer1(x)
-        c3 = self.layer2(x)                                          # (B, 512, H/8, W/8)
-        c4 = self.layer3(c3)                                         # (B, 1024, H/16, W/16)
-        c5 = self.layer4(c4)                                         # (B, 2048, H/32, W/32)
+        c3 = self.layer2(x)  # (B, 512, H/8, W/8)
+        c4 = self.layer3(c3)  # (B, 1024, H/16, W/16)
+        c5 = self.layer4(c4)  # (B, 2048, H/32, W/32)
         return {"res3": c3, "res4": c4, "res5": c5}
 
 
-def build_backbone(kind: str, depth: int, deform_stages=(False,) * 4, norm: str = "FrozenBN",
-                   width: int = 64) -> nn.Module:
+def build_backbone(
+    kind: str, depth: int, deform_stages=(False,) * 4, norm: str = "FrozenBN", width: int = 64
+) -> nn.Module:
     if kind == "resnet":
         return ResNet(depth, norm, width)
     if kind == "resnet_vd":

@@ -6,10 +6,11 @@ and `aux_outputs` — in training the GT-mask-guided re-runs of layers 0..L-1 co
 raw IA-guided queries, then the outputs of layers 0..L-2 (the order the official losses are named in).
 Sequence tensors are (length, batch, D) as in nn.MultiheadAttention's default layout.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,26 +77,27 @@ class QueryProposal(nn.Module):
         super().__init__()
         self.num_queries = num_queries
         self.conv_proposal_cls_logits = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(dim, num_classes + 1, 1))
+            nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(dim, num_classes + 1, 1)
+        )
 
     def forward(self, e4: torch.Tensor, pos16: torch.Tensor):
         """e4, pos16: (B, D, h, w) -> queries (N, B, D), their pos (N, B, D), flat indices (B, N), logits, locations."""
-        logits = self.conv_proposal_cls_logits(e4)                      # (B, K+1, h, w)
+        logits = self.conv_proposal_cls_logits(e4)  # (B, K+1, h, w)
         b, _, h, w = logits.shape
         with torch.no_grad():
-            fg = logits.softmax(1)[:, :-1]                              # (B, K, h, w) foreground probabilities
-            top = fg.argmax(1, keepdim=True)                            # winning class per pixel
-            kept = fg * torch.zeros_like(fg).scatter_(1, top, 1.0)      # only the winner's map keeps the pixel
-            local_max = (kept >= F.max_pool2d(kept, 3, 1, 1)) & (kept >= 1e-6)   # 3x3 maxima (zero padding)
-            score = (kept + local_max.to(kept.dtype)).amax(1).flatten(1)          # (B, h*w): p + 1 at maxima
+            fg = logits.softmax(1)[:, :-1]  # (B, K, h, w) foreground probabilities
+            top = fg.argmax(1, keepdim=True)  # winning class per pixel
+            kept = fg * torch.zeros_like(fg).scatter_(1, top, 1.0)  # only the winner's map keeps the pixel
+            local_max = (kept >= F.max_pool2d(kept, 3, 1, 1)) & (kept >= 1e-6)  # 3x3 maxima (zero padding)
+            score = (kept + local_max.to(kept.dtype)).amax(1).flatten(1)  # (B, h*w): p + 1 at maxima
             k = min(self.num_queries, h * w)
-            idx = score.topk(k, dim=1, sorted=True).indices              # (B, N)
-        gather = idx.unsqueeze(1).expand(-1, e4.shape[1], -1)           # (B, D, N)
-        queries = e4.flatten(2).gather(2, gather).permute(2, 0, 1)       # (N, B, D)
+            idx = score.topk(k, dim=1, sorted=True).indices  # (B, N)
+        gather = idx.unsqueeze(1).expand(-1, e4.shape[1], -1)  # (B, D, N)
+        queries = e4.flatten(2).gather(2, gather).permute(2, 0, 1)  # (N, B, D)
         qpos = pos16.flatten(2).expand(b, -1, -1).gather(2, gather).permute(2, 0, 1)
         ys = torch.linspace(0, 1, h, device=e4.device)[idx // w]
         xs = torch.linspace(0, 1, w, device=e4.device)[idx % w]
-        locations = torch.stack([xs, ys], dim=-1)                       # (B, N, 2) normalised (x, y)
+        locations = torch.stack([xs, ys], dim=-1)  # (B, N, 2) normalised (x, y)
         return queries, qpos, idx, logits, locations
 
 
@@ -103,11 +105,23 @@ MatchFn = Callable[[dict, list[dict]], list[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class FastInstDecoder(nn.Module):
-    def __init__(self, dim: int = 256, num_classes: int = 80, num_queries: int = 100, num_aux_queries: int = 8,
-                 nheads: int = 8, dim_feedforward: int = 1024, dec_layers: int = 3):
+    def __init__(
+        self,
+        dim: int = 256,
+        num_classes: int = 80,
+        num_queries: int = 100,
+        num_aux_queries: int = 8,
+        nheads: int = 8,
+        dim_feedforward: int = 1024,
+        dec_layers: int = 3,
+    ):
         super().__init__()
         self.num_queries, self.num_aux_queries, self.num_layers, self.nheads = (
-            num_queries, num_aux_queries, dec_layers, nheads)
+            num_queries,
+            num_aux_queries,
+            dec_layers,
+            nheads,
+        )
         side = round(math.sqrt(num_queries))
         self.meta_pos_embed = nn.Parameter(torch.empty(1, dim, side, side))
         nn.init.trunc_normal_(self.meta_pos_embed, std=0.02)  # official leaves it uninitialised (SPEC §6)
@@ -115,14 +129,20 @@ class FastInstDecoder(nn.Module):
         self.empty_query_pos_embed = nn.Embedding(num_aux_queries, dim)
         self.query_proposal = QueryProposal(dim, num_classes, num_queries)
         L = dec_layers
-        self.transformer_query_cross_attention_layers = nn.ModuleList(CrossAttentionLayer(dim, nheads) for _ in range(L))
+        self.transformer_query_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(dim, nheads) for _ in range(L)
+        )
         self.transformer_query_self_attention_layers = nn.ModuleList(SelfAttentionLayer(dim, nheads) for _ in range(L))
         self.transformer_query_ffn_layers = nn.ModuleList(FFNLayer(dim, dim_feedforward) for _ in range(L))
         self.transformer_mask_cross_attention_layers = nn.ModuleList(CrossAttentionLayer(dim, nheads) for _ in range(L))
         self.transformer_mask_ffn_layers = nn.ModuleList(FFNLayer(dim, dim_feedforward) for _ in range(L))
-        for group in (self.transformer_query_cross_attention_layers, self.transformer_query_self_attention_layers,
-                      self.transformer_query_ffn_layers, self.transformer_mask_cross_attention_layers,
-                      self.transformer_mask_ffn_layers):
+        for group in (
+            self.transformer_query_cross_attention_layers,
+            self.transformer_query_self_attention_layers,
+            self.transformer_query_ffn_layers,
+            self.transformer_mask_cross_attention_layers,
+            self.transformer_mask_ffn_layers,
+        ):
             for p in group.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
@@ -133,15 +153,16 @@ class FastInstDecoder(nn.Module):
 
     # -- building blocks ------------------------------------------------------------------------------------------
 
-    def heads(self, q: torch.Tensor, x: torch.Tensor, stage: int, size: tuple[int, int], with_cls: bool,
-              with_mask: bool):
+    def heads(
+        self, q: torch.Tensor, x: torch.Tensor, stage: int, size: tuple[int, int], with_cls: bool, with_mask: bool
+    ):
         """q (Nq, B, D), x (HW8, B, D) -> class logits (B, N, K+1) | None, mask logits (B, N, h8, w8), attn mask."""
-        n = q.shape[0] - self.num_aux_queries        # = num_queries unless the image has fewer stride-16 cells
-        qn = self.decoder_query_norm_layers[stage](q[:n]).transpose(0, 1)                        # (B, N, D)
+        n = q.shape[0] - self.num_aux_queries  # = num_queries unless the image has fewer stride-16 cells
+        qn = self.decoder_query_norm_layers[stage](q[:n]).transpose(0, 1)  # (B, N, D)
         cls = self.class_embed_layers[stage](qn) if with_cls else None
-        emb = self.mask_embed_layers[stage](qn)                                                 # (B, N, D)
-        feats = self.mask_features_layers[stage](x.transpose(0, 1))                             # (B, HW8, D)
-        masks = torch.einsum("bqc,blc->bql", emb, feats)                                        # (B, N, HW8)
+        emb = self.mask_embed_layers[stage](qn)  # (B, N, D)
+        feats = self.mask_features_layers[stage](x.transpose(0, 1))  # (B, HW8, D)
+        masks = torch.einsum("bqc,blc->bql", emb, feats)  # (B, N, HW8)
         attn = self.attention_mask(masks.detach() < 0) if with_mask else None
         return cls, masks.unflatten(2, size), attn
 
@@ -170,11 +191,11 @@ class FastInstDecoder(nn.Module):
         b, d, h8, w8 = e3.shape
         pos8 = F.interpolate(self.meta_pos_embed, size=(h8, w8), mode="bilinear", align_corners=False)
         pos16 = F.interpolate(self.meta_pos_embed, size=e4.shape[-2:], mode="bilinear", align_corners=False)
-        pos8 = pos8.flatten(2).permute(2, 0, 1)                                    # (HW8, 1, D)
+        pos8 = pos8.flatten(2).permute(2, 0, 1)  # (HW8, 1, D)
         q, qpos, idx, proposal_logits, locations = self.query_proposal(e4, pos16)  # (N, B, D) x2
-        q = torch.cat([q, self.empty_query_features.weight.unsqueeze(1).expand(-1, b, -1)])        # (N+aux, B, D)
+        q = torch.cat([q, self.empty_query_features.weight.unsqueeze(1).expand(-1, b, -1)])  # (N+aux, B, D)
         qpos = torch.cat([qpos, self.empty_query_pos_embed.weight.unsqueeze(1).expand(-1, b, -1)])
-        x = e3.flatten(2).permute(2, 0, 1)                                         # (HW8, B, D)
+        x = e3.flatten(2).permute(2, 0, 1)  # (HW8, B, D)
         training = targets is not None
         L = self.num_layers
 
@@ -197,24 +218,30 @@ class FastInstDecoder(nn.Module):
                 gq, gx = self.layer(i, *memory[i + 1], qpos, pos8, gt_attn)
                 gcls, gmasks, _ = self.heads(gq, gx, i + 1, (h8, w8), with_cls=True, with_mask=False)
                 guided.append((gcls, gmasks))
-        out = {"proposal_cls_logits": proposal_logits, "query_proposal_indices": idx,
-               "query_locations": locations if training else None,
-               "pred_logits": preds[-1][0], "pred_masks": preds[-1][1], "pred_matching_indices": None,
-               "decoder_matching": matching}
+        out = {
+            "proposal_cls_logits": proposal_logits,
+            "query_proposal_indices": idx,
+            "query_locations": locations if training else None,
+            "pred_logits": preds[-1][0],
+            "pred_masks": preds[-1][1],
+            "pred_matching_indices": None,
+            "decoder_matching": matching,
+        }
         aux = [(c, m, matching) for c, m in guided] + [(c, m, None) for c, m in preds[:-1]]
-        out["aux_outputs"] = [{"query_locations": out["query_locations"], "pred_logits": c, "pred_masks": m,
-                               "pred_matching_indices": mi} for c, m, mi in aux]
+        out["aux_outputs"] = [
+            {"query_locations": out["query_locations"], "pred_logits": c, "pred_masks": m, "pred_matching_indices": mi}
+            for c, m, mi in aux
+        ]
         return out
 
     def gt_attention_mask(self, matching, targets, size, n: int) -> torch.Tensor:
         """Matched queries see only their GT mask (nearest-sampled at stride 8); others see everything."""
         b = len(targets)
-        blocked = torch.zeros(b, n, size[0] * size[1], dtype=torch.bool,
-                              device=self.meta_pos_embed.device)
+        blocked = torch.zeros(b, n, size[0] * size[1], dtype=torch.bool, device=self.meta_pos_embed.device)
         for i, ((src, tgt), t) in enumerate(zip(matching, targets)):
             if len(src) == 0:
                 continue
-            gt = t["masks"][tgt].float().unsqueeze(0)                                   # (1, n, Hpad, Wpad)
-            gt8 = F.interpolate(gt, size=size, mode="nearest")[0].bool().flatten(1)      # (n, HW8)
+            gt = t["masks"][tgt].float().unsqueeze(0)  # (1, n, Hpad, Wpad)
+            gt8 = F.interpolate(gt, size=size, mode="nearest")[0].bool().flatten(1)  # (n, HW8)
             blocked[i, src.to(blocked.device)] = ~gt8.to(blocked.device)
         return self.attention_mask(blocked)

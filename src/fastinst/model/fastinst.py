@@ -4,11 +4,11 @@
 as `sem_seg_head.predictor.criterion`, as in the official model, so its `empty_weight` buffer is saved twice).
 Call it with a list of dicts (see docs/DEVELOPING.md): weighted losses in training, instances in eval.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
@@ -39,17 +39,26 @@ class FastInst(nn.Module):
         self.size_divisibility = m.size_divisibility
         self.backbone = build_backbone(m.backbone, m.depth, m.deform_stages, m.backbone_norm, m.backbone_width)
         pixel_decoder = PPMFPN(self.backbone.out_channels, m.hidden_dim)
-        predictor = FastInstDecoder(m.hidden_dim, m.num_classes, m.num_queries, m.num_aux_queries, m.nheads,
-                                    m.dim_feedforward, m.dec_layers)
+        predictor = FastInstDecoder(
+            m.hidden_dim, m.num_classes, m.num_queries, m.num_aux_queries, m.nheads, m.dim_feedforward, m.dec_layers
+        )
         self.sem_seg_head = SemSegHead(pixel_decoder, predictor)
-        matcher = HungarianMatcher(loss.class_weight, loss.mask_weight, loss.dice_weight, loss.location_weight,
-                                   loss.num_points)
+        matcher = HungarianMatcher(
+            loss.class_weight, loss.mask_weight, loss.dice_weight, loss.location_weight, loss.num_points
+        )
         num_aux = 2 * m.dec_layers if loss.deep_supervision else 0
-        weight_dict = build_weight_dict(loss.class_weight, loss.mask_weight, loss.dice_weight, loss.proposal_weight,
-                                        num_aux)
-        self.criterion = SetCriterion(m.num_classes, matcher, weight_dict=weight_dict, eos_coef=loss.no_object_weight,
-                                      num_points=loss.num_points, oversample_ratio=loss.oversample_ratio,
-                                      importance_sample_ratio=loss.importance_sample_ratio)
+        weight_dict = build_weight_dict(
+            loss.class_weight, loss.mask_weight, loss.dice_weight, loss.proposal_weight, num_aux
+        )
+        self.criterion = SetCriterion(
+            m.num_classes,
+            matcher,
+            weight_dict=weight_dict,
+            eos_coef=loss.no_object_weight,
+            num_points=loss.num_points,
+            oversample_ratio=loss.oversample_ratio,
+            importance_sample_ratio=loss.importance_sample_ratio,
+        )
         predictor.criterion = self.criterion
         self.register_buffer("pixel_mean", torch.tensor(m.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(m.pixel_std).view(3, 1, 1), persistent=False)
@@ -109,13 +118,22 @@ class FastInst(nn.Module):
         results = []
         for i, d in enumerate(batch):
             original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
-            results.append(instances(outputs["pred_logits"][i], outputs["pred_masks"][i], tuple(padded), sizes[i],
-                                     original, self.max_detections))
+            results.append(
+                instances(
+                    outputs["pred_logits"][i],
+                    outputs["pred_masks"][i],
+                    tuple(padded),
+                    sizes[i],
+                    original,
+                    self.max_detections,
+                )
+            )
         return results
 
     def predict(self, source, **kwargs):
         """Images / paths / arrays -> `Results` objects (see `fastinst.engine.predictor.Predictor.predict`)."""
         from ..engine.predictor import Predictor
+
         return Predictor(self, device=str(self.device)).predict(source, **kwargs)
 
     @torch.inference_mode()
@@ -126,7 +144,7 @@ class FastInst(nn.Module):
         short, max_size = self.cfg.input.min_size_test, self.cfg.input.max_size_test
         results = []
         for s in range(0, len(images), batch_size):
-            batch = [to_model_input(im, short, max_size) for im in images[s: s + batch_size]]
+            batch = [to_model_input(im, short, max_size) for im in images[s : s + batch_size]]
             results += self(batch)
         self.train(was_training)
         return results

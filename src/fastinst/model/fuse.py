@@ -9,6 +9,7 @@ BatchNorm that directly follows a convolution is folded into that convolution's 
 
 GroupNorm (pixel decoder) and LayerNorm (decoder) depend on the data and stay. The fold is done in float64.
 """
+
 from __future__ import annotations
 
 import copy

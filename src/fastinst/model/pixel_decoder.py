@@ -1,4 +1,5 @@
 """PPM-FPN pixel decoder: res3/res4/res5 backbone features -> [E5, E4, E3], all `dim` channels (SPEC §2.3)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,13 +16,15 @@ class PyramidPoolingModule(nn.Module):
         super().__init__()
         self.sizes = tuple(sizes)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(dim, branch_dim, 1)) for s in self.sizes)
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(dim, branch_dim, 1)) for s in self.sizes
+        )
         self.bottleneck = nn.Conv2d(dim + len(self.sizes) * branch_dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        priors = [F.interpolate(F.relu(stage(x)), size=(h, w), mode="bilinear", align_corners=False)
-                  for stage in self.stages]
+        priors = [
+            F.interpolate(F.relu(stage(x)), size=(h, w), mode="bilinear", align_corners=False) for stage in self.stages
+        ]
         return F.relu(self.bottleneck(torch.cat(priors + [x], dim=1)))
 
 
@@ -40,7 +43,7 @@ class PPMFPN(nn.Module):
         self.ppm = PyramidPoolingModule(dim, dim // 4)
 
     def forward(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        e5 = self.layer_3(self.ppm(self.adapter_3(feats["res5"])))                       # (B, D, H/32, W/32)
+        e5 = self.layer_3(self.ppm(self.adapter_3(feats["res5"])))  # (B, D, H/32, W/32)
         c4 = self.adapter_2(feats["res4"])
         e4 = self.layer_2(c4 + F.interpolate(e5, size=c4.shape[-2:], mode="bilinear", align_corners=False))  # H/16
         c3 = self.adapter_1(feats["res3"])

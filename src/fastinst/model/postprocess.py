@@ -4,6 +4,7 @@ The official code upsamples all Q mask logits to the padded size and then to the
 each query independently, so `instances` runs them only for the queries the top-k keeps — same numbers, less work.
 `instances_reference` is the straightforward version, kept for tests.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,7 @@ def _full_size(logits: torch.Tensor, padded: tuple[int, int], resized: tuple[int
 
 def select(pred_logits: torch.Tensor, k: int):
     """(Q, K+1) logits -> scores (k,), labels (k,), query indices (k,) of the top-k (query, class) pairs, best first."""
-    probs = pred_logits.float().softmax(-1)[:, :-1]                 # drop "no object"
+    probs = pred_logits.float().softmax(-1)[:, :-1]  # drop "no object"
     num_classes = probs.shape[1]
     scores, flat = probs.flatten().topk(min(k, probs.numel()), sorted=True)
     return scores, flat % num_classes, flat // num_classes
@@ -40,7 +41,7 @@ def instances(pred_logits, pred_masks, padded, resized, original, k: int = 100) 
 
 def instances_reference(pred_logits, pred_masks, padded, resized, original, k: int = 100) -> dict[str, torch.Tensor]:
     """The official order of operations on all Q masks (for tests and parity)."""
-    full = _full_size(pred_masks.float(), padded, resized, original)        # (Q, H0, W0)
+    full = _full_size(pred_masks.float(), padded, resized, original)  # (Q, H0, W0)
     scores, labels, queries = select(pred_logits, k)
     probs = full[queries].sigmoid()
     binary = (probs > 0.5).float()

@@ -1,4 +1,5 @@
 """Test-time resize exactly as the official pipeline (detectron2 ResizeShortestEdge, PIL bilinear on uint8)."""
+
 from __future__ import annotations
 
 import numpy as np
