@@ -1,20 +1,17 @@
 """`--backend onnxruntime` gives the same instances as PyTorch (and as the official code) on the fixture photos."""
 
 import numpy as np
-import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import COMPACT_FIXTURE
 from fastinst.export import OnnxModel, export_onnx
 from fastinst.model.preprocess import resize_image, resize_shape
-from fastinst.parity import load_fixture
-
-FIXTURE = FIXTURES / "fastinst_R50_ppm-fpn_x1_576-s0"
+from parity.fixture import fixture_model, open_fixture
 
 
-@pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1-R50 fixture")
 def test_onnxruntime_instances_equal_pytorch_on_fixture_photos(tmp_path):
-    npz, meta, model = load_fixture(FIXTURE)
+    npz = open_fixture(COMPACT_FIXTURE)
+    meta, model = npz.meta, fixture_model(npz)
     short, max_size = meta["variant"]["min_size_test"], meta["variant"]["max_size_test"]
     batch = []
     for i in range(len(meta["images"])):
@@ -31,7 +28,7 @@ def test_onnxruntime_instances_equal_pytorch_on_fixture_photos(tmp_path):
         ours = model(batch)
     path = export_onnx(model, tmp_path / "d1.onnx", dynamic=True)
     onnx = OnnxModel(path, model.cfg)(batch)
-    for i, (a, b) in enumerate(zip(ours, onnx)):
+    for i, (a, b) in enumerate(zip(ours, onnx, strict=True)):
         key_a = (a["queries"] * 80 + a["labels"]).tolist()
         key_b = (torch.as_tensor(b["queries"]) * 80 + torch.as_tensor(b["labels"])).tolist()
         assert set(key_a) == set(key_b) == set(npz[f"eval.instances.{i}.topk_flat_index"].tolist())

@@ -14,7 +14,7 @@ from PIL import Image
 from fastinst.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from test_predictor import FIXTURE, compare_with_fixture, fixture_weights
+from test_predictor import compare_with_fixture, fixture_weights
 
 NAMES = "circle,square,triangle,star"
 
@@ -51,7 +51,6 @@ def _predict(demo_weights, out, *sources, extra=()):
     )
 
 
-@pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
 def test_fixture_instances_from_the_cli(tmp_path, tmp_path_factory):
     weights, npz, meta = fixture_weights(tmp_path_factory)
     photos = tmp_path / "photos"
@@ -190,7 +189,10 @@ def test_onnxruntime_backend_matches_torch(demo_weights, tmp_path):
     assert main([*common, "--model", "fastinst-demo", "--weights", demo_weights, "--output", str(tmp_path / "pt")]) == 0
     ort = json.loads((tmp_path / "ort" / "predictions.json").read_text())
     pt = json.loads((tmp_path / "pt" / "predictions.json").read_text())
-    key = lambda e: (e["category_id"], round(e["score"], 3))  # noqa: E731
+
+    def key(e: dict) -> tuple:
+        return e["category_id"], round(e["score"], 3)
+
     assert len(ort) == len(pt) == 64
     np.testing.assert_allclose(sorted(e["score"] for e in ort), sorted(e["score"] for e in pt), atol=1e-3)
-    assert sum(key(a) == key(b) for a, b in zip(sorted(ort, key=key), sorted(pt, key=key))) >= 60
+    assert sum(key(a) == key(b) for a, b in zip(sorted(ort, key=key), sorted(pt, key=key), strict=True)) >= 60

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FIXTURES
+from conftest import COMPACT_FIXTURE
 from fastinst.engine.predictor import Predictor, Results, masks_to_boxes, parse_classes
 from fastinst.errors import FastInstError
 
-FIXTURE = FIXTURES / "fastinst_R50_ppm-fpn_x1_576-s0"
+FIXTURE = COMPACT_FIXTURE  # in the repository: these tests always run
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +132,14 @@ def test_default_names_are_coco():
 
 
 def fixture_weights(tmp_path_factory):
-    """The fixture's synthetic weights saved as an official-format checkpoint, and the reference npz."""
-    from fastinst.parity import synthetic_weights_fn
+    """The fixture's synthetic weights saved as an official-format checkpoint, and the fixture."""
+    from parity.fixture import fixture_weights as weights_of
+    from parity.fixture import open_fixture
 
-    npz = np.load(FIXTURE / "reference.npz")
-    meta = json.loads(str(npz["meta_json"]))
-    weights = synthetic_weights_fn(FIXTURE)(str(FIXTURE / "keys.txt"), int(meta["seed"]))
+    fx = open_fixture(FIXTURE)
     path = tmp_path_factory.mktemp("weights") / "synthetic.pth"
-    torch.save({"model": {k: torch.from_numpy(v) for k, v in weights.items()}}, path)
-    return path, npz, meta
+    torch.save({"model": weights_of(fx)}, path)
+    return path, fx, fx.meta
 
 
 def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None):
@@ -162,7 +161,6 @@ def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, ma
         assert iou.min() >= 0.99
 
 
-@pytest.mark.skipif(not (FIXTURE / "reference.npz").is_file(), reason="no D1 R50 fixture")
 def test_fixture_instances_through_fastinst_load(tmp_path_factory):
     import fastinst
 
