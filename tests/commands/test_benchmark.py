@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from fastinst import build_model
 from fastinst.cli import main
+from fastinst.flops import count_flops
 
 
 def test_benchmark_writes_json(tmp_path, capsys):
@@ -37,7 +41,17 @@ def test_benchmark_writes_json(tmp_path, capsys):
         stats = result[key]
         assert 0 < stats["median_ms"] <= stats["p90_ms"] and stats["fps"] > 0
         assert stats["floor_ms"] > 0 and 0 < stats["fraction_of_peak"]
-    assert result["matmul"]["gflops_per_s"] > 0 and result["params"] > 1e6 and result["gflops"]["total"] > 0
+    assert result["matmul"]["gflops_per_s"] > 0 and result["params"] > 1e6
+    # GFLOPs are those of the unfused model at the benchmarked size (the counting rules are tested in test_flops.py)
+    flops = count_flops(build_model("fastinst-demo"), 64, 96)
+    assert result["gflops"] == {k: round(v / 1e9, 3) for k, v in flops.items()}
+    # the network is timed without the post-processing, the pipeline with it: the rates use the matching counts
+    network = flops["backbone"] + flops["pixel_decoder"] + flops["decoder"]
+    peak = result["matmul"]["gflops_per_s"]
+    for key, macs in (("network", network), ("pipeline", flops["total"])):
+        stats = result[key]
+        assert stats["achieved_gflops_per_s"] == pytest.approx(2 * macs / stats["median_ms"] / 1e6, rel=1e-9)
+        assert stats["floor_ms"] == pytest.approx(2 * macs / peak / 1e6, rel=1e-9)
     assert "pipeline" in capsys.readouterr().out
 
 

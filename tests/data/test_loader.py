@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -105,16 +106,50 @@ def test_resume_reproduces_next_batches():
 
 
 def test_sample_is_pure_function_of_seed_and_position(records):
-    cfg = _cfg()
-    ds = TrainDataset(records, cfg.input)
-    key = (3, sample_seed(5, 17))
-    _same_sample(ds[key], ds[key])
-    s = ds[key]
+    """Stream position p holds record perm_e[p mod n] (e = p // n, perm_e drawn from SeedSequence((seed, 0, e))),
+    augmented with the generator of `sample_seed(seed, p)` (the module docstring). Recomputed here from that rule
+    with a dataset of its own, every sample of the first batches equals what two independently built loaders give."""
+    seed, n = 5, len(records)  # _cfg() has solver.seed=5
+    first = [_take(iter(build_train_loader(copy.deepcopy(records), _cfg(), 4)), 3) for _ in range(2)]
+    sampler = GroupedInfiniteSampler.from_records(records, 4, seed=seed)
+    ds = TrainDataset(copy.deepcopy(records), _cfg().input)
+    for k, positions in enumerate(_take(sampler.global_batches(), 3)):
+        assert len(positions) == 4
+        for j, p in enumerate(positions.tolist()):
+            perm = np.random.default_rng(np.random.SeedSequence((seed, 0, p // n))).permutation(n)
+            expected = ds[(int(perm[p % n]), sample_seed(seed, p))]
+            for loader in first:
+                _same_sample(loader[k][j], expected)
+    s = expected
     assert s["image"].dtype == torch.uint8 and s["image"].shape[0] == 3
-    assert (s["height"], s["width"]) == (30, 70)
     assert s["instances"]["masks"].shape == (2, *s["image"].shape[1:]) and s["instances"]["masks"].dtype == torch.bool
     assert s["instances"]["labels"].dtype == torch.int64
+
+
+def _augmentation(sample: dict) -> tuple:
+    return (
+        tuple(sample["image"].shape),
+        sample["image"].numpy().tobytes(),
+        sample["instances"]["masks"].numpy().tobytes(),
+    )
+
+
+def test_augmentation_follows_the_sample_seed(records):
+    """One record: the same sample seed gives the same augmentation from two datasets, other seeds other ones (the
+    seeds of eight stream positions give at least four different results), and the base seed matters too."""
+    a, b = TrainDataset(records, _cfg().input), TrainDataset(copy.deepcopy(records), _cfg().input)
+    key = (3, sample_seed(5, 17))
+    _same_sample(a[key], b[key])
+    assert (a[key]["height"], a[key]["width"]) == (30, 70)  # the original size, whatever the augmentation
+    outcomes = {_augmentation(a[(3, sample_seed(5, p))]) for p in range(8)}
+    assert len(outcomes) >= 4, len(outcomes)
+    assert _augmentation(a[(3, sample_seed(5, 17))]) != _augmentation(a[(3, sample_seed(6, 17))])
     assert sample_seed(5, 17) != sample_seed(5, 18) and sample_seed(5, 17) != sample_seed(6, 17)
+    # another base seed: another stream (order and augmentations) from the same records
+    other = apply_overrides(_cfg(), ["solver.seed=6"])
+    batch5 = _take(iter(build_train_loader(records, _cfg(), 4)), 1)[0]
+    batch6 = _take(iter(build_train_loader(records, other, 4)), 1)[0]
+    assert [_augmentation(x) for x in batch5] != [_augmentation(x) for x in batch6]
 
 
 def test_loader_workers_ranks_and_resume(records):

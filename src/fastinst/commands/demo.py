@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,26 +40,37 @@ def add_parser(sub) -> None:
 
 
 class BudgetTrainer(Trainer):
-    """A `Trainer` whose schedule is fitted to a wall-clock budget while it runs.
+    """A `Trainer` whose schedule is fitted to a time budget while it runs.
 
     Every 10 iterations until the LR step, `max_iter` is set to what the measured time per iteration (data loading
-    included) lets finish by `deadline` (a `time.perf_counter()` value), capped at the configured `max_iter`, and the
-    LR step to `step_fraction` of it; after the step the schedule is fixed. The first iterations are the probe.
+    included) lets finish by `deadline` (a value of `clock`, `time.perf_counter` unless another clock is given),
+    capped at the configured `max_iter` and at least `min_iter`, and the LR step to `step_fraction` of it; after
+    the step the schedule is fixed. Iterations 0-1 are not timed (warm-up); the probe starts at iteration 2.
     """
 
-    def __init__(self, *args, deadline: float, step_fraction: float = 0.8, min_iter: int = 50, **kwargs):
+    def __init__(
+        self,
+        *args,
+        deadline: float,
+        step_fraction: float = 0.8,
+        min_iter: int = 50,
+        clock: Callable[[], float] = time.perf_counter,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.deadline, self.step_fraction, self.min_iter = deadline, step_fraction, min_iter
+        self.clock = clock
         self.cap = self.cfg.solver.max_iter
         self._t0 = 0.0
 
     def step(self, batch: list[dict]) -> dict[str, float]:
-        s, now = self.cfg.solver, time.perf_counter()
+        s, now = self.cfg.solver, self.clock()
         if self.iteration == 2:  # iterations 0-1 warm up the allocator and thread pools
             self._t0 = now
         elif self.iteration > 2 and self.iteration % 10 == 0 and self.iteration < s.steps[0]:
             per_iter = (now - self._t0) / (self.iteration - 2)
-            fit = self.iteration + int(max(self.deadline - now, 0.0) / per_iter)
+            # a clock that did not move (too coarse) measures nothing: then only the cap limits the run
+            fit = self.iteration + int(max(self.deadline - now, 0.0) / per_iter) if per_iter > 0 else self.cap
             s.max_iter = min(self.cap, max(self.min_iter, fit))
             s.steps = (max(self.iteration, int(s.max_iter * self.step_fraction)),)
             if self.bar is not None:
@@ -80,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from ..visualize import draw_instances
 
     start = time.time()
-    deadline = time.perf_counter() + args.budget
+    clock = time.perf_counter  # one clock for the deadline and for the trainer that measures against it
+    deadline = clock() + args.budget
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -106,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.solver.steps = (int(args.iters * 0.8),)
         trainer = Trainer(cfg, model, loader, out, progress=True)
     else:
-        trainer = BudgetTrainer(cfg, model, loader, out, progress=True, deadline=deadline)
+        trainer = BudgetTrainer(cfg, model, loader, out, progress=True, deadline=deadline, clock=clock)
     trainer.train()
     print(
         f"trained {trainer.iteration} iterations of {cfg.solver.ims_per_batch} images in "
