@@ -12,6 +12,7 @@ Logits are drawn so the top 100 pairs use `--unique` distinct queries (real mode
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -63,8 +64,9 @@ def main() -> None:
             ours = instances(logits, masks, padded, resized, original)
             assert torch.equal(ref["masks"], ours["masks"]) and torch.equal(ref["labels"], ours["labels"])
             torch.testing.assert_close(ref["scores"], ours["scores"])
-            t_ref = time_call(lambda: instances_reference(logits, masks, padded, resized, original), args.iters)
-            t_ours = time_call(lambda: instances(logits, masks, padded, resized, original), args.iters)
+            call = (logits, masks, padded, resized, original)
+            t_ref = time_call(functools.partial(instances_reference, *call), args.iters)
+            t_ours = time_call(functools.partial(instances, *call), args.iters)
             rows.append(
                 {
                     "case": name,

@@ -61,7 +61,7 @@ def main() -> int:
             if proc.returncode != 0:
                 print(proc.stderr[-2000:])
                 return 1
-            rss = int(next(l.split()[1] for l in proc.stdout.splitlines() if l.startswith("MAXRSS")))
+            rss = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("MAXRSS")))
             rows.append((n, rss / 1024, time.time() - t))
     print(f"{'images':>8} {'peak RSS MiB':>14} {'seconds':>9}")
     for n, mib, sec in rows:

@@ -11,6 +11,7 @@ import torch
 
 from fastinst import build_model
 from fastinst.cli import main
+from fastinst.errors import FastInstError
 
 
 def run_cli(args, capsys) -> tuple[int, str]:
@@ -113,5 +114,5 @@ def test_malformed_dataset_json(capsys, tmp_path):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(FastInstError, match="fastinst-nope"):
         main(["--debug", "info", "fastinst-nope"])

@@ -21,11 +21,11 @@ def test_overrides_and_errors():
     assert c.solver.base_lr == 1e-3
     assert c.solver.max_iter == 10 and c.solver.steps == (5, 8)
     assert apply_overrides(c, ["input.min_size_train=(160, 192)"]).input.min_size_train == (160, 192)
-    with pytest.raises(ConfigError, match="solver.max_itr.*did you mean solver.max_iter"):
+    with pytest.raises(ConfigError, match=r"solver\.max_itr.*did you mean solver\.max_iter"):
         apply_overrides(c, ["solver.max_itr=3"])
-    with pytest.raises(ConfigError, match="solver.max_iter must be an integer"):
+    with pytest.raises(ConfigError, match=r"solver\.max_iter must be an integer"):
         apply_overrides(c, ["solver.max_iter=abc"])
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides(c, ["nonsense"])
     with pytest.raises(ConfigError, match="unknown model"):
         get_config("fastinst-d9")
@@ -39,7 +39,7 @@ def test_yaml_and_dict_roundtrip(tmp_path):
     assert to_dict(from_dict(to_dict(c))) == to_dict(c)
     bad = tmp_path / "bad.yaml"
     bad.write_text("solver:\n  nope: 1\n")
-    with pytest.raises(ConfigError, match="bad.yaml.*solver.nope"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*solver\.nope"):
         load_yaml(bad)
 
 

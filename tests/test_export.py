@@ -129,7 +129,7 @@ def test_export_rejects_bad_sizes_and_opsets(demo, tmp_path):
 
 
 def test_verify_fails_on_a_different_model(demo):
-    model, fixed, _ = demo
+    _, fixed, _ = demo
     other = _model("fastinst-demo")
     with torch.no_grad():
         other.sem_seg_head.predictor.class_embed_layers[-1].layers[-1].bias.add_(1.0)

@@ -1,4 +1,5 @@
-"""Every way weights come in, safely: official release `.pth`, our checkpoints, torchvision / timm / detectron2 backbones.
+"""Every way weights come in, safely: official release `.pth`, our checkpoints, torchvision / timm / detectron2
+backbones.
 
 * `read_state_dict(path)` -> {name: Tensor}: `torch.load(weights_only=True)` for `.pth/.pt/.bin`, a restricted
   unpickler (numpy arrays and plain containers only) for `.pkl`, `numpy.load(allow_pickle=False)` for `.npz`.
@@ -30,19 +31,21 @@ from .errors import CheckpointError
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Allows only what a detectron2 backbone .pkl needs: numpy arrays/dtypes and builtin containers."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("collections", "OrderedDict"),
-        ("builtins", "dict"),
-        ("builtins", "list"),
-        ("builtins", "tuple"),
-        ("builtins", "set"),
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("collections", "OrderedDict"),
+            ("builtins", "dict"),
+            ("builtins", "list"),
+            ("builtins", "tuple"),
+            ("builtins", "set"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
@@ -225,7 +228,7 @@ def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
     """Initialise `model.backbone` from an ImageNet file; DCN offsets stay zero. Returns (missing, unexpected)."""
     label = str(source)
     sd = read_state_dict(source) if isinstance(source, (str, Path)) else to_state_dict(dict(source))
-    backbone = model.backbone
+    backbone = model.get_submodule("backbone")
     own = backbone.state_dict()
     renamed = backbone_state_dict(sd, backbone)
     usable = {k: v for k, v in renamed.items() if k in own}
@@ -250,5 +253,8 @@ def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
 
 
 def _depth(backbone: nn.Module) -> int:
-    blocks = sum(len(m) for n, m in backbone.named_children() if n.startswith(("res", "layer")))
+    stages = [
+        m for n, m in backbone.named_children() if n.startswith(("res", "layer")) and isinstance(m, nn.Sequential)
+    ]
+    blocks = sum(len(m) for m in stages)
     return {8: 18, 16: 50, 33: 101}.get(blocks, blocks)

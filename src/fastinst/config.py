@@ -288,19 +288,18 @@ def _coerce(value, tp, key: str):
     origin = typing.get_origin(tp)
     if origin is tuple:
         args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            value = [value]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
         elem = args[0]
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, elem, key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key} needs {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+            return tuple(_coerce(v, elem, key) for v in values)
+        if len(values) != len(args):
+            raise ConfigError(f"{key} needs {len(args)} values, got {len(values)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(values, args, strict=True))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], key)
+        return _coerce(value, members[0], key)
     if tp is bool:
         if isinstance(value, bool):
             return value

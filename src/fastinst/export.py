@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +38,11 @@ from .errors import FastInstError
 from .model.backbone import DeformConv
 from .model.postprocess import instances
 from .model.preprocess import resize_image, resize_shape
+
+if TYPE_CHECKING:
+    from .model.fastinst import FastInst
+
+_M = TypeVar("_M", bound=nn.Module)
 
 OPSETS = (17, 18)
 INPUT, OUTPUTS = "images", ("pred_logits", "pred_masks")
@@ -99,17 +106,17 @@ class ExportDeformConv(nn.Module):
         return out.reshape(b, -1, ho, wo)
 
 
-def exportable_copy(model: nn.Module) -> nn.Module:
+def exportable_copy(model: _M) -> _M:
     """A deep copy of `model` (eval) with adaptive pooling and deformable convs replaced by the stand-ins above."""
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d):
                 size = child.output_size
-                if not isinstance(size, int):
-                    if len(set(size)) != 1:
-                        raise FastInstError(f"cannot export adaptive pooling to {size}")
+                if isinstance(size, tuple) and len(set(size)) == 1:
                     size = size[0]
+                if not isinstance(size, int):
+                    raise FastInstError(f"cannot export adaptive pooling to {size}")
                 setattr(module, name, ExportAdaptiveAvgPool2d(size))
             elif isinstance(child, DeformConv):
                 setattr(module, name, ExportDeformConv(child))
@@ -119,7 +126,7 @@ def exportable_copy(model: nn.Module) -> nn.Module:
 class InferenceNet(nn.Module):
     """Normalised padded images (B, 3, H, W) -> (pred_logits, pred_masks) of a FastInst model in eval mode."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: FastInst):
         super().__init__()
         self.model = model
 
@@ -140,7 +147,7 @@ def default_size(cfg: Config) -> tuple[int, int]:
     return -(-h // div) * div, -(-w // div) * div
 
 
-def _enough_cells(size: tuple[int, int], cfg: Config) -> bool:
+def _enough_cells(size: Sequence[int], cfg: Config) -> bool:
     """Whether the stride-16 map of a `size` input has at least as many cells as the model has queries."""
     return (size[0] // 16) * (size[1] // 16) >= cfg.model.num_queries
 
@@ -157,7 +164,7 @@ def check_size(size, div: int) -> tuple[int, int]:
 
 
 def export_onnx(
-    model: nn.Module, path: str | Path, size: tuple[int, int] | None = None, dynamic: bool = False, opset: int = 17
+    model: FastInst, path: str | Path, size: tuple[int, int] | None = None, dynamic: bool = False, opset: int = 17
 ) -> Path:
     """Write `model` as ONNX to `path`: `images` (B, 3, H, W) -> `pred_logits`, `pred_masks`; returns the path.
 
@@ -213,6 +220,16 @@ def export_onnx(
     return path
 
 
+def _ort_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises for a file or option it cannot use: the exception classes of its C++ core (Fail,
+    InvalidProtobuf, NoSuchFile, InvalidGraph, ..., which derive from Exception only) and the ValueError / TypeError /
+    RuntimeError / OSError of its Python wrapper."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as core
+
+    native = tuple(v for v in vars(core).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*native, ValueError, TypeError, RuntimeError, OSError)
+
+
 def _session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
     import onnxruntime as ort
 
@@ -222,11 +239,20 @@ def _session(path: str | Path, providers: list[str] | None = None, threads: int 
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+    except _ort_errors() as e:
         raise FastInstError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
 
 
-def _input_tensor(model: nn.Module, image: np.ndarray | None, size: tuple[int, int] | None) -> torch.Tensor:
+def _fixed_size(meta: dict[str, str]) -> tuple[int, int] | None:
+    """The fixed (H, W) input an exported file's metadata records; None for a dynamic file."""
+    fixed = meta.get("fastinst.size", "dynamic")
+    if fixed == "dynamic":
+        return None
+    h, w = (int(v) for v in fixed.split(","))
+    return h, w
+
+
+def _input_tensor(model: FastInst, image: np.ndarray | None, size: tuple[int, int] | None) -> torch.Tensor:
     """A normalised, padded (1, 3, H, W) batch of `image` (resized to fill `size`, or at the test size if None)."""
     cfg: Config = model.cfg
     if image is None:
@@ -236,18 +262,17 @@ def _input_tensor(model: nn.Module, image: np.ndarray | None, size: tuple[int, i
     if size is not None:
         image = resize_image(image, size)
     else:
-        image = resize_image(image, resize_shape(*image.shape[:2], cfg.input.min_size_test, cfg.input.max_size_test))
+        h, w = image.shape[:2]
+        image = resize_image(image, resize_shape(h, w, cfg.input.min_size_test, cfg.input.max_size_test))
     batch = [{"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}]
     return normalize_and_pad(batch, cfg)[0]
 
 
-def verify_onnx(model: nn.Module, path: str | Path, image: np.ndarray | None = None, rtol: float = RTOL) -> float:
+def verify_onnx(model: FastInst, path: str | Path, image: np.ndarray | None = None, rtol: float = RTOL) -> float:
     """Max abs difference between onnxruntime and PyTorch outputs on `image` (uint8 H x W x 3 RGB; default a
     synthetic scene). Raises `FastInstError` if an output differs by more than `rtol` × its largest magnitude."""
     session = _session(path)
-    meta = session.get_modelmeta().custom_metadata_map
-    fixed = meta.get("fastinst.size", "dynamic")
-    size = None if fixed == "dynamic" else tuple(int(v) for v in fixed.split(","))
+    size = _fixed_size(session.get_modelmeta().custom_metadata_map)
     param = next(model.parameters())
     images = _input_tensor(model, image, size)
     was_training = model.training
@@ -257,7 +282,7 @@ def verify_onnx(model: nn.Module, path: str | Path, image: np.ndarray | None = N
     model.train(was_training)
     got = session.run(list(OUTPUTS), {INPUT: images.numpy()})
     worst = 0.0
-    for name, r, g in zip(OUTPUTS, ref, got):
+    for name, r, g in zip(OUTPUTS, ref, got, strict=True):
         r = r.float().cpu().numpy()
         if r.shape != g.shape:
             raise FastInstError(f"{path}: {name} has shape {g.shape} in onnxruntime, {r.shape} in PyTorch")
@@ -283,7 +308,7 @@ def normalize_and_pad(
     mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)
     std = torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
     images = [(torch.as_tensor(d["image"]).cpu().float() - mean) / std for d in batch]
-    sizes = [tuple(int(v) for v in im.shape[-2:]) for im in images]
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
     div = cfg.model.size_divisibility
     hp = -(-max(s[0] for s in sizes) // div) * div
     wp = -(-max(s[1] for s in sizes) // div) * div
@@ -328,8 +353,7 @@ class OnnxModel:
         self.cfg = cfg
         self.num_classes = cfg.model.num_classes
         self.max_detections = 100
-        fixed = meta.get("fastinst.size", "dynamic")
-        self.size = None if fixed == "dynamic" else tuple(int(v) for v in fixed.split(","))
+        self.size = _fixed_size(meta)
 
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised padded (B, 3, H, W) -> pred_logits, pred_masks (torch tensors, CPU)."""

@@ -121,9 +121,9 @@ def draw_instances(
 
     out = img.astype(np.float32)
     for i in keep:
-        colour = np.array(instance_colour(i), np.float32)
-        out[m[i]] = out[m[i]] * (1.0 - alpha) + colour * alpha
-        out[mask_edges(m[i], contour_width)] = colour * 0.6  # darker, opaque outline
+        rgb = np.array(instance_colour(i), np.float32)
+        out[m[i]] = out[m[i]] * (1.0 - alpha) + rgb * alpha
+        out[mask_edges(m[i], contour_width)] = rgb * 0.6  # darker, opaque outline
     canvas = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
 
     draw = ImageDraw.Draw(canvas)

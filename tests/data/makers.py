@@ -171,11 +171,18 @@ def decoded(record: dict) -> list[np.ndarray]:
     return out
 
 
+def _instance_key(t: tuple) -> tuple:
+    """(category id, crowd flag, flat indices of the mask) of a (category id, mask, crowd flag) triple."""
+    return t[0], t[2], np.flatnonzero(t[1]).tolist()
+
+
 def check_against(ds, expected: dict) -> None:
     """Every record's masks, dataset category ids and crowd flags equal the maker's (order-insensitive)."""
     assert {Path(r["file_name"]).name for r in ds.records} == set(expected)
     for r in ds.records:
         want = expected[Path(r["file_name"]).name]
-        got = [(ds.category_ids[a["category_id"]], m, a["iscrowd"]) for a, m in zip(r["annotations"], decoded(r))]
-        key = lambda t: (t[0], t[2], np.flatnonzero(t[1]).tolist())  # noqa: E731
-        assert sorted(map(key, got)) == sorted(map(key, want)), r["file_name"]
+        got = [
+            (ds.category_ids[a["category_id"]], m, a["iscrowd"])
+            for a, m in zip(r["annotations"], decoded(r), strict=True)
+        ]
+        assert sorted(map(_instance_key, got)) == sorted(map(_instance_key, want)), r["file_name"]

@@ -22,12 +22,12 @@ from makers import decoded
 def _same(a, b) -> None:
     assert a.names == b.names and a.category_ids == b.category_ids
     assert [Path(r["file_name"]).resolve() for r in a.records] == [Path(r["file_name"]).resolve() for r in b.records]
-    for ra, rb in zip(a.records, b.records):
+    for ra, rb in zip(a.records, b.records, strict=True):
         assert (ra["height"], ra["width"]) == (rb["height"], rb["width"])
         assert [(x["category_id"], x["iscrowd"]) for x in ra["annotations"]] == [
             (x["category_id"], x["iscrowd"]) for x in rb["annotations"]
         ]
-        for ma, mb in zip(decoded(ra), decoded(rb)):
+        for ma, mb in zip(decoded(ra), decoded(rb), strict=True):
             assert np.array_equal(ma, mb)
 
 

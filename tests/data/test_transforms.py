@@ -74,9 +74,9 @@ def test_crop_path_sizes(hw):
         crops += 1
         assert plan.pre_crop_size in {resize_shape(h, w, s, 1 << 62) for s in CROP.crop_resize_sizes}
         ph, pw = plan.pre_crop_size
-        t, l, ch, cw = plan.crop
+        top, left, ch, cw = plan.crop
         assert min(ph, 384) <= ch <= min(ph, 600) and min(pw, 384) <= cw <= min(pw, 600)
-        assert 0 <= t <= ph - ch and 0 <= l <= pw - cw
+        assert 0 <= top <= ph - ch and 0 <= left <= pw - cw
         assert plan.output_size in {resize_shape(ch, cw, s, CROP.max_size_train) for s in CROP.min_size_train}
     assert 10 < crops < 30  # about half of the samples take the crop path
 
@@ -190,7 +190,7 @@ def test_deterministic_for_a_seed():
         CROP, crop_resize_sizes=(200, 240), crop_size=(120, 200), min_size_train=(96, 128), max_size_train=256
     )
     outs = [train_transform(img, annos, cfg, np.random.default_rng(7)) for _ in range(2)]
-    for x, y in zip(*outs):
+    for x, y in zip(*outs, strict=True):
         np.testing.assert_array_equal(x, y)
     other = [train_transform(img, annos, cfg, np.random.default_rng(s))[0].shape for s in range(8)]
     assert len(set(other)) > 1

@@ -1,4 +1,5 @@
-"""`COCOEvaluator`: identical to pycocotools run by hand, AP 100 for the ground truth, a hand-computed AP, edge cases."""
+"""`COCOEvaluator`: identical to pycocotools run by hand, AP 100 for the ground truth, a hand-computed AP, edge
+cases."""
 
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def test_identical_to_pycocotools(capsys):
     printed = capsys.readouterr().out
     stats, table = _pycocotools_direct(gt, ev.results)
     assert printed == table and len(table.strip().splitlines()) == 12
-    for name, value in zip(METRIC_NAMES, stats):
+    for name, value in zip(METRIC_NAMES, stats, strict=True):
         assert (math.isnan(metrics[name]) and value == -1) or metrics[name] == value * 100, name
     assert 0 < metrics["AP"] < 100
     assert set(metrics["per_class"]) == {"a", "b"}
@@ -211,7 +212,7 @@ def test_bad_inputs():
 
 
 def test_results_file_and_report(tmp_path):
-    gt, masks = _gt()
+    gt, _ = _gt()
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     results = [
         {"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"], "score": 1.0}
@@ -227,7 +228,7 @@ def test_results_file_and_report(tmp_path):
     for name in ("pr_curve_iou50.png", "pr_curve_iou75.png"):
         assert (tmp_path / "out" / name).read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "empty.json").write_text("")
-    with pytest.raises(DatasetError, match="empty.json: file is empty"):
+    with pytest.raises(DatasetError, match=r"empty\.json: file is empty"):
         evaluate_results(tmp_path / "empty.json", gt)
 
 

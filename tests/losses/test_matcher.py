@@ -108,7 +108,7 @@ def test_proposal_match_inside_cells_and_best_probability():
     gt[0, :16, :] = True  # GT 0 (class 0): top row of cells
     gt[1, 20, 5] = True  # GT 1 (class 1): one pixel, in cell (1, 0)
     ((pix, tgt),) = proposal_match(logits, [{"labels": torch.tensor([0, 1]), "masks": gt}])
-    assert dict(zip(tgt.tolist(), pix.tolist())) == {0: 1, 1: 2}
+    assert dict(zip(tgt.tolist(), pix.tolist(), strict=True)) == {0: 1, 1: 2}
     empty = proposal_match(
         logits, [{"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 32, 32, dtype=torch.bool)}]
     )

@@ -38,7 +38,7 @@ def test_fused_equals_unfused(name):
             # only the BNs after deformable convs stay (9 in R50-vd-dcn's layer3 + layer4)
             assert len(kept) == (9 if "dcn" in name else 0)
             got = InferenceNet(fused)(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-            for e, g in zip(expected, got):
+            for e, g in zip(expected, got, strict=True):
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * e.abs().max().item())
     assert any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())  # original untouched
 

@@ -6,7 +6,8 @@ Times (after `--warmup` runs, `--iters` runs each, median and p90):
   H x W, back on the CPU as numpy (no resize: the images are already at the network size).
 Reports params, GFLOPs (fvcore convention: one multiply-add = one flop), the achieved rate 2 x MACs / latency, a
 big square matmul's rate measured in the same run on the same device and dtype, before and after the model runs
-(the practical peak: the higher of the two), the "floor" 2 x MACs / peak, and the goal floor / 0.85. `--json FILE` writes everything.
+(the practical peak: the higher of the two), the "floor" 2 x MACs / peak, and the goal floor / 0.85.
+`--json FILE` writes everything.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _torch_backend(model, args, device, autocast):
 
     from ..export import InferenceNet
 
-    net = InferenceNet(model)
+    net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = InferenceNet(model)
     if args.backend == "compile":
         net = torch.compile(net)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -272,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{result['model']}  {h}x{w}  batch {result['batch_size']}  {result['device']} "
         f"({result['machine']['device_name']}, {result['threads'] or '-'} threads)  {result['dtype']}  "
-        f"{result['backend']}{'  fused' if result['fused'] else ''}{'  channels_last' if result['channels_last'] else ''}"
+        f"{result['backend']}{'  fused' if result['fused'] else ''}"
+        f"{'  channels_last' if result['channels_last'] else ''}"
     )
     print(
         f"  params {result['params'] / 1e6:.2f} M   GFLOPs {result['gflops']['total']:.2f} "

@@ -42,17 +42,9 @@ def add_parser(sub) -> None:
 
 
 def _read_image(path: str):
-    try:
-        from ..data.images import read_image
-    except ImportError:  # fallback while fastinst.data.images is not there
-        read_image = None
-    if read_image is not None:
-        return read_image(path)
-    import numpy as np
-    from PIL import Image
+    from ..data.images import read_image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return read_image(path)
 
 
 def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int]]:
@@ -98,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.time()
     dataset = load_dataset(args.data, split=args.split)
     out = Path(args.output)
+    results: str | list[dict]
+    image_ids: list[int] | None
     if args.results:
         results, image_ids = str(args.results), None
     else:

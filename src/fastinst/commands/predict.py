@@ -13,10 +13,14 @@ import json
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FastInstError
+
+if TYPE_CHECKING:
+    from av.video.stream import VideoStream
 
 THRESHOLD_HELP = (
     "keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
@@ -160,10 +164,10 @@ class VideoWriter:
         self.path, self.tmp = path, _atomic_target(path)
         self.container = av.open(str(self.tmp), mode="w", format="mp4")
         self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
-        self.stream = None
+        self.stream: VideoStream | None = None
         self.frames = 0
 
-    def _open(self, h: int, w: int) -> None:
+    def _open(self, h: int, w: int) -> VideoStream:
         import av
 
         for codec in ("libx264", "mpeg4"):
@@ -171,11 +175,13 @@ class VideoWriter:
                 av.codec.Codec(codec, "w")
             except (av.FFmpegError, ValueError):
                 continue
-            self.stream = self.container.add_stream(codec, rate=self.rate)
+            stream = self.container.add_stream(codec, rate=self.rate)
             break
         else:
             raise FastInstError("PyAV has no H.264 or MPEG-4 encoder; cannot write overlay videos")
-        self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        self.stream = stream
+        return stream
 
     def write(self, frame: np.ndarray) -> None:
         import av
@@ -183,9 +189,8 @@ class VideoWriter:
         h, w = frame.shape[:2]
         if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if self.stream is None:
-            self._open(*frame.shape[:2])
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        stream = self.stream if self.stream is not None else self._open(*frame.shape[:2])
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
             self.container.mux(packet)
         self.frames += 1
 
@@ -251,7 +256,7 @@ class _Run:
         results = self.predictor.predict(
             [im for im, _ in batch], batch_size=len(batch), score_threshold=a.score_threshold, max_dets=a.max_dets
         )
-        for r, (_, path) in zip(results, batch):
+        for r, (_, path) in zip(results, batch, strict=True):
             r.path = path
             save_png(r.plot(a.score_threshold), _unique(self.out / f"{path.stem}.png", self.used))
             if a.save_json:

@@ -35,6 +35,7 @@ def build_training(args: argparse.Namespace):
     from ..checkpoint import load_backbone, load_checkpoint, read_state_dict
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
+    from ..errors import FastInstError
 
     cfg = apply_overrides(get_config(args.model), list(args.overrides or []))
     train = load_dataset(args.data, split=args.train_split, filter_empty=True)
@@ -45,7 +46,7 @@ def build_training(args: argparse.Namespace):
     if args.val_split:
         try:
             val = load_dataset(args.data, split=args.val_split)
-        except Exception as e:  # a missing val split only disables periodic evaluation
+        except FastInstError as e:  # a missing val split only disables periodic evaluation
             print(f"note: no evaluation split ({e})")
     torch.manual_seed(cfg.solver.seed)
     model = build_model(cfg)

@@ -98,4 +98,4 @@ assert len(COCO_NAMES) == len(COCO_CATEGORY_IDS) == 80
 
 def coco_categories() -> list[dict]:
     """The `categories` list of a COCO annotation file: `[{"id": 1, "name": "person"}, ...]`."""
-    return [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_NAMES)]
+    return [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_NAMES, strict=True)]

@@ -24,6 +24,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from ..errors import DatasetError
+from .images import PIL_ERRORS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SHORT_NAMES = {"coco": "coco", "cityscapes": "cityscapes", "ade20k": "ADEChallengeData2016"}
@@ -311,7 +312,7 @@ def image_size(path: Path) -> tuple[int, int]:
             orientation = im.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
-    except Exception as e:  # PIL raises many types for broken files
+    except PIL_ERRORS as e:  # PIL raises many types for broken files
         raise DatasetError(f"{path}: cannot read image ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
@@ -485,7 +486,7 @@ def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -
             return {"size": [h, w], "counts": seg["counts"]}
         try:
             rle = mask_util.frPyObjects(seg, h, w)
-        except Exception as e:
+        except (TypeError, ValueError, OverflowError) as e:  # counts not a list of non-negative integers
             raise DatasetError(f"{label}: bad RLE ({e})") from None
         return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
     if not isinstance(seg, list):
@@ -495,6 +496,7 @@ def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -
         if not isinstance(part, list) or len(part) < 6 or len(part) % 2:
             issues["bad_parts"] += 1
             continue
+        bounds: tuple[Any, ...]
         try:  # plain min/max: ~10x faster than numpy on COCO's many short polygons
             bounds = (min(part[0::2]), min(part[1::2]), max(part[0::2]), max(part[1::2]))
         except TypeError:
@@ -614,7 +616,8 @@ def load_yolo(yaml_path: Path, split: str) -> InstanceDataset:
     if not files:
         raise DatasetError(f"{yaml_path}: split {split!r} holds no images")
     files = sorted(set(files))
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for image_id, f in enumerate(files, 1):
         h, w = image_size(f)
         images.append({"id": image_id, "file_name": _relative(f, root), "height": h, "width": w})
@@ -721,7 +724,7 @@ def _read_png(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im)
-    except Exception as e:
+    except PIL_ERRORS as e:
         raise DatasetError(f"{path}: cannot read annotation PNG ({e})") from None
 
 
@@ -734,7 +737,8 @@ def load_cityscapes(root: Path, split: str) -> InstanceDataset:
     files = sorted(gt_dir.glob("*/*_instanceIds.png"))
     if not files:
         raise DatasetError(f"{gt_dir}: no */*_instanceIds.png files for split {split!r}")
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for image_id, f in enumerate(files, 1):
         stem = f.name.removesuffix("_instanceIds.png").removesuffix("_gtFine")
         img = root / "leftImg8bit" / split / f.parent.name / f"{stem}_leftImg8bit.png"
@@ -776,7 +780,9 @@ def load_ade20k(root: Path, split: str, image_root: Path | None = None, labels: 
         raise DatasetError(f"{ann_dir}: no instance PNGs (nor {made.name}) for split {split!r}")
     img_dir = Path(image_root) if image_root is not None else root / "images" / folder
     thing_of = _ade_class_table(labels)
-    images, anns, issues = [], [], Counter()
+    images: list[dict] = []
+    anns: list[dict] = []
+    issues: Counter[str] = Counter()
     for image_id, f in enumerate(files, 1):
         img = next(
             (img_dir / (f.stem + s) for s in (".jpg", ".png", ".jpeg") if (img_dir / (f.stem + s)).is_file()),

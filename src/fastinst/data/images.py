@@ -19,6 +19,7 @@ Every failure raises `fastinst.errors.ImageReadError` with a one-line message na
 from __future__ import annotations
 
 import glob
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -28,6 +29,23 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ImageReadError
+
+#: What Pillow raises for a damaged, hostile or unsupported file (its errors share no base class): OSError (also
+#: `UnidentifiedImageError`, "image file is truncated" and codec errors), SyntaxError ("broken PNG file"), ValueError,
+#: EOFError, struct.error, IndexError / KeyError / TypeError (malformed headers), RuntimeError (also
+#: NotImplementedError: unsupported variants of a format) and `DecompressionBombError`.
+PIL_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    RuntimeError,
+    Image.DecompressionBombError,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -140,19 +158,19 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ex
         raise ImageReadError(f"{p}: not an image file or an unsupported format{kind}") from None
     except PermissionError:
         raise ImageReadError(f"{p}: permission denied") from None
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file for the user
+    except PIL_ERRORS as e:  # any other decoder failure is a bad file for the user
         raise ImageReadError(f"{p}: cannot open image ({_one_line(e)})") from None
     with img:
         try:
             img.load()
         except MemoryError:
             raise ImageReadError(f"{p}: image too large to decode in memory") from None
-        except Exception as e:  # noqa: BLE001 - OSError "truncated", SyntaxError "broken PNG", ...
+        except PIL_ERRORS as e:  # OSError "truncated", SyntaxError "broken PNG", ...
             raise ImageReadError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
         if exif:
             try:
                 img = ImageOps.exif_transpose(img) or img
-            except Exception:  # noqa: BLE001 - a broken EXIF block should not lose the picture
+            except PIL_ERRORS:  # a broken EXIF block should not lose the picture
                 pass
         try:
             return _pil_to_rgb(img)
@@ -197,10 +215,10 @@ def _scale_to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
             return (arr.astype(np.uint32) >> 8).astype(np.uint8)
         return _minmax(arr.astype(np.float64))
     x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(x.min()), float(x.max())
-    if lo >= 0.0 and hi <= 1.0:
+    xlo, xhi = float(x.min()), float(x.max())
+    if xlo >= 0.0 and xhi <= 1.0:
         return np.round(x * 255.0).astype(np.uint8)
-    if lo >= 0.0 and hi <= 255.0:
+    if xlo >= 0.0 and xhi <= 255.0:
         return np.round(x).astype(np.uint8)
     return _minmax(x)
 

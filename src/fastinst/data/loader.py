@@ -170,8 +170,7 @@ class GroupedInfiniteSampler:
             if done + len(chunks) <= start:
                 done += len(chunks)
                 continue
-            for c in chunks[max(0, start - done) :]:
-                yield c
+            yield from chunks[max(0, start - done) :]
             done += len(chunks)
             start = done
 

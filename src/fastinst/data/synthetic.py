@@ -51,7 +51,7 @@ def _polygon_mask(xs: np.ndarray, ys: np.ndarray, verts: np.ndarray) -> np.ndarr
     inside = np.zeros(np.broadcast_shapes(xs.shape, ys.shape), dtype=bool)
     x0, y0 = verts[:, 0], verts[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    for ax, ay, bx, by in zip(x0, y0, x1, y1):
+    for ax, ay, bx, by in zip(x0, y0, x1, y1, strict=True):
         if ay == by:
             continue
         crosses = (ay > ys) != (by > ys)
@@ -182,7 +182,8 @@ def _write_split(root: Path, split: str, count: int, image_size: int, seed: int)
     for stale in img_dir.iterdir():  # leftovers of an earlier, larger generation
         if _FILE_RE.match(stale.name) and stale.name not in keep:
             stale.unlink()
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in range(count):
         pixels, instances = render_sample(seed, split, i, image_size)
         name = f"{i:06d}.png"

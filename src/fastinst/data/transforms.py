@@ -98,8 +98,8 @@ def apply_image(image: np.ndarray, plan: Plan) -> np.ndarray:
     if plan.crop is not None:
         assert plan.pre_crop_size is not None
         image = resize_image(image, plan.pre_crop_size)
-        t, l, ch, cw = plan.crop
-        image = image[t : t + ch, l : l + cw]
+        top, left, ch, cw = plan.crop
+        image = image[top : top + ch, left : left + cw]
     image = resize_image(np.ascontiguousarray(image), plan.output_size)
     if plan.flip:
         image = image[:, ::-1]
@@ -110,7 +110,7 @@ def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if mask.shape == tuple(size):
         return mask
     img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
-    return np.asarray(img.resize((size[1], size[0]), Image.NEAREST))
+    return np.asarray(img.resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 def apply_bitmap(mask: np.ndarray, plan: Plan) -> np.ndarray:
@@ -119,8 +119,8 @@ def apply_bitmap(mask: np.ndarray, plan: Plan) -> np.ndarray:
     if plan.crop is not None:
         assert plan.pre_crop_size is not None
         m = _resize_nearest(m, plan.pre_crop_size)
-        t, l, ch, cw = plan.crop
-        m = m[t : t + ch, l : l + cw]
+        top, left, ch, cw = plan.crop
+        m = m[top : top + ch, left : left + cw]
     m = _resize_nearest(m, plan.output_size)
     if plan.flip:
         m = m[:, ::-1]
@@ -136,9 +136,9 @@ def apply_polygon(poly: Sequence[float], plan: Plan) -> list[float]:
         ph, pw = plan.pre_crop_size
         xy[:, 0] *= pw / w
         xy[:, 1] *= ph / h
-        t, l, h, w = plan.crop
-        xy[:, 0] -= l
-        xy[:, 1] -= t
+        top, left, h, w = plan.crop
+        xy[:, 0] -= left
+        xy[:, 1] -= top
     oh, ow = plan.output_size
     xy[:, 0] *= ow / w
     xy[:, 1] *= oh / h

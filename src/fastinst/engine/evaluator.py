@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ class COCOEvaluator:
             return
         rles = mask_util.encode(np.asfortranarray(masks.astype(bool).transpose(1, 2, 0).astype(np.uint8)))
         boxes = mask_util.toBbox(rles)
-        for rle, box, score, label in zip(rles, boxes, scores, labels):
+        for rle, box, score, label in zip(rles, boxes, scores, labels, strict=True):
             self.results.append(
                 {
                     "image_id": image_id,
@@ -174,7 +175,7 @@ def _pct(v: float) -> float:
 
 
 def _metrics(ev: COCOeval, gt: COCO) -> dict:
-    metrics: dict[str, Any] = {k: _pct(v) for k, v in zip(METRIC_NAMES, ev.stats)}
+    metrics: dict[str, Any] = {k: _pct(v) for k, v in zip(METRIC_NAMES, ev.stats, strict=True)}
     precision = ev.eval["precision"]  # (IoU T, recall R, class K, area A, maxDets M)
     per_class = {}
     for k, cid in enumerate(ev.params.catIds):
@@ -236,6 +237,6 @@ def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
         )
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        _atomic_write(out / f"pr_curve_{key}.png", lambda p: fig.savefig(p, format="png"))
+        _atomic_write(out / f"pr_curve_{key}.png", partial(fig.savefig, format="png"))
         plt.close(fig)
     return target

@@ -42,8 +42,8 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     boxes = np.zeros((n, 4), np.float32)
     if n == 0:
         return boxes
-    rows, cols = masks.any(2), masks.any(1)
-    has = rows.any(1)
+    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)  # (N, H), (N, W)
+    has = np.any(rows, axis=1)
     boxes[:, 0] = cols.argmax(1)
     boxes[:, 1] = rows.argmax(1)
     boxes[:, 2] = w - cols[:, ::-1].argmax(1)
@@ -346,7 +346,7 @@ class Predictor:
     def _results(self, images, paths, batch_size, score_threshold, max_dets) -> Iterator[Results]:
         for s in range(0, len(images), max(1, batch_size)):
             chunk = images[s : s + batch_size]
-            for im, path, out in zip(chunk, paths[s : s + batch_size], self.infer(chunk, max_dets)):
+            for im, path, out in zip(chunk, paths[s : s + batch_size], self.infer(chunk, max_dets), strict=True):
                 order = np.argsort(-out["scores"], kind="stable")
                 order = order[out["scores"][order] >= score_threshold][:max_dets]
                 yield Results(

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,10 +35,16 @@ _NORMS = (
     nn.InstanceNorm2d,
     nn.LocalResponseNorm,
 )
+_NO_DECAY = (*_NORMS, nn.Embedding)
+
+# What `torch.load(weights_only=True)` raises for a damaged file: truncated zip (RuntimeError "failed finding central
+# directory", BadZipFile), empty file (EOFError), foreign content (UnpicklingError, KeyError), I/O errors (OSError).
+_TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError)
 
 
-def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW (or SGD), one group per parameter (SPEC §4.4): backbone lr × multiplier; no weight decay on norms and embeddings."""
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW (or SGD), one group per parameter (SPEC §4.4): backbone lr × multiplier; no weight decay on norms and
+    embeddings."""
     s = cfg.solver
     groups, seen = [], set()
     for mod_name, module in model.named_modules():
@@ -45,7 +53,7 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.AdamW:
                 continue
             seen.add(id(p))
             lr = s.base_lr * (s.backbone_multiplier if "backbone" in mod_name else 1.0)
-            wd = 0.0 if isinstance(module, _NORMS + (nn.Embedding,)) else s.weight_decay
+            wd = 0.0 if isinstance(module, _NO_DECAY) else s.weight_decay
             groups.append(
                 {
                     "params": [p],
@@ -88,7 +96,10 @@ def save_atomic(obj, path: Path) -> None:
 
 
 def rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    if not isinstance(legacy, tuple):  # only a non-MT19937 global generator gives a dict
+        raise TypeError(f"numpy's global generator is not MT19937 ({legacy.get('bit_generator')}); cannot save it")
+    name, keys, pos, has_gauss, cached = legacy
     numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available():
@@ -122,7 +133,8 @@ class EMA:
 
 
 def _clean_interrupted_writes(folder: Path) -> None:
-    """Remove temp files of checkpoint writes a killed run left behind, and a half-written last line of metrics.jsonl."""
+    """Remove temp files of checkpoint writes a killed run left behind, and a half-written last line of
+    metrics.jsonl."""
     for tmp in folder.glob(".*.tmp*"):
         tmp.unlink(missing_ok=True)
     log = folder / "metrics.jsonl"
@@ -204,7 +216,7 @@ class Trainer:
             return False
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a broken last.pth must not be silently replaced
+        except _TORCH_LOAD_ERRORS as e:  # a broken last.pth must not be silently replaced
             raise FastInstError(
                 f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})"
             ) from None
@@ -249,7 +261,8 @@ class Trainer:
                 )
             # keep DDP's collectives aligned: a zero loss still runs backward through every rank
             if self.ddp is not None:
-                (sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0).backward()
+                zero = torch.zeros((), device=self.device)
+                (sum((p.sum() for p in self.model.parameters() if p.requires_grad), zero) * 0.0).backward()
                 self.optimizer.zero_grad(set_to_none=True)
             return {k: float("nan") for k in losses}
         self.nonfinite = 0
@@ -323,6 +336,8 @@ class Trainer:
         return {"iteration": self.iteration, "seconds": time.time() - start, **last_metrics}
 
     def _evaluate(self, writer) -> dict:
+        if self.evaluate_fn is None:
+            return {}
         metrics = self.evaluate_fn(self.model) or {}
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         self._log({"iter": self.iteration, **scalars})
@@ -336,7 +351,7 @@ class Trainer:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard missing: metrics.jsonl still has everything
+        except ImportError:  # tensorboard missing: metrics.jsonl still has everything
             return None
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
@@ -350,5 +365,7 @@ class Trainer:
             from ..visualize import plot_training_curves
 
             plot_training_curves(self.output_dir / "metrics.jsonl", self.output_dir / "curves.png")
-        except Exception as e:  # plotting must never lose a finished run
+        # plotting must never lose a finished run: no usable records (FastInstError), no matplotlib (ImportError),
+        # an unwritable folder (OSError), data matplotlib refuses (ValueError, RuntimeError)
+        except (FastInstError, ImportError, OSError, ValueError, RuntimeError) as e:
             print(f"warning: could not plot training curves ({e})")

@@ -72,6 +72,8 @@ def _flat_index(matching: Matching, device: torch.device) -> tuple[torch.Tensor,
 class SetCriterion(nn.Module):
     """Unweighted FastInst losses; `empty_weight` (ones, last = eos_coef) is a persistent buffer."""
 
+    empty_weight: torch.Tensor
+
     def __init__(
         self,
         num_classes: int,
@@ -113,7 +115,7 @@ class SetCriterion(nn.Module):
         """Unweighted CE over all B·h16·w16 pixels; background everywhere except the matched pixels."""
         logits = proposal_logits.float().flatten(2)  # (B, K+1, HW16)
         target = torch.full(logits.shape[::2], self.num_classes, dtype=torch.long, device=logits.device)  # (B, HW16)
-        for b, ((pix, tgt), t) in enumerate(zip(matching, targets)):
+        for b, ((pix, tgt), t) in enumerate(zip(matching, targets, strict=True)):
             target[b, pix.to(logits.device)] = t["labels"][tgt.to(t["labels"].device)].to(logits.device)
         return F.cross_entropy(logits, target)
 
@@ -123,7 +125,10 @@ class SetCriterion(nn.Module):
         target = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)  # (B, Q)
         bi, si = _flat_index(matching, logits.device)
         target[bi, si] = torch.cat(
-            [t["labels"][tgt.to(t["labels"].device)].to(logits.device) for t, (_, tgt) in zip(targets, matching)]
+            [
+                t["labels"][tgt.to(t["labels"].device)].to(logits.device)
+                for t, (_, tgt) in zip(targets, matching, strict=True)
+            ]
         )
         return F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight)
 
@@ -133,7 +138,7 @@ class SetCriterion(nn.Module):
         """Point-sampled (BCE, dice) of the matched masks, each ÷ num_masks; draws the two loss-point tensors."""
         bi, si = _flat_index(matching, pred_masks.device)
         src = pred_masks[bi, si][:, None]  # (M, 1, h8, w8)
-        gt = torch.cat([t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(targets, matching)])
+        gt = torch.cat([t["masks"][tgt.to(t["masks"].device)] for t, (_, tgt) in zip(targets, matching, strict=True)])
         gt = gt.to(device=src.device, dtype=src.dtype)[:, None]  # (M, 1, Hpad, Wpad)
         with torch.no_grad():
             coords = uncertain_points(

@@ -128,7 +128,7 @@ def proposal_match(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Match stride-16 proposal pixels to GT instances (SPEC §3.2): logits (B, K+1, h16, w16) ->
     per image (flat pixel index into h16*w16, tgt idx), int64. Uses no random numbers."""
-    size = proposal_logits.shape[-2:]
+    h16, w16 = proposal_logits.shape[-2:]
     result = []
     for b, t in enumerate(targets):
         labels = t["labels"]
@@ -137,7 +137,7 @@ def proposal_match(
             continue
         with torch.autocast(device_type=proposal_logits.device.type, enabled=False):
             prob = proposal_logits[b].float().flatten(1).T.softmax(-1)  # (HW16, K+1)
-            pooled = F.adaptive_avg_pool2d(t["masks"][:, None].float(), size)  # (N, 1, h16, w16)
+            pooled = F.adaptive_avg_pool2d(t["masks"][:, None].float(), (h16, w16))  # (N, 1, h16, w16)
             inside = (pooled.flatten(1) > 0).float().T  # (HW16, N)
             cost = cost_class * -prob[:, labels] + cost_location * -inside  # (HW16, N)
         result.append(_assign(cost))

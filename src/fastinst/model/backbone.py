@@ -16,6 +16,11 @@ from torchvision.ops import deform_conv2d
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine terms, stored as buffers: y = x * scale + shift."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
         self.num_features, self.eps = num_features, eps
@@ -48,7 +53,8 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvNorm(nn.Conv2d):
-    """Conv2d whose normalisation is a child named `norm` (keys `<name>.weight`, `<name>.norm.*`), then an optional ReLU."""
+    """Conv2d whose normalisation is a child named `norm` (keys `<name>.weight`, `<name>.norm.*`), then an optional
+    ReLU."""
 
     def __init__(
         self,
@@ -118,6 +124,12 @@ class ResNet(nn.Module):
 
     `width` scales every stage (64 = the standard network; the CPU demo uses a narrower one)."""
 
+    # the four stages, registered in __init__ under these names (the checkpoints' `res2.0.conv1.weight`, ...)
+    res2: nn.Sequential
+    res3: nn.Sequential
+    res4: nn.Sequential
+    res5: nn.Sequential
+
     def __init__(self, depth: int = 50, norm: str = "FrozenBN", width: int = 64):
         super().__init__()
         if depth not in _DEPTHS:
@@ -126,7 +138,7 @@ class ResNet(nn.Module):
         self.stem = Stem(norm, width)
         cin = width
         base = width
-        self.out_channels = {}
+        self.out_channels: dict[str, int] = {}
         for i, n in enumerate(_DEPTHS[depth]):
             width = base * 2**i
             cout = width * 4 if bottleneck else width
@@ -175,10 +187,11 @@ class VdBottleneck(nn.Module):
         cout = planes * 4
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = make_norm(norm, planes)
+        self.conv2: nn.Module  # DeformConv (or export's stand-in) when `deform`, else a plain Conv2d
         if deform:
             self.conv2_offset = nn.Conv2d(planes, 18, 3, stride=stride, padding=1)
-            nn.init.zeros_(self.conv2_offset.weight)
-            nn.init.zeros_(self.conv2_offset.bias)
+            for p in self.conv2_offset.parameters():  # weight and bias: zero offsets, a plain 3x3 conv at init
+                nn.init.zeros_(p)
             self.conv2 = DeformConv(planes, planes, stride)
         else:
             self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -205,6 +218,12 @@ class VdBottleneck(nn.Module):
 class ResNetVd(nn.Module):
     """FastInst's timm-style ResNet-50-vd (`build_resnet_vd_backbone`): stem width 32, avg-down, DCN per stage."""
 
+    # the four stages, registered in __init__ under timm's names (`layer1.0.conv1.weight`, ...)
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, depth: int = 50, deform_stages=(False, False, True, True), norm: str = "FrozenBN"):
         super().__init__()
         if depth not in (50, 101):
@@ -220,7 +239,7 @@ class ResNetVd(nn.Module):
         )
         self.bn1 = make_norm(norm, 64)
         cin = 64
-        self.out_channels = {}
+        self.out_channels: dict[str, int] = {}
         for i, n in enumerate(_DEPTHS[depth]):
             planes = 64 * 2**i
             blocks = [
@@ -244,7 +263,7 @@ class ResNetVd(nn.Module):
 
 def build_backbone(
     kind: str, depth: int, deform_stages=(False,) * 4, norm: str = "FrozenBN", width: int = 64
-) -> nn.Module:
+) -> ResNet | ResNetVd:
     if kind == "resnet":
         return ResNet(depth, norm, width)
     if kind == "resnet_vd":

@@ -9,6 +9,7 @@ Sequence tensors are (length, batch, D) as in nn.MultiheadAttention's default la
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -62,7 +63,7 @@ class MLP(nn.Module):
     def __init__(self, din: int, hidden: int, dout: int, num_layers: int = 3):
         super().__init__()
         dims = [din] + [hidden] * (num_layers - 1) + [dout]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
@@ -188,7 +189,7 @@ class FastInstDecoder(nn.Module):
     def forward(self, feats: list[torch.Tensor], targets: list[dict] | None = None, match: MatchFn | None = None):
         """feats = [E5, E4, E3]; in training `targets` (labels, masks padded to the batch) and `match` are given."""
         _, e4, e3 = feats
-        b, d, h8, w8 = e3.shape
+        b, _, h8, w8 = e3.shape
         pos8 = F.interpolate(self.meta_pos_embed, size=(h8, w8), mode="bilinear", align_corners=False)
         pos16 = F.interpolate(self.meta_pos_embed, size=e4.shape[-2:], mode="bilinear", align_corners=False)
         pos8 = pos8.flatten(2).permute(2, 0, 1)  # (HW8, 1, D)
@@ -210,7 +211,9 @@ class FastInstDecoder(nn.Module):
             preds.append((cls, masks))
             memory.append((q, x))
         guided = []
-        if training and L > 0:
+        if targets is not None and L > 0:
+            if match is None:
+                raise ValueError("training (targets given) needs a `match` function")
             final = {"pred_logits": preds[-1][0], "pred_masks": preds[-1][1], "query_locations": locations}
             matching = match(final, targets)
             gt_attn = self.gt_attention_mask(matching, targets, (h8, w8), q.shape[0] - self.num_aux_queries)
@@ -238,7 +241,7 @@ class FastInstDecoder(nn.Module):
         """Matched queries see only their GT mask (nearest-sampled at stride 8); others see everything."""
         b = len(targets)
         blocked = torch.zeros(b, n, size[0] * size[1], dtype=torch.bool, device=self.meta_pos_embed.device)
-        for i, ((src, tgt), t) in enumerate(zip(matching, targets)):
+        for i, ((src, tgt), t) in enumerate(zip(matching, targets, strict=True)):
             if len(src) == 0:
                 continue
             gt = t["masks"][tgt].float().unsqueeze(0)  # (1, n, Hpad, Wpad)

@@ -24,13 +24,16 @@ from .preprocess import to_model_input
 class SemSegHead(nn.Module):
     """Container giving the official `sem_seg_head.pixel_decoder` / `sem_seg_head.predictor` key prefixes."""
 
-    def __init__(self, pixel_decoder: nn.Module, predictor: nn.Module):
+    def __init__(self, pixel_decoder: PPMFPN, predictor: FastInstDecoder):
         super().__init__()
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
 
 
 class FastInst(nn.Module):
+    pixel_mean: torch.Tensor  # (3, 1, 1) non-persistent buffers
+    pixel_std: torch.Tensor
+
     def __init__(self, cfg: Config):
         super().__init__()
         m, loss = cfg.model, cfg.loss
@@ -101,7 +104,8 @@ class FastInst(nn.Module):
         predictor = self.sem_seg_head.predictor
         if self.training:
             rand = rand or torch.rand
-            targets = self.targets(batch, images.shape[-2:])
+            hp, wp = images.shape[-2:]
+            targets = self.targets(batch, (hp, wp))
 
             def match(outputs, tgts):
                 return self.criterion.matcher(outputs, tgts, rand=rand)

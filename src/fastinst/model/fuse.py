@@ -13,6 +13,7 @@ GroupNorm (pixel decoder) and LayerNorm (decoder) depend on the data and stay. T
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -20,16 +21,20 @@ from torch import nn
 from .backbone import ConvNorm, DeformConv, FrozenBatchNorm2d, ResNetVd, VdBottleneck
 
 _BN = (FrozenBatchNorm2d, nn.BatchNorm2d)
+_M = TypeVar("_M", bound=nn.Module)
 
 
-def _scale_shift(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _scale_shift(bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """y = x * scale + shift of a frozen or eval-mode BatchNorm, in float64."""
-    scale = bn.weight.double() * (bn.running_var.double() + bn.eps).rsqrt()
-    return scale, bn.bias.double() - bn.running_mean.double() * scale
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    scale = bn.weight.double() * (var.double() + bn.eps).rsqrt()
+    return scale, bn.bias.double() - mean.double() * scale
 
 
 @torch.no_grad()
-def fold_bn(conv: nn.Conv2d, bn: nn.Module) -> None:
+def fold_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> None:
     """Fold `bn` (applied right after `conv`) into conv's weight and bias, in place."""
     scale, shift = _scale_shift(bn)
     dtype = conv.weight.dtype
@@ -46,26 +51,30 @@ def _fold_vd(backbone: ResNetVd) -> int:
     count = 0
     stem = backbone.conv1
     for i in (0, 3):
-        if isinstance(stem[i + 1], _BN):
-            fold_bn(stem[i], stem[i + 1])
+        conv, bn = stem[i], stem[i + 1]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN):
+            fold_bn(conv, bn)
             stem[i + 1] = nn.Identity()
             count += 1
-    if isinstance(backbone.bn1, _BN):
-        fold_bn(stem[6], backbone.bn1)
+    last, bn1 = stem[6], backbone.bn1
+    if isinstance(last, nn.Conv2d) and isinstance(bn1, _BN):
+        fold_bn(last, bn1)
         backbone.bn1 = nn.Identity()
         count += 1
     for block in backbone.modules():
         if not isinstance(block, VdBottleneck):
             continue
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
-            if isinstance(getattr(block, bn), _BN) and not isinstance(getattr(block, conv), DeformConv):
-                fold_bn(getattr(block, conv), getattr(block, bn))
-                setattr(block, bn, nn.Identity())
+        for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
+            if isinstance(getattr(block, bn_name), _BN) and not isinstance(getattr(block, conv_name), DeformConv):
+                fold_bn(getattr(block, conv_name), getattr(block, bn_name))
+                setattr(block, bn_name, nn.Identity())
                 count += 1
-        if block.downsample is not None and isinstance(block.downsample[2], _BN):
-            fold_bn(block.downsample[1], block.downsample[2])
-            block.downsample[2] = nn.Identity()
-            count += 1
+        if block.downsample is not None:
+            conv, bn = block.downsample[1], block.downsample[2]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN):
+                fold_bn(conv, bn)
+                block.downsample[2] = nn.Identity()
+                count += 1
     return count
 
 
@@ -82,7 +91,7 @@ def fold_batchnorms(model: nn.Module) -> int:
     return count
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = False, inplace: bool = False) -> nn.Module:
+def optimize_for_inference(model: _M, channels_last: bool = False, inplace: bool = False) -> _M:
     """An eval-mode FastInst with BatchNorms folded into convs (and channels_last weights if asked).
 
     Outputs equal the unfused model's up to fp32 rounding. With `inplace=False` (default) `model` is left as is.

@@ -10,7 +10,8 @@ from .backbone import ConvNorm
 
 
 class PyramidPoolingModule(nn.Module):
-    """PSPNet pooling: avg-pool to 1,2,3,6 cells -> 1x1 conv + ReLU -> upsample; concat with the input -> 1x1 conv + ReLU."""
+    """PSPNet pooling: avg-pool to 1,2,3,6 cells -> 1x1 conv + ReLU -> upsample; concat with the input -> 1x1 conv +
+    ReLU."""
 
     def __init__(self, dim: int, branch_dim: int, sizes=(1, 2, 3, 6)):
         super().__init__()
@@ -25,11 +26,19 @@ class PyramidPoolingModule(nn.Module):
         priors = [
             F.interpolate(F.relu(stage(x)), size=(h, w), mode="bilinear", align_corners=False) for stage in self.stages
         ]
-        return F.relu(self.bottleneck(torch.cat(priors + [x], dim=1)))
+        return F.relu(self.bottleneck(torch.cat([*priors, x], dim=1)))
 
 
 class PPMFPN(nn.Module):
     """Lateral 1x1 convs (`adapter_k`, GN) and 3x3 output convs (`layer_k`, GN + ReLU) with a PPM on top of res5."""
+
+    # registered in __init__ under the official names (`adapter_1.weight`, `layer_1.norm.weight`, ...)
+    adapter_1: ConvNorm
+    adapter_2: ConvNorm
+    adapter_3: ConvNorm
+    layer_1: ConvNorm
+    layer_2: ConvNorm
+    layer_3: ConvNorm
 
     def __init__(self, in_channels: dict[str, int], dim: int = 256, norm_groups: int = 32):
         super().__init__()

@@ -21,7 +21,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3) with PIL's fixed-point bilinear filter (antialiased downscale)."""
     if image.shape[:2] == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def to_model_input(image: np.ndarray, short: int, max_size: int) -> dict:
