@@ -37,7 +37,7 @@ def demo_ckpt(tmp_path_factory):
 
 
 def test_unknown_model(capsys):
-    assert_one_line_error(*run_cli(["info", "fastinst-d2-r50"], capsys), "unknown model", "fastinst-d2-r50")
+    assert_one_line_error(*run_cli(["info", "--model", "fastinst-d2-r50"], capsys), "unknown model", "fastinst-d2-r50")
 
 
 def test_bad_override_key_and_type(capsys, tmp_path):
@@ -115,4 +115,4 @@ def test_malformed_dataset_json(capsys, tmp_path):
 
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(FastInstError, match="fastinst-nope"):
-        main(["--debug", "info", "fastinst-nope"])
+        main(["--debug", "info", "--model", "fastinst-nope"])

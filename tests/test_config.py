@@ -46,9 +46,20 @@ def test_yaml_and_dict_roundtrip(tmp_path):
 def test_shipped_yaml_configs_match_the_registry():
     from pathlib import Path
 
-    from fastinst.config import VARIANTS
+    from fastinst.config import CONFIG_DIR, VARIANTS, config_file
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    # the package's copy, which tools/write_configs.py writes into the source tree
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "src" / "fastinst" / "configs"
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) == sorted(VARIANTS)
     for name in VARIANTS:
-        c = load_yaml(root / f"{name}.yaml")
+        c = load_yaml(CONFIG_DIR / f"{name}.yaml")
         assert to_dict(c) == to_dict(get_config(name))
+    assert config_file("fastinst-d1-r50") == CONFIG_DIR / "fastinst_R50_ppm-fpn_x1_576.yaml"
+
+
+def test_yaml_names_that_are_not_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a shipped config's path from another layout names that variant
+    assert get_config("configs/fastinst_R50_ppm-fpn_x3_640.yaml").name == "fastinst_R50_ppm-fpn_x3_640"
+    with pytest.raises(ConfigError, match=r"^mine\.yaml: no such YAML config file$"):
+        get_config("mine.yaml")

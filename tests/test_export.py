@@ -1,6 +1,11 @@
-"""ONNX export: the export-only stand-ins, onnxruntime parity for every variant, OnnxModel vs PyTorch, the CLI."""
+"""ONNX export: the export-only stand-ins, onnxruntime parity for every variant (torch's dynamo exporter), the
+opset-17 fallback, the metadata, OnnxModel's inference contract against FastInst's (detect, __call__, classes), the CLI.
+"""
 
 from __future__ import annotations
+
+import json
+import warnings
 
 import numpy as np
 import pytest
@@ -11,10 +16,13 @@ from torchvision.ops import deform_conv2d
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+import onnx
+
 import fastinst
 from fastinst.cli import main
-from fastinst.config import PUBLISHED
+from fastinst.config import PUBLISHED, get_config
 from fastinst.data.synthetic import render_sample
+from fastinst.engine.predictor import Predictor
 from fastinst.errors import FastInstError
 from fastinst.export import (
     ExportAdaptiveAvgPool2d,
@@ -24,19 +32,23 @@ from fastinst.export import (
     verify_onnx,
 )
 from fastinst.model.backbone import DeformConv
+from fastinst.model.fastinst import FastInst
 
 SIZE = (128, 160)
 
 
-def _model(name: str) -> nn.Module:
-    """Random weights; DCN offset convs get non-zero weights so the deformable sampling is really exercised."""
-    torch.manual_seed(0)
-    model = fastinst.build_model(name).eval()
+def _init(model: nn.Module) -> nn.Module:
+    """DCN offset convs get non-zero weights so the deformable sampling is really exercised."""
     for m in model.modules():
         if hasattr(m, "conv2_offset"):
             nn.init.normal_(m.conv2_offset.weight, std=0.02)
             nn.init.normal_(m.conv2_offset.bias, std=0.5)
-    return model
+    return model.eval()
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return _init(fastinst.build_model(name))
 
 
 def _batch(image: np.ndarray, height: int | None = None, width: int | None = None) -> list[dict]:
@@ -47,6 +59,19 @@ def _batch(image: np.ndarray, height: int | None = None, width: int | None = Non
             "width": width or image.shape[1],
         }
     ]
+
+
+def _opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _metadata(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stand-ins
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n", [(4, 5), (7, 9), (12, 12), (2, 3)])
@@ -67,10 +92,16 @@ def test_deform_standin_equals_torchvision(stride):
     torch.testing.assert_close(ExportDeformConv(conv)(x, offset), expected, rtol=1e-4, atol=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Export of every variant
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_export_matches_pytorch(name, tmp_path):
     model = _model(name)
     path = export_onnx(model, tmp_path / "m.onnx", size=SIZE)
+    assert _opset(path) == 18 and _metadata(path)["fastinst.exporter"] == "dynamo"
     image = render_sample(0, "val", 1, 256)[0]
     assert verify_onnx(model, path, image) < 1e-3
 
@@ -79,9 +110,29 @@ def test_export_matches_pytorch(name, tmp_path):
 def demo(tmp_path_factory):
     model = _model("fastinst-demo")
     root = tmp_path_factory.mktemp("onnx")
-    fixed = export_onnx(model, root / "fixed.onnx", size=SIZE, opset=18)
-    dynamic = export_onnx(model, root / "dynamic.onnx", size=SIZE, dynamic=True)
-    return model, fixed, dynamic
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fixed = export_onnx(model, root / "fixed.onnx", size=SIZE)
+        dynamic = export_onnx(model, root / "dynamic.onnx", size=SIZE, dynamic=True)
+    return model, fixed, dynamic, [f"{w.category.__name__}: {w.message}" for w in seen]
+
+
+def test_dynamo_export_raises_no_warnings(demo):
+    # e.g. "Exporting a model while it is in training mode" came from an export wrapper left in training mode
+    assert demo[3] == []
+
+
+def test_file_metadata(demo):
+    model, fixed, dynamic, _ = demo
+    for path, size in ((fixed, f"{SIZE[0]},{SIZE[1]}"), (dynamic, "dynamic")):
+        meta = _metadata(path)
+        assert meta["fastinst.size"] == size and meta["fastinst.exporter"] == "dynamo"
+        assert json.loads(meta["fastinst.config"])["model"]["num_classes"] == model.num_classes
+        assert json.loads(meta["fastinst.names"]) == model.names
+        assert json.loads(meta["fastinst.category_ids"]) == model.category_ids
+    graph = onnx.load(str(dynamic)).graph
+    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
 
 
 def _same_instances(a: dict, b: dict) -> None:
@@ -92,27 +143,42 @@ def _same_instances(a: dict, b: dict) -> None:
 
 
 def test_onnx_model_gives_the_pytorch_instances(demo):
-    model, fixed, dynamic = demo
+    model, fixed, dynamic, _ = demo
     image = render_sample(3, "val", 0, 256)[0][: SIZE[0], : SIZE[1]]
     batch = _batch(image, 200, 250)  # masks come back at the original size
     with torch.no_grad():
         expected = model(batch)[0]
+        cut = model(batch, score_threshold=float(expected["scores"][5]), max_detections=10)[0]
+    assert 0 < len(cut["scores"]) < len(expected["scores"])
     for path in (fixed, dynamic):
-        got = OnnxModel(path)(batch)[0]
+        onnx_model = OnnxModel(path)
+        got = onnx_model(batch)[0]
         assert got["masks"].shape[1:] == (200, 250)
         _same_instances(expected, got)
+        _same_instances(cut, onnx_model(batch, score_threshold=float(expected["scores"][5]), max_detections=10)[0])
 
 
-def test_dynamic_file_takes_other_sizes(demo):
-    model, _, dynamic = demo
-    image = render_sample(4, "val", 0, 256)[0][:170, :230]  # padded to 192x256
+def test_dynamic_file_takes_other_sizes_and_batches(demo):
+    model, _, dynamic, _ = demo
+    onnx_model = OnnxModel(dynamic)
+    scene = render_sample(4, "val", 0, 256)[0]
+    # 170x230 pads to 192x256; 40x30 pads to 64x32, whose 4 x 2 stride-16 cells are fewer than the demo's 16
+    # queries: the graph's top-k takes min(queries, cells) as PyTorch does (the traced example had 80 cells)
+    for crop in ((170, 230), (40, 30)):
+        image = scene[: crop[0], : crop[1]]
+        with torch.no_grad():
+            expected = model(_batch(image))[0]
+        _same_instances(expected, onnx_model(_batch(image))[0])
+    assert len(expected["queries"]) == 8 * model.num_classes and int(expected["queries"].max()) == 7
+    two = _batch(scene[:170, :230]) + _batch(scene[:90, :250])  # one batch of two sizes, padded to 192x256
     with torch.no_grad():
-        expected = model(_batch(image))[0]
-    _same_instances(expected, OnnxModel(dynamic)(_batch(image))[0])
+        expected_two = model(two)
+    for a, b in zip(expected_two, onnx_model(two), strict=True):
+        _same_instances(a, b)
 
 
 def test_fixed_file_pads_smaller_and_rejects_larger_images(demo):
-    _, fixed, _ = demo
+    _, fixed, _, _ = demo
     onnx_model = OnnxModel(fixed)
     small = render_sample(5, "val", 0, 256)[0][:90, :100]
     assert onnx_model(_batch(small))[0]["masks"].shape[1:] == (90, 100)
@@ -128,8 +194,23 @@ def test_export_rejects_bad_sizes_and_opsets(demo, tmp_path):
         export_onnx(model, tmp_path / "x.onnx", size=SIZE, opset=11)
 
 
+def test_opset_17_falls_back_to_the_torchscript_exporter_with_a_warning(demo, tmp_path):
+    model = demo[0]
+    with pytest.warns(UserWarning, match="legacy TorchScript exporter"):
+        path = export_onnx(model, tmp_path / "o17.onnx", size=SIZE, opset=17)
+    assert _opset(path) == 17 and _metadata(path)["fastinst.exporter"] == "torchscript"
+    assert verify_onnx(model, path) < 1e-3
+
+
+def test_opset_20(demo, tmp_path):
+    model = demo[0]
+    path = export_onnx(model, tmp_path / "o20.onnx", size=SIZE, opset=20)
+    assert _opset(path) == 20
+    assert verify_onnx(model, path) < 1e-3
+
+
 def test_verify_fails_on_a_different_model(demo):
-    _, fixed, _ = demo
+    _, fixed, _, _ = demo
     other = _model("fastinst-demo")
     with torch.no_grad():
         other.sem_seg_head.predictor.class_embed_layers[-1].layers[-1].bias.add_(1.0)
@@ -137,28 +218,114 @@ def test_verify_fails_on_a_different_model(demo):
         verify_onnx(other, fixed)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# OnnxModel has the model's inference contract: a 2-class model with its own names and ids
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_classes(tmp_path_factory):
+    cfg = get_config("fastinst-demo")
+    cfg.model.num_classes = 2
+    cfg.model.class_names = ("dog", "cat")
+    cfg.model.category_ids = (3, 7)
+    torch.manual_seed(3)
+    model = FastInst(cfg).eval()
+    with torch.no_grad():  # spread the class scores so that a threshold keeps some pairs and drops others
+        model.sem_seg_head.predictor.class_embed_layers[-1].layers[-1].bias.copy_(torch.tensor([1.5, 0.5, 0.0]))
+    path = export_onnx(model, tmp_path_factory.mktemp("two") / "two.onnx", dynamic=True)
+    images = [render_sample(7, "val", 0, 320)[0], render_sample(8, "val", 0, 320)[0][:180, :300]]
+    return model, path, images
+
+
+def _threshold(scores: torch.Tensor) -> float:
+    """A score threshold half-way down the scores, in a gap of more than 1e-3 (no score lies near it)."""
+    ranked = torch.sort(scores, descending=True).values
+    gaps = torch.nonzero(ranked[:-1] - ranked[1:] > 1e-3).flatten()
+    cut = int(gaps[len(gaps) // 2])
+    return float(ranked[cut] + ranked[cut + 1]) / 2
+
+
+def _by_pair(found: dict) -> dict[tuple[int, int], int]:
+    pairs = zip(found["queries"].tolist(), found["labels"].tolist(), strict=True)
+    return {pair: i for i, pair in enumerate(pairs)}
+
+
+def _same_detections(a: dict, b: dict) -> None:
+    """Same (query, class) pairs; per pair scores within 1e-4 and masks with IoU >= 0.99."""
+    pa, pb = _by_pair(a), _by_pair(b)
+    assert set(pa) == set(pb) and len(pa) == len(a["scores"])
+    ia, ib = list(pa.values()), [pb[p] for p in pa]
+    assert torch.allclose(a["scores"][ia], b["scores"][ib], atol=1e-4)
+    ma, mb = a["masks"][ia], b["masks"][ib]
+    inter = (ma & mb).flatten(1).sum(1).float()
+    union = (ma | mb).flatten(1).sum(1).float()
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    assert iou.min() >= 0.99
+
+
+def test_onnx_model_carries_class_names_and_ids(two_classes):
+    model, path, _ = two_classes
+    onnx_model = OnnxModel(path)
+    assert onnx_model.num_classes == 2 and onnx_model.cfg.model.num_classes == 2
+    assert onnx_model.names == model.names == ["dog", "cat"]
+    assert onnx_model.category_ids == model.category_ids == [3, 7]
+
+
+def test_onnx_detect_equals_pytorch_detect(two_classes):
+    model, path, images = two_classes
+    onnx_model = OnnxModel(path)
+    everything = model.detect(images)
+    for a, b in zip(everything, onnx_model.detect(images), strict=True):
+        assert a["masks"].shape[1:] == b["masks"].shape[1:]
+        _same_detections(a, b)
+    threshold = _threshold(everything[0]["scores"])
+    kept = model.detect(images, score_threshold=threshold, max_detections=50)
+    assert 0 < len(kept[0]["scores"]) < len(everything[0]["scores"])
+    for a, b in zip(kept, onnx_model.detect(images, score_threshold=threshold, max_detections=50), strict=True):
+        assert bool((b["scores"] >= threshold).all()) and len(b["scores"]) <= 50
+        _same_detections(a, b)
+
+
+def test_predictor_runs_an_onnx_model_unchanged(two_classes):
+    model, path, images = two_classes
+    ours, theirs = Predictor(model), Predictor(OnnxModel(path))
+    assert theirs.names == ["dog", "cat"] and theirs.category_ids == [3, 7]
+    threshold = _threshold(model.detect(images[:1])[0]["scores"])
+    expected, got = ours.predict(images, score_threshold=threshold), theirs.predict(images, score_threshold=threshold)
+    for a, b in zip(expected, got, strict=True):
+        assert np.array_equal(a.labels, b.labels) and len(a) > 0
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        assert (a.masks != b.masks).mean() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 def test_export_command(demo, tmp_path, capsys):
     weights = tmp_path / "demo.pth"
     torch.save({"model": demo[0].state_dict()}, weights)
     out = tmp_path / "demo.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--model",
-                "fastinst-demo",
-                "--weights",
-                str(weights),
-                "--size",
-                "128",
-                "160",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    args = ["export", "--model", "fastinst-demo", "--weights", str(weights), "--opset", "18"]
+    assert main([*args, "--size", "128", "160", "--output", str(out)]) == 0
     text = capsys.readouterr().out
-    assert out.is_file() and "max abs diff" in text
+    assert out.is_file() and "max abs diff" in text and "opset 18" in text
+    assert torch.is_grad_enabled()  # the command leaves the process's autograd state alone
     assert main(["export", "--model", "fastinst-demo", "--size", "100", "160", "--output", str(out)]) == 2
     assert "multiples of 32" in capsys.readouterr().err
+
+
+def test_export_command_takes_a_trained_checkpoint_with_its_classes(two_classes, tmp_path, capsys):
+    """A `fastinst train` checkpoint (config + weights) of a 2-class model exports, whatever --model says."""
+    from fastinst.config import to_dict
+
+    model = two_classes[0]
+    ckpt = tmp_path / "last.pth"
+    torch.save({"model": model.state_dict(), "config": to_dict(model.cfg)}, ckpt)
+    out = tmp_path / "two.onnx"
+    assert main(["export", "--weights", str(ckpt), "--opset", "18", "--size", "224", "320", "--output", str(out)]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+    onnx_model = OnnxModel(out)
+    assert onnx_model.names == ["dog", "cat"] and onnx_model.category_ids == [3, 7]

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Write configs/<variant>.yaml: every resolved hyper-parameter of each registered variant (SPEC §1), for reading and
-for copying into your own config (`fastinst train --model my.yaml`). Regenerate after changing fastinst/config.py."""
+"""Write src/fastinst/configs/<variant>.yaml (`fastinst.config.CONFIG_DIR`, shipped inside the package): every resolved
+hyper-parameter of each registered variant (SPEC §1), for reading and for copying into your own config
+(`fastinst train --model my.yaml`). Regenerate after changing fastinst/config.py."""
 
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import yaml
 
 from fastinst.config import VARIANTS, get_config, to_dict
 
-out = Path(__file__).resolve().parents[1] / "configs"
+# the source tree's copy (not CONFIG_DIR: that may be an installed package when fastinst is not installed editable)
+out = Path(__file__).resolve().parents[1] / "src" / "fastinst" / "configs"
 out.mkdir(exist_ok=True)
 for name in VARIANTS:
     data = to_dict(get_config(name))

@@ -1,16 +1,16 @@
 """fastinst: FastInst real-time instance segmentation in pure PyTorch.
 
 import fastinst
-model = fastinst.build_model("fastinst-d1-r50")              # torch.nn.Module, official state-dict layout
-fastinst.load_checkpoint(model, "fastinst_R50_ppm-fpn_x1_576_34.9.pth")
-predictor = fastinst.load("fastinst-d1-r50", weights="...pth")   # results = predictor.predict("photo.jpg")
+predictor = fastinst.load("fastinst-d1-r50", weights="official")     # results = predictor.predict("photo.jpg")
+model = fastinst.load_model("runs/train/last.pth")                    # nn.Module; model.detect([rgb_uint8_array])
+model = fastinst.build_model("fastinst-d1-r50")                       # random init, official state-dict layout
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "get_config", "load", "load_checkpoint"]
+__all__ = ["__version__", "build_model", "get_config", "load", "load_checkpoint", "load_model"]
 
 
 def get_config(name: str):
@@ -37,8 +37,16 @@ def load_checkpoint(model, path, strict: bool = True):
     return _load(model, path, strict=strict)
 
 
-def load(name: str, weights=None, device: str = "cpu", **kwargs):
+def load_model(model=None, weights=None, device: str = "auto", classes=None):
+    """The one loader: a variant name / YAML / checkpoint, with weights (a file, "official" or None), in eval mode on
+    `device` ("auto": CUDA, MPS, CPU). See `fastinst.factory.load_model`."""
+    from .factory import load_model as _load_model
+
+    return _load_model(model, weights, device, classes)
+
+
+def load(model=None, weights=None, device: str = "auto", classes=None, dtype: str = "fp32"):
     """A ready-to-use predictor: `fastinst.load("fastinst-d1-r50", weights="file.pth").predict(images)`."""
     from .engine.predictor import Predictor
 
-    return Predictor.from_name(name, weights=weights, device=device, **kwargs)
+    return Predictor(load_model(model, weights, device, classes), dtype=dtype)

@@ -1,6 +1,8 @@
 """`fastinst <command>`: every sub-command lives in `fastinst.commands.<name>` with `add_parser` and `run`.
 
-User mistakes (`FastInstError`) print one line `error: ...` and exit 2; `--debug` shows the traceback instead.
+User mistakes (`FastInstError`) print one line `error: ...` and exit 2; `--debug` shows the traceback instead. So do
+usage mistakes (an unknown option, a bad `--device`): argparse's message on one line, exit 2. Building the parser
+imports every command module, so they import nothing heavy at module level: `--help` and `--version` never load torch.
 """
 
 from __future__ import annotations
@@ -8,13 +10,33 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
+
+from . import __version__
 
 COMMANDS = ["demo", "train", "eval", "predict", "export", "benchmark", "info", "convert"]
 _MODULES = {"eval": "evaluate"}
+# optional dependencies (imported only where used) -> the extra that installs them, pyproject.toml
+EXTRAS = {
+    "av": "video",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "tensorboard": "tensorboard",
+    "matplotlib": "plots",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, `error: <message> (see `<prog> --help`)`, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="fastinst", description="FastInst instance segmentation in pure PyTorch.")
+    parser = Parser(prog="fastinst", description="FastInst instance segmentation in pure PyTorch.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     runners = {}
@@ -45,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in EXTRAS or args.debug:
+            raise
+        print(
+            f"error: this needs {missing}, which is not installed: pip install 'fastinst[{EXTRAS[missing]}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

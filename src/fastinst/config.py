@@ -3,6 +3,10 @@
 `get_config(name)` returns a fresh `Config` for an official config name (`fastinst_R50_ppm-fpn_x1_576`) or an alias
 (`fastinst-d1-r50`). `apply_overrides(cfg, ["solver.base_lr=2e-4", ...])` edits it with `key=value` strings and
 raises `ConfigError` naming the key and what it accepts. Values follow SPEC §1 (the official YAML files resolved).
+
+Every variant is also written out as YAML (every resolved value, for reading and copying into your own config) in
+`CONFIG_DIR`, the `configs/` folder inside the installed package; `config_file(name)` is one variant's file.
+`tools/write_configs.py` regenerates them from this module.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ class ModelConfig:
     backbone_norm: str = "FrozenBN"  # FrozenBN (official) or BN (trainable; the from-scratch demo)
     backbone_width: int = 64  # channels of the stem / first stage ("resnet" only; 64 = standard)
     num_classes: int = 80
+    # the dataset's class names and category ids, in contiguous class order; () = COCO's for 80 classes, else
+    # class0.. / 1..N. `fastinst train` fills them, so a checkpoint names its own classes.
+    class_names: tuple[str, ...] = ()
+    category_ids: tuple[int, ...] = ()
     hidden_dim: int = 256
     num_queries: int = 100  # IA-guided queries (N_a)
     num_aux_queries: int = 8  # learnable auxiliary queries (N_b)
@@ -206,6 +214,9 @@ ALIASES: dict[str, str] = {
 
 PUBLISHED = [n for n in VARIANTS if n != "fastinst-demo"]
 
+# package data (pyproject.toml [tool.setuptools.package-data]), so it is there in a wheel install too
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 
 def canonical_name(name: str) -> str:
     """Official config name for a variant name, alias, or `<name>.yaml` / release file name."""
@@ -225,10 +236,26 @@ def canonical_name(name: str) -> str:
     raise ConfigError(f"unknown model {name!r}{hint}; choose one of: {', '.join(choices)}")
 
 
+def config_file(name: str) -> Path:
+    """The shipped YAML file of a variant name or alias: `CONFIG_DIR / "<official name>.yaml"`."""
+    path = CONFIG_DIR / f"{canonical_name(name)}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{path}: shipped config missing (a broken install? reinstall fastinst)")
+    return path
+
+
 def get_config(name: str) -> Config:
-    """A fresh config for a variant name or alias, or a YAML file (with optional `base:` variant) on disk."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return load_yaml(name)
+    """A fresh config for a variant name or alias, or a YAML file (with optional `base:` variant) on disk.
+
+    A `.yaml` name that is not a file is looked up by its file name among the variants, so a path to a shipped config
+    from another layout (`configs/fastinst_R50_ppm-fpn_x1_576.yaml`) still names that variant."""
+    if name.endswith((".yaml", ".yml")):
+        if Path(name).is_file():
+            return load_yaml(name)
+        try:
+            canonical_name(name)
+        except ConfigError:
+            raise ConfigError(f"{name}: no such YAML config file") from None
     return VARIANTS[canonical_name(name)]()
 
 

@@ -1,22 +1,30 @@
-"""ONNX export of FastInst and an onnxruntime model with the PyTorch model's eval contract.
+"""ONNX export of FastInst and an onnxruntime model with the PyTorch model's inference contract.
 
-* `export_onnx(model, path, size=(H, W) | None, dynamic=False, opset=17)`: one graph from the normalised, padded
+* `export_onnx(model, path, size=(H, W) | None, dynamic=False, opset=18)`: one graph from the normalised, padded
   image batch `images` (B, 3, H, W) float32 to `pred_logits` (B, Q, K+1) and `pred_masks` (B, Q, H/8, W/8).
-  The config (JSON) and the input size are stored in the file's metadata, so `OnnxModel(path)` needs nothing else.
+  The config (JSON, with the class names and category ids), the class names, the category ids and the input size are
+  stored in the file's metadata, so `OnnxModel(path)` needs nothing else.
 * `verify_onnx(model, path, image)`: onnxruntime vs PyTorch on one image; raises `FastInstError` when any output
   differs by more than 1e-3 × its largest magnitude, else returns the max abs difference.
-* `OnnxModel(path)`: `__call__(batch)` takes and returns what `FastInst` does in eval mode (same normalise + pad
-  maths, same `fastinst.model.postprocess.instances`), so `predict --backend onnxruntime` gives the same instances.
+* `OnnxModel(path)`: `detect(images, score_threshold, max_detections)` and `__call__(batch, ...)` exactly as
+  `FastInst.detect` / `FastInst.forward` in eval (same resize, same `fastinst.model.preprocess.normalize_and_pad`, same
+  `fastinst.model.postprocess.instances`), plus `cfg`, `num_classes`, `names`, `category_ids`: a drop-in model for
+  the `Predictor` (`predict --backend onnxruntime`).
 
-Export uses torch's TorchScript-based exporter (`dynamo=False`): it exports the whole model in seconds, handles the
-top-k query selection and dynamic H/W through traced shapes, and needs no version conversion. The dynamo exporter
-also works on the plain ResNet variants but is ~3x slower, emits opset 18 and converts down with warnings.
-Two ops have no portable ONNX form, and are swapped for numerically equal stand-ins in a copy of the model, only while
-exporting (the PyTorch model is never changed):
-* `AdaptiveAvgPool2d(s)` with H, W not multiples of s (PPM sizes 3 and 6): two averaging matmuls built from the shape;
-* torchvision's `deform_conv2d` (DCNv1, the -vd-dcn variants): one `grid_sample` (bilinear, zero padding,
-  align_corners) gathers the 9 taps, a matmul applies the weight. ONNX's own `DeformConv` (opset 19) runs in
-  onnxruntime >= 1.20 CPU but is missing in most other runtimes, so the decomposition is used at every opset.
+Export uses torch's current exporter (`torch.onnx.export(..., dynamo=True)`: `torch.export` captures the graph,
+onnxscript translates and optimises it). Its operators start at opset 18, and onnx's version converter cannot take
+its graphs down to 17 (no adapter for Split-18, non-constant ReduceMean axes), so opset 17 alone is written by the
+legacy TorchScript exporter, with a warning. Dynamic files (`dynamic=True`) have a free batch and H, W = 32 × free
+sizes; the query count is `min(num_queries, H/16 × W/16)` inside the graph, as in PyTorch.
+Two ops are swapped for numerically equal stand-ins in a copy of the model, only while exporting (the PyTorch model is
+never changed), and only where the exporter needs them:
+* `AdaptiveAvgPool2d(s)` with H, W not multiples of s (PPM sizes 3 and 6), for dynamic H/W and the legacy exporter:
+  two averaging matmuls built from the shape. (torch's decomposition of adaptive pooling bakes the traced size into
+  the graph, which then fails in onnxruntime at any other size; at a fixed size it exports as is.)
+* torchvision's `deform_conv2d` (DCNv1, the -vd-dcn variants), always: one `grid_sample` (bilinear, zero padding,
+  align_corners) gathers the 9 taps, a matmul applies the weight. The dynamo exporter maps it to ONNX `DeformConv`,
+  which needs opset 19 (an invalid graph at 18) and runs in onnxruntime >= 1.20 CPU but is missing in most other
+  runtimes, so the decomposition is used at every opset.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,14 +45,15 @@ from .config import Config, from_dict, to_dict
 from .errors import FastInstError
 from .model.backbone import DeformConv
 from .model.postprocess import instances
-from .model.preprocess import resize_image, resize_shape
+from .model.preprocess import normalize_and_pad, resize_image, resize_shape, to_model_input
 
 if TYPE_CHECKING:
     from .model.fastinst import FastInst
 
 _M = TypeVar("_M", bound=nn.Module)
 
-OPSETS = (17, 18)
+OPSETS = (17, 18, 19, 20)
+DYNAMO_OPSET = 18  # the lowest opset torch's dynamo exporter writes (its torchlib implementations start there)
 INPUT, OUTPUTS = "images", ("pred_logits", "pred_masks")
 RTOL = 1e-3
 
@@ -106,12 +115,13 @@ class ExportDeformConv(nn.Module):
         return out.reshape(b, -1, ho, wo)
 
 
-def exportable_copy(model: _M) -> _M:
-    """A deep copy of `model` (eval) with adaptive pooling and deformable convs replaced by the stand-ins above."""
+def exportable_copy(model: _M, pooling: bool = True) -> _M:
+    """A deep copy of `model` (eval) with deformable convs — and adaptive pooling if `pooling` — replaced by the
+    stand-ins above."""
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.AdaptiveAvgPool2d):
+            if pooling and isinstance(child, nn.AdaptiveAvgPool2d):
                 size = child.output_size
                 if isinstance(size, tuple) and len(set(size)) == 1:
                     size = size[0]
@@ -163,28 +173,36 @@ def check_size(size, div: int) -> tuple[int, int]:
     return h, w
 
 
-def export_onnx(
-    model: FastInst, path: str | Path, size: tuple[int, int] | None = None, dynamic: bool = False, opset: int = 17
-) -> Path:
-    """Write `model` as ONNX to `path`: `images` (B, 3, H, W) -> `pred_logits`, `pred_masks`; returns the path.
+def _export_dynamo(net: nn.Module, example: torch.Tensor, dynamic: bool, div: int, opset: int):
+    """`net` as an ONNX ModelProto through `torch.export` + onnxscript (torch.onnx.export(dynamo=True))."""
+    shapes = None
+    if dynamic:
+        from torch.export import Dim
 
-    Fixed (default): batch 1 and H x W = `size` (default: `default_size(cfg)`). `dynamic=True`: batch, H and W are
-    free (multiples of 32 with H/16 x W/16 >= the query count, as the top-k size is fixed); `size` is then only the
-    example traced (the default size when `size` is too small for that).
-    """
+        # H and W are free multiples of `div` (at least 2 of them, as `check_size` asks): the graph may rely on it
+        shapes = ({0: Dim("batch"), 2: div * Dim("height_div", min=2), 3: div * Dim("width_div", min=2)},)
+    program = torch.onnx.export(
+        net,
+        (example,),
+        None,
+        dynamo=True,
+        opset_version=opset,
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        dynamic_shapes=shapes,
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    if program is None:  # only the TorchScript exporter returns None
+        raise FastInstError("torch.onnx.export(dynamo=True) returned no program")
+    return program.model_proto
+
+
+def _export_torchscript(net: nn.Module, example: torch.Tensor, dynamic: bool, opset: int, path: Path):
+    """`net` as an ONNX ModelProto through the legacy TorchScript exporter (only for opsets below 18)."""
     import onnx
 
-    if opset not in OPSETS:
-        raise FastInstError(f"opset {opset}: choose one of {', '.join(map(str, OPSETS))}")
-    cfg: Config = model.cfg
-    size = check_size(size or default_size(cfg), cfg.model.size_divisibility)
-    if dynamic and not _enough_cells(size, cfg):
-        size = default_size(cfg)  # a traced top-k over fewer cells than queries would make k shape-dependent
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    param = next(model.parameters())
-    net = InferenceNet(exportable_copy(model)).to(device=param.device, dtype=torch.float32)
-    example = torch.zeros(1, 3, *size, device=param.device)
     axes = None
     if dynamic:
         axes = {
@@ -192,24 +210,74 @@ def export_onnx(
             OUTPUTS[0]: {0: "batch"},
             OUTPUTS[1]: {0: "batch", 2: "height_8", 3: "width_8"},
         }
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
+    return onnx.load(str(path))
+
+
+def export_onnx(
+    model: FastInst,
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    dynamic: bool = False,
+    opset: int = DYNAMO_OPSET,
+) -> Path:
+    """Write `model` as ONNX to `path`: `images` (B, 3, H, W) -> `pred_logits`, `pred_masks`; returns the path.
+
+    Fixed (default): batch 1 and H x W = `size` (default: `default_size(cfg)`). `dynamic=True`: batch, H and W are
+    free (H, W multiples of 32, at least 64); `size` is then only the example traced. Opsets 18-20 use torch's dynamo
+    exporter; 17 falls back to the legacy TorchScript exporter with a warning (see the module docstring), and its
+    dynamic files need H/16 x W/16 >= the query count (the traced top-k size is fixed there).
+    """
+    import onnx
+
+    from .model.fastinst import class_metadata
+
+    if opset not in OPSETS:
+        raise FastInstError(f"opset {opset}: choose one of {', '.join(map(str, OPSETS))}")
+    cfg: Config = model.cfg
+    div = cfg.model.size_divisibility
+    size = check_size(size or default_size(cfg), div)
+    legacy = opset < DYNAMO_OPSET
+    if dynamic and legacy and not _enough_cells(size, cfg):
+        size = default_size(cfg)  # a traced top-k over fewer cells than queries would make k shape-dependent
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters())
+    # the adaptive-pooling stand-in only where the exporter needs it (see the module docstring)
+    net = InferenceNet(exportable_copy(model, pooling=dynamic or legacy)).eval()
+    net = net.to(device=param.device, dtype=torch.float32)
+    # batch 2 for a dynamic file: torch.export specialises a traced size of 1 to a constant
+    example = torch.zeros(2 if dynamic else 1, 3, *size, device=param.device)
     tmp = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic, exporter deprecation notices
-        torch.onnx.export(
-            net,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT],
-            output_names=list(OUTPUTS),
-            dynamic_axes=axes,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(tmp))
+    with torch.no_grad():
+        if legacy:
+            warnings.warn(
+                f"opset {opset}: torch's dynamo exporter writes opset {DYNAMO_OPSET} and later, and onnx cannot "
+                f"convert its graph down (no adapter for Split-{DYNAMO_OPSET}); exporting with the legacy "
+                f"TorchScript exporter instead. Use opset {DYNAMO_OPSET} or later unless a runtime needs {opset}.",
+                UserWarning,
+                stacklevel=2,
+            )
+            proto = _export_torchscript(net, example, dynamic, opset, tmp)
+        else:
+            proto = _export_dynamo(net, example, dynamic, div, opset)
+    names, ids = class_metadata(cfg)
     meta = {
         "fastinst.config": json.dumps(to_dict(cfg)),
         "fastinst.size": "dynamic" if dynamic else f"{size[0]},{size[1]}",
+        "fastinst.names": json.dumps(names),
+        "fastinst.category_ids": json.dumps(ids),
+        "fastinst.exporter": "torchscript" if legacy else "dynamo",
     }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -252,6 +320,13 @@ def _fixed_size(meta: dict[str, str]) -> tuple[int, int] | None:
     return h, w
 
 
+def _pad_batch(cfg: Config, batch: list[dict], size: tuple[int, int] | None = None):
+    """A batch's uint8 (3, h, w) images -> normalised padded (B, 3, H, W) on the CPU and the [(h, w)], as
+    `FastInst.preprocess` (to `size` for a fixed-size file)."""
+    images = [torch.as_tensor(d["image"]).cpu() for d in batch]  # (3, h, w) uint8 each
+    return normalize_and_pad(images, cfg.model.pixel_mean, cfg.model.pixel_std, cfg.model.size_divisibility, size)
+
+
 def _input_tensor(model: FastInst, image: np.ndarray | None, size: tuple[int, int] | None) -> torch.Tensor:
     """A normalised, padded (1, 3, H, W) batch of `image` (resized to fill `size`, or at the test size if None)."""
     cfg: Config = model.cfg
@@ -265,7 +340,7 @@ def _input_tensor(model: FastInst, image: np.ndarray | None, size: tuple[int, in
         h, w = image.shape[:2]
         image = resize_image(image, resize_shape(h, w, cfg.input.min_size_test, cfg.input.max_size_test))
     batch = [{"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}]
-    return normalize_and_pad(batch, cfg)[0]
+    return _pad_batch(cfg, batch)[0]
 
 
 def verify_onnx(model: FastInst, path: str | Path, image: np.ndarray | None = None, rtol: float = RTOL) -> float:
@@ -297,40 +372,20 @@ def verify_onnx(model: FastInst, path: str | Path, image: np.ndarray | None = No
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# onnxruntime model with the FastInst eval contract
+# onnxruntime model with the FastInst inference contract
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def normalize_and_pad(
-    batch: list[dict], cfg: Config, size: tuple[int, int] | None = None
-) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """`FastInst.preprocess` maths: (uint8 - mean) / std, zero-padded bottom/right to a multiple of 32 (or `size`)."""
-    mean = torch.tensor(cfg.model.pixel_mean).view(3, 1, 1)
-    std = torch.tensor(cfg.model.pixel_std).view(3, 1, 1)
-    images = [(torch.as_tensor(d["image"]).cpu().float() - mean) / std for d in batch]
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    div = cfg.model.size_divisibility
-    hp = -(-max(s[0] for s in sizes) // div) * div
-    wp = -(-max(s[1] for s in sizes) // div) * div
-    if size is not None:
-        if hp > size[0] or wp > size[1]:
-            raise FastInstError(
-                f"image of {max(s[0] for s in sizes)}x{max(s[1] for s in sizes)} does not fit this "
-                f"ONNX file's fixed input {size[0]}x{size[1]}; export with --dynamic or a larger --size"
-            )
-        hp, wp = size
-    out = images[0].new_zeros(len(images), 3, hp, wp)
-    for i, im in enumerate(images):
-        out[i, :, : im.shape[1], : im.shape[2]] = im
-    return out, sizes
-
-
 class OnnxModel:
-    """An exported FastInst run by onnxruntime; `model(batch)` as `FastInst` in eval mode (see docs/DEVELOPING.md).
+    """An exported FastInst run by onnxruntime, with `FastInst`'s inference contract: `detect(images, ...)`,
+    `model(batch, ...)` as in eval mode, `cfg`, `num_classes`, `names`, `category_ids` (see docs/DEVELOPING.md).
 
     Fixed-size files take images up to their size: smaller ones are zero-padded to it (as PyTorch pads a batch to its
-    largest image), larger ones raise `FastInstError`. Fixed files run one image at a time.
+    largest image), larger ones raise `FastInstError`. Fixed files run one image at a time, dynamic ones a batch at a
+    time (padded to its largest image, as PyTorch).
     """
+
+    device = torch.device("cpu")  # outputs are CPU tensors (what `Predictor.device` reads)
 
     def __init__(
         self,
@@ -339,6 +394,8 @@ class OnnxModel:
         providers: list[str] | None = None,
         threads: int | None = None,
     ):
+        from .model.fastinst import class_metadata
+
         self.path = Path(path)
         if not self.path.is_file():
             raise FastInstError(f"{self.path}: no such ONNX file")
@@ -352,27 +409,73 @@ class OnnxModel:
             cfg = from_dict(json.loads(meta["fastinst.config"]))
         self.cfg = cfg
         self.num_classes = cfg.model.num_classes
+        names, ids = class_metadata(cfg)
+        self.names: list[str] = [str(n) for n in _json_list(meta, "fastinst.names", names, self.path)]
+        self.category_ids: list[int] = [int(i) for i in _json_list(meta, "fastinst.category_ids", ids, self.path)]
+        if len(self.names) != self.num_classes or len(self.category_ids) != self.num_classes:
+            raise FastInstError(
+                f"{self.path}: {len(self.names)} class names and {len(self.category_ids)} category ids in its "
+                f"metadata for {self.num_classes} classes"
+            )
         self.max_detections = 100
         self.size = _fixed_size(meta)
+        # TorchScript-exported dynamic files trace a fixed top-k size: they need enough stride-16 cells
+        self._needs_cells = self.size is None and meta.get("fastinst.exporter", "torchscript") == "torchscript"
 
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised padded (B, 3, H, W) -> pred_logits, pred_masks (torch tensors, CPU)."""
+        """Normalised padded (B, 3, H, W) -> pred_logits (B, Q, K+1), pred_masks (B, Q, H/8, W/8) (CPU tensors)."""
         logits, masks = self.session.run(list(OUTPUTS), {INPUT: images.float().contiguous().numpy()})
         return torch.from_numpy(logits), torch.from_numpy(masks)
 
-    def __call__(self, batch: list[dict]) -> list[dict]:
+    def __call__(
+        self, batch: list[dict], score_threshold: float = 0.0, max_detections: int | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """`FastInst.forward` in eval: items with `image` uint8 (3, h, w) already resized and `height`/`width` (the
+        size masks come back at) -> per item `masks` bool (n, H0, W0), `scores`, `labels`, `queries` (n,), best
+        first, n <= `max_detections` (default 100), every score >= `score_threshold`."""
+        k = max_detections or self.max_detections
         chunks = [batch] if self.size is None else [[d] for d in batch]
         results = []
-        for chunk in chunks:
-            images, sizes = normalize_and_pad(chunk, self.cfg, self.size)
-            if self.size is None and not _enough_cells(images.shape[-2:], self.cfg):
-                raise FastInstError(
-                    f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
-                    f"dynamic ONNX file (needs H/16 x W/16 >= {self.cfg.model.num_queries} queries)"
-                )
-            logits, masks = self.forward_raw(images)
-            padded = tuple(images.shape[-2:])
-            for i, d in enumerate(chunk):
-                original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
-                results.append(instances(logits[i], masks[i], padded, sizes[i], original, self.max_detections))
+        with torch.inference_mode():
+            for chunk in chunks:
+                images, sizes = self._preprocess(chunk)  # (B, 3, H, W), [(h, w)] before padding
+                logits, masks = self.forward_raw(images)  # (B, Q, K+1), (B, Q, H/8, W/8)
+                padded = (int(images.shape[-2]), int(images.shape[-1]))
+                for i, d in enumerate(chunk):
+                    original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
+                    results.append(instances(logits[i], masks[i], padded, sizes[i], original, k, score_threshold))
         return results
+
+    def _preprocess(self, chunk: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        try:
+            images, sizes = _pad_batch(self.cfg, chunk, self.size)
+        except ValueError as e:  # larger than the fixed input of this file
+            raise FastInstError(f"{self.path}: {e}; export with --dynamic or a larger --size") from None
+        if self._needs_cells and not _enough_cells(images.shape[-2:], self.cfg):
+            raise FastInstError(
+                f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
+                f"dynamic ONNX file (needs H/16 x W/16 >= {self.cfg.model.num_queries} queries)"
+            )
+        return images, sizes
+
+    def detect(
+        self, images: list[np.ndarray], score_threshold: float = 0.0, max_detections: int | None = None
+    ) -> list[dict[str, torch.Tensor]]:
+        """`FastInst.detect`: RGB uint8 images (H0, W0, 3) -> per image `masks` bool (n, H0, W0), `scores`,
+        `labels`, `queries` (n,), best first, through the same test resize, normalise + pad and post-processing."""
+        short, max_size = self.cfg.input.min_size_test, self.cfg.input.max_size_test
+        batch = [to_model_input(np.ascontiguousarray(im), short, max_size) for im in images]  # resized (3, h, w)
+        return self(batch, score_threshold=score_threshold, max_detections=max_detections)
+
+
+def _json_list(meta: dict[str, str], key: str, default: list[Any], path: Path) -> list[Any]:
+    """A JSON list stored under `key` in a file's metadata (`default` when absent)."""
+    if key not in meta:
+        return default
+    try:
+        value = json.loads(meta[key])
+    except ValueError:
+        value = None
+    if not isinstance(value, list):
+        raise FastInstError(f"{path}: its metadata {key!r} is not a JSON list")
+    return value

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import CheckpointError
+from .files import temp_path, write_text
 
 CHECKSUMS: dict[str, str] = {}
 """Release file name -> expected SHA-256 (hex). Empty: the official release does not publish checksums."""
@@ -60,12 +61,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def verify_cached(path: Path, expected: str | None = None) -> None:
     """Check a cached file against `expected` (or its `.sha256` sidecar); write the sidecar if there is none."""
     actual = sha256_file(path)
@@ -78,13 +73,13 @@ def verify_cached(path: Path, expected: str | None = None) -> None:
             "(corrupt or replaced file); delete it to download it again"
         )
     if expected or not words:
-        _write_text_atomic(sidecar, f"{actual}  {path.name}\n")
+        write_text(sidecar, f"{actual}  {path.name}\n")
 
 
 def download(url: str, dest: Path, expected: str | None = None, progress: bool = True, timeout: float = 30.0) -> Path:
     """Fetch `url` into `dest` through a temporary file; verify `expected` SHA-256 if given; write the sidecar."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    tmp = temp_path(dest)
     hint = f"download it yourself from {url} and pass --weights PATH"
     digest = hashlib.sha256()
     try:
@@ -115,7 +110,7 @@ def download(url: str, dest: Path, expected: str | None = None, progress: bool =
             f"downloaded {url} has SHA-256 {actual[:16]}..., expected {expected[:16]}...; "
             f"refusing it (corrupt or tampered). {hint[0].upper()}{hint[1:]}"
         )
-    _write_text_atomic(_sidecar(dest), f"{actual}  {dest.name}\n")
+    write_text(_sidecar(dest), f"{actual}  {dest.name}\n")
     os.replace(tmp, dest)
     return dest
 

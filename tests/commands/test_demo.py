@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 import fastinst.data.synthetic as synthetic
+import fastinst.engine.budget as budget
 from fastinst.cli import main
 from fastinst.commands import demo
-from fastinst.commands.demo import BudgetTrainer
 from fastinst.config import apply_overrides, get_config
+from fastinst.engine.budget import BudgetTrainer
 
 
 class FakeClock:
@@ -153,7 +154,7 @@ def test_demo_command_measures_the_budget_on_the_trainers_clock(tmp_path, monkey
             seen.update(kwargs)
             raise Built  # no need to train: what matters is what the command hands the trainer
 
-    monkeypatch.setattr(demo, "BudgetTrainer", Probe)
+    monkeypatch.setattr(budget, "BudgetTrainer", Probe)  # `demo.run` imports it from there when it runs
     with pytest.raises(Built):
         main(["demo", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"), "--budget", "62"])
     assert seen["clock"] is clock and seen["deadline"] == 1062.0

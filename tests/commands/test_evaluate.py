@@ -71,8 +71,10 @@ class FakeModel(torch.nn.Module):
     def __init__(self, ds):
         super().__init__()
         self.queue = list(ds.records)
+        self.num_classes = len(ds.names)
 
-    def inference(self, images):
+    def detect(self, images, score_threshold=0.0, max_detections=None):
+        assert score_threshold == 0.0 and max_detections == 100  # evaluation: the official 100 detections
         from makers import decoded
 
         rec = self.queue.pop(0)
@@ -89,17 +91,15 @@ class FakeModel(torch.nn.Module):
 
 
 def test_model_path_with_fake_model(tmp_path, data, monkeypatch, capsys):
-    import fastinst
-    import fastinst.checkpoint
+    import fastinst.factory
 
     root, ds = data
-    built = []
-    monkeypatch.setattr(fastinst, "build_model", lambda cfg: built.append(cfg) or FakeModel(ds))
-    monkeypatch.setattr(fastinst.checkpoint, "load_checkpoint", lambda model, path, strict=True: {})
+    loaded = []
+    monkeypatch.setattr(fastinst.factory, "load_model", lambda *a, **k: loaded.append(a) or FakeModel(ds))
     (tmp_path / "w.pth").write_bytes(b"x")
     out = tmp_path / "out"
     assert eval_cmd.run(_args(model="fastinst-demo", weights=tmp_path / "w.pth", data=root, output=out)) == 0
-    assert built[0].model.num_classes == 2  # the class count follows the data
+    assert loaded[0][0] == "fastinst-demo" and str(loaded[0][1]) == str(tmp_path / "w.pth")  # the one loader
     assert json.loads((out / "metrics.json").read_text())["AP"] == pytest.approx(100.0)
     assert len(json.loads((out / "predictions.json").read_text())) == 2
     capsys.readouterr()
@@ -126,6 +126,18 @@ def test_model_path_with_real_demo_model(tmp_path, data):
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["AP"] <= 100
+
+
+def test_checkpoint_for_another_class_count_is_refused_in_one_line(tmp_path, data, capsys):
+    import fastinst
+    from fastinst.cli import main
+
+    root, _ = data
+    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, tmp_path / "four.pth")  # 4 classes
+    argv = ["eval", "--model", "fastinst-demo", "--weights", str(tmp_path / "four.pth"), "--data", str(root)]
+    assert main([*argv, "--output", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "four.pth: the model has 4 classes" in err and "has 2" in err
 
 
 def test_errors_exit_2(tmp_path, data, capsys):

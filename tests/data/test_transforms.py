@@ -16,7 +16,6 @@ from fastinst.data.transforms import (
     polygons_to_mask,
     rle_to_mask,
     sample_plan,
-    test_transform,
     train_transform,
 )
 from fastinst.model.preprocess import resize_image, resize_shape
@@ -223,11 +222,3 @@ def test_instance_cropped_away_is_kept_empty():
             assert not masks[0].any()
             empty_seen = True
     assert empty_seen
-
-
-def test_test_transform():
-    img = _image(480, 640)
-    out = test_transform(img, InputConfig(min_size_test=576, max_size_test=777))
-    assert out.shape == (576, 768, 3)
-    np.testing.assert_array_equal(out, resize_image(img, (576, 768)))
-    assert test_transform(_image(300, 1200), InputConfig(min_size_test=640, max_size_test=853)).shape == (213, 853, 3)

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import COMPACT_FIXTURE
-from fastinst.engine.predictor import Predictor, Results, masks_to_boxes, parse_classes
+from fastinst.engine.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, Results, masks_to_boxes
 from fastinst.errors import FastInstError
+from fastinst.factory import load_model, parse_classes
 
 FIXTURE = COMPACT_FIXTURE  # in the repository: these tests always run
 
@@ -21,7 +22,8 @@ def demo():
     import fastinst
 
     torch.manual_seed(0)
-    return Predictor(fastinst.build_model("fastinst-demo"), names=["circle", "square", "triangle", "star"])
+    model = fastinst.build_model("fastinst-demo", ["model.class_names=[circle, square, triangle, star]"])
+    return Predictor(model)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,13 @@ def _same(a: Results, b: Results) -> None:
 def test_every_input_type_gives_the_same_result(demo, photo, tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(photo).save(path)
-    ref = demo.predict(photo)[0]
+    ref = demo.predict(photo, score_threshold=0.0)[0]
     assert ref.masks.shape[1:] == photo.shape[:2] and ref.masks.dtype == bool
     assert ref.scores.dtype == np.float32 and ref.labels.dtype == np.int64
     assert ref.path is None and np.array_equal(ref.image, photo)
     for source in (Image.fromarray(photo), str(path), path, torch.from_numpy(photo).permute(2, 0, 1).contiguous()):
-        _same(demo.predict(source)[0], ref)
-    many = demo.predict([photo, str(path), tmp_path])  # a folder expands to its images
+        _same(demo.predict(source, score_threshold=0.0)[0], ref)
+    many = demo.predict([photo, str(path), tmp_path], score_threshold=0.0)  # a folder expands to its images
     assert len(many) == 3 and many[1].path == path and many[2].path == path
     for r in many:
         _same(r, ref)
@@ -60,17 +62,20 @@ def test_sorted_filtered_and_capped(demo, photo):
     kept = demo.predict(photo, score_threshold=thr)[0]
     assert len(kept) >= 11 and kept.scores.min() >= thr
     assert len(full.filter(thr)) == len(kept)
-    assert len(demo.predict(photo, max_dets=5)[0]) == 5
-    assert full.names == [full.classes[i] for i in full.labels]
+    assert len(demo.predict(photo, score_threshold=0.0, max_dets=5)[0]) == 5
+    assert full.names == ["circle", "square", "triangle", "star"]  # the class list, as Ultralytics' `names`
+    assert full.instance_names == [full.names[i] for i in full.labels]
+    default = demo.predict(photo)[0]  # one default threshold for the API and the CLI
+    assert DEFAULT_SCORE_THRESHOLD == 0.3 and len(default) == int((full.scores >= 0.3).sum())
     assert len(full[:3]) == 3 and len(full[0]) == 1
 
 
 def test_half_precision_returns_float32(demo, photo):
-    half = Predictor(demo.model, demo.names, dtype="bf16")
+    half = Predictor(demo.model, dtype="bf16")
     r = half.predict(photo)[0]
     assert r.scores.dtype == np.float32 and r.masks.dtype == bool
     with pytest.raises(FastInstError, match="dtype"):
-        Predictor(demo.model, demo.names, dtype="int8")
+        Predictor(demo.model, dtype="int8")
 
 
 def test_boxes_from_masks():
@@ -114,9 +119,21 @@ def test_parse_classes(tmp_path):
         parse_classes(tmp_path / "missing.txt")
 
 
-def test_wrong_number_of_names(demo):
-    with pytest.raises(FastInstError, match="3 class names"):
-        Predictor(demo.model, ["a", "b", "c"])
+def test_wrong_number_of_names(tmp_path):
+    import fastinst
+
+    path = tmp_path / "demo.pth"
+    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)  # 4 classes, no config
+    with pytest.raises(FastInstError, match=r"3 class names given, but .* has 4 classes"):
+        load_model("fastinst-demo", path, "cpu", classes=["a", "b", "c"])
+    assert load_model("fastinst-demo", path, "cpu", classes="a,b,c,d").names == ["a", "b", "c", "d"]
+
+
+def test_save_writes_the_overlay_atomically(demo, photo, tmp_path):
+    r = demo.predict(photo, score_threshold=0.0)[0]
+    out = r.save(tmp_path / "overlay.png")
+    assert np.array_equal(np.asarray(Image.open(out)), r.plot())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png"]  # no temporary file left
 
 
 def test_default_names_are_coco():

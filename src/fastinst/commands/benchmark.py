@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastInstError
+from ._options import add_device, add_size
 
 BACKENDS = ("torch", "compile", "onnxruntime")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -43,14 +44,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", default="fastinst-d1-r50", help="variant name or alias (default fastinst-d1-r50)")
     p.add_argument("--weights", help="checkpoint (default: random init; timings do not depend on the weights)")
-    p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="input height and width, multiples of 32 (default: a 480x640 photo at the test size)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_size(p, "input height and width, multiples of 32 (default: a 480x640 photo at the test size)")
+    add_device(p)
     p.add_argument("--dtype", default="fp32", choices=DTYPES, help="autocast precision (default fp32)")
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile or onnxruntime")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms into convs first (model.fuse)")
@@ -166,29 +161,24 @@ def _onnx_backend(model, args, size, workdir: Path):
 def benchmark(args: argparse.Namespace) -> dict:
     import torch
 
-    from .. import build_model
-    from ..config import get_config
     from ..export import check_size, default_size
+    from ..factory import load_model, resolve_device
     from ..flops import count_flops
     from ..model.fuse import optimize_for_inference
 
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         raise FastInstError("--iters and --batch-size must be at least 1, --warmup at least 0")
-    if args.backend == "onnxruntime" and (args.dtype != "fp32" or args.device != "cpu"):
+    device = resolve_device(args.device)
+    if args.backend == "onnxruntime" and (args.dtype != "fp32" or device.type != "cpu"):
         raise FastInstError("--backend onnxruntime is benchmarked on --device cpu with --dtype fp32")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastInstError(f"device {args.device!r}: CUDA is not available on this machine (use --device cpu)")
     low = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    cfg = get_config(args.model)
+    with warnings.catch_warnings():  # random weights time the same as trained ones: no warning needed here
+        warnings.simplefilter("ignore")
+        model = load_model(args.model, args.weights, "cpu")
+    cfg = model.cfg
     size = check_size(args.size or default_size(cfg), cfg.model.size_divisibility)
-    model = build_model(cfg).eval()
-    if args.weights:
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, args.weights)
     with torch.no_grad():
         flops = count_flops(model, *size)
     params = sum(p.numel() for p in model.parameters())

@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-import torch
-
-from ..engine.trainer import Trainer
 
 
 def add_parser(sub) -> None:
@@ -39,56 +34,18 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. solver.base_lr=3e-4")
 
 
-class BudgetTrainer(Trainer):
-    """A `Trainer` whose schedule is fitted to a time budget while it runs.
-
-    Every 10 iterations until the LR step, `max_iter` is set to what the measured time per iteration (data loading
-    included) lets finish by `deadline` (a value of `clock`, `time.perf_counter` unless another clock is given),
-    capped at the configured `max_iter` and at least `min_iter`, and the LR step to `step_fraction` of it; after
-    the step the schedule is fixed. Iterations 0-1 are not timed (warm-up); the probe starts at iteration 2.
-    """
-
-    def __init__(
-        self,
-        *args,
-        deadline: float,
-        step_fraction: float = 0.8,
-        min_iter: int = 50,
-        clock: Callable[[], float] = time.perf_counter,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.deadline, self.step_fraction, self.min_iter = deadline, step_fraction, min_iter
-        self.clock = clock
-        self.cap = self.cfg.solver.max_iter
-        self._t0 = 0.0
-
-    def step(self, batch: list[dict]) -> dict[str, float]:
-        s, now = self.cfg.solver, self.clock()
-        if self.iteration == 2:  # iterations 0-1 warm up the allocator and thread pools
-            self._t0 = now
-        elif self.iteration > 2 and self.iteration % 10 == 0 and self.iteration < s.steps[0]:
-            per_iter = (now - self._t0) / (self.iteration - 2)
-            # a clock that did not move (too coarse) measures nothing: then only the cap limits the run
-            fit = self.iteration + int(max(self.deadline - now, 0.0) / per_iter) if per_iter > 0 else self.cap
-            s.max_iter = min(self.cap, max(self.min_iter, fit))
-            s.steps = (max(self.iteration, int(s.max_iter * self.step_fraction)),)
-            if self.bar is not None:
-                self.bar.total = s.max_iter
-                self.bar.refresh()
-        return super().step(batch)
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
     from PIL import Image
 
     from .. import build_model
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
-    from ..data.images import read_image
     from ..data.loader import build_train_loader
     from ..data.synthetic import ensure_synthetic_coco
-    from ..engine.evaluator import COCOEvaluator, write_report
+    from ..engine.budget import BudgetTrainer
+    from ..engine.evaluator import predict_dataset, write_report
+    from ..engine.trainer import Trainer
     from ..visualize import draw_instances
 
     start = time.time()
@@ -103,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     val = load_dataset(args.data, split="val")
     cfg = apply_overrides(get_config("fastinst-demo"), list(args.overrides or []))
     cfg.model.num_classes = len(train.names)
+    cfg.model.class_names = tuple(train.names)  # the checkpoint then names its classes
+    cfg.model.category_ids = tuple(train.category_ids)
     cfg.solver.seed = args.seed
     torch.manual_seed(args.seed)
     model = build_model(cfg)
@@ -126,19 +85,16 @@ def run(args: argparse.Namespace) -> int:
         f"{time.time() - start:.0f} s (lr x{cfg.solver.gamma} from iteration {cfg.solver.steps[0]})"
     )
 
-    model.eval()
-    evaluator = COCOEvaluator(val.coco, val.category_ids)
     overlays = out / "overlays"
     overlays.mkdir(exist_ok=True)
-    for n, rec in enumerate(val.records):
-        image = read_image(rec["file_name"])
-        res = model.inference([image])[0]
-        masks, scores, labels = (res["masks"].numpy(), res["scores"].numpy(), res["labels"].numpy())
-        evaluator.process(rec["image_id"], masks, scores, labels)
+
+    def draw_first(n: int, rec: dict, image, found: dict) -> None:
         if n < 8:
-            names = list(val.names)
-            art = draw_instances(image, masks, labels, scores, names, score_threshold=0.5)
+            found = {k: v.cpu().numpy() for k, v in found.items()}
+            art = draw_instances(image, found["masks"], found["labels"], found["scores"], list(val.names), 0.5)
             Image.fromarray(art).save(overlays / f"{Path(rec['file_name']).stem}.png")
+
+    evaluator = predict_dataset(model, val, visit=draw_first)
     metrics = evaluator.evaluate()
     write_report(metrics, out)
     print(f"overlays: {overlays}  curves: {out / 'curves.png'}  metrics: {out / 'metrics.json'}")

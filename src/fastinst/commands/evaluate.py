@@ -11,12 +11,12 @@ images are split over the processes and rank 0 scores everything.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 from ..errors import FastInstError
+from ._options import add_device, positive_int
 
 
 def add_parser(sub) -> None:
@@ -37,46 +37,30 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images of the split")
-
-
-def _read_image(path: str):
-    from ..data.images import read_image
-
-    return read_image(path)
+    add_device(p)
+    p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the split")
 
 
 def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int]]:
     """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks."""
-    import torch
-    from tqdm import tqdm
-
-    import fastinst
-
-    from .. import checkpoint
-    from ..config import get_config
     from ..engine import distributed as dist_utils
-    from ..engine.evaluator import COCOEvaluator
+    from ..engine.evaluator import predict_dataset as run_over
+    from ..factory import load_model, resolve_device
 
     if not args.weights:
-        raise FastInstError("--model needs --weights PATH (a checkpoint file)")
-    if not Path(args.weights).is_file():
-        raise FastInstError(f"{args.weights}: weights file not found")
-    rank, world, local = dist_utils.init_distributed(args.device)
-    device = f"cuda:{local}" if args.device.startswith("cuda") and world > 1 else args.device
-    cfg = get_config(args.model)
-    cfg.model.num_classes = len(dataset.names)
-    model = fastinst.build_model(cfg)
-    checkpoint.load_checkpoint(model, args.weights)
-    model.to(torch.device(device)).eval()
+        raise FastInstError("--model needs --weights PATH (a checkpoint file) or --weights official")
+    device = resolve_device(args.device)
+    _rank, world, local = dist_utils.init_distributed(device.type)
+    if device.type == "cuda" and world > 1:
+        device = resolve_device(f"cuda:{local}")
+    model = load_model(args.model, args.weights, device)
+    if model.num_classes != len(dataset.names):
+        raise FastInstError(
+            f"{args.weights}: the model has {model.num_classes} classes, {dataset.name} has {len(dataset.names)}"
+        )
+    workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
+    evaluator = run_over(model, dataset, args.max_images, progress=True, num_workers=workers)
     records = dataset.records[: args.max_images] if args.max_images else dataset.records
-    evaluator = COCOEvaluator(dataset.coco, dataset.category_ids)
-    with torch.inference_mode():
-        for rec in tqdm(records[rank::world], desc="eval", unit="img", disable=rank != 0):
-            out = model.inference([_read_image(rec["file_name"])])[0]
-            evaluator.process(rec["image_id"], out["masks"], out["scores"], out["labels"])
-    evaluator.gather()
     return evaluator.results, sorted({r["image_id"] for r in records})
 
 
@@ -84,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.datasets import load_dataset
     from ..engine import distributed as dist_utils
     from ..engine.evaluator import evaluate_results, write_report
+    from ..files import write_json
 
     if args.max_images is not None and args.max_images < 1:
         raise FastInstError("--max-images must be at least 1")
@@ -99,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if not dist_utils.is_main():
             return 0
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".predictions.tmp.json"
-        tmp.write_text(json.dumps(results), encoding="utf-8")
-        os.replace(tmp, out / "predictions.json")
+        write_json(out / "predictions.json", results)
         if args.max_images is None:
             image_ids = None  # the whole split: score against every ground-truth image, as pycocotools does
     metrics = evaluate_results(results, dataset.coco, image_ids=image_ids)

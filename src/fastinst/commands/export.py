@@ -8,10 +8,10 @@ Use the file with `fastinst predict --backend onnxruntime --onnx FILE`.
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from ..errors import FastInstError
+from ._options import add_size
 
 
 def add_parser(sub) -> None:
@@ -25,13 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", help="checkpoint file (default: random init, with a warning)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="fixed input size, multiples of 32 (default: a 480x640 photo at the test size, e.g. 576 768 for D1)",
-    )
+    add_size(size, "fixed input size, multiples of 32 (default: a 480x640 photo at the test size, e.g. 576 768 for D1)")
     size.add_argument("--dynamic", action="store_true", help="free batch, height and width")
     p.add_argument("--opset", type=int, default=17, choices=[17, 18], help="ONNX opset (default 17)")
     p.add_argument("--output", help="output file (default <model>.onnx)")
@@ -41,33 +35,28 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .. import build_model
-    from ..config import get_config
     from ..export import check_size, default_size, export_onnx, verify_onnx
+    from ..factory import load_model
 
-    cfg = get_config(args.model)
+    # a checkpoint from `fastinst train` brings its own config (classes, names, ids); no weights: random init, warned
+    model = load_model(args.model, args.weights, device="cpu")
+    cfg = model.cfg
     if args.size:
         check_size(args.size, cfg.model.size_divisibility)
-    model = build_model(cfg).eval()
-    if args.weights:
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, args.weights)
-    else:
-        warnings.warn(f"{cfg.name}: no --weights given, exporting a randomly initialised model", stacklevel=1)
     image = None
     if args.image:
         from ..data.images import read_image
 
         image = read_image(args.image)
     output = Path(args.output or f"{cfg.name}.onnx")
-    torch.set_grad_enabled(False)
-    export_onnx(model, output, size=tuple(args.size) if args.size else None, dynamic=args.dynamic, opset=args.opset)
-    try:
-        diff = verify_onnx(model, output, image)
-    except FastInstError:
-        print(f"wrote {output} (failed the parity check)")
-        raise
+    size = (int(args.size[0]), int(args.size[1])) if args.size else None
+    with torch.no_grad():
+        export_onnx(model, output, size=size, dynamic=args.dynamic, opset=args.opset)
+        try:
+            diff = verify_onnx(model, output, image)
+        except FastInstError:
+            print(f"wrote {output} (failed the parity check)")
+            raise
     kind = "dynamic" if args.dynamic else "x".join(map(str, args.size or default_size(cfg)))
     print(f"wrote {output} ({kind}, opset {args.opset}, {output.stat().st_size / 1e6:.1f} MB)")
     print(f"onnxruntime vs PyTorch: max abs diff {diff:.3g}")

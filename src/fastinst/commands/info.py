@@ -1,9 +1,19 @@
-"""`fastinst info MODEL [--size H W]`: parameters (total and per part) and GFLOPs (fvcore convention)."""
+"""`fastinst info --model NAME [--size H W]`: parameters (total and per part) and GFLOPs (fvcore convention).
+
+`fastinst info NAME` (the model as a positional argument) still works and prints a deprecation note on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
+
+from ..errors import FastInstError
+from ._options import add_size
+
+DEFAULT_MODEL = "fastinst-d1-r50"
 
 
 def add_parser(sub) -> None:
@@ -12,14 +22,13 @@ def add_parser(sub) -> None:
         help="parameters and GFLOPs of a variant",
         description="Parameters per part and GFLOPs (one multiply-add = one flop, DCN included).",
     )
-    p.add_argument("model", help="variant name or alias, e.g. fastinst-d1-r50 (use 'all' for every published one)")
     p.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        help="input height and width (default: the variant's test size on a 4:3 image)",
+        "--model",
+        help=f"variant name, alias or YAML config; 'all' for every published variant (default {DEFAULT_MODEL})",
     )
+    # the old spelling `fastinst info NAME`, kept working but hidden from --help
+    p.add_argument("positional_model", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
+    add_size(p, "input height and width (default: the variant's test size on a 4:3 image)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -27,11 +36,13 @@ def model_info(name: str, size: tuple[int, int] | None = None) -> dict:
     import torch
 
     from .. import build_model
-    from ..config import get_config
+    from ..config import config_file, get_config
     from ..flops import count_flops
     from ..model.preprocess import resize_shape
 
     cfg = get_config(name)
+    user_yaml = name.endswith((".yaml", ".yml")) and Path(name).is_file()
+    source = Path(name).resolve() if user_yaml else config_file(cfg.name)
     model = build_model(cfg)
     if size is None:  # a 480x640 (COCO-typical) photo at the variant's test resize
         size = resize_shape(480, 640, cfg.input.min_size_test, cfg.input.max_size_test)
@@ -42,20 +53,36 @@ def model_info(name: str, size: tuple[int, int] | None = None) -> dict:
     }
     params = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
     params["total"] = sum(p.numel() for p in model.parameters())
-    torch.set_grad_enabled(False)
-    flops = count_flops(model, *size)
+    with torch.no_grad():  # not set_grad_enabled(False): `run` is called in-process by tests and the Python API
+        flops = count_flops(model, *size)
     return {
         "model": cfg.name,
+        "config": str(source),
         "size": list(size),
         "params": params,
         "gflops": {k: round(v / 1e9, 2) for k, v in flops.items()},
     }
 
 
+def model_name(args: argparse.Namespace) -> str:
+    """`--model`, or the deprecated positional NAME (with a note on stderr), or the default."""
+    if args.positional_model is None:
+        return args.model or DEFAULT_MODEL
+    if args.model is not None:
+        raise FastInstError(f"model given twice ({args.positional_model!r} and --model {args.model!r}); use --model")
+    print(
+        f"note: `fastinst info {args.positional_model}` is deprecated; use `fastinst info --model "
+        f"{args.positional_model}`",
+        file=sys.stderr,
+    )
+    return args.positional_model
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import PUBLISHED
 
-    names = PUBLISHED if args.model == "all" else [args.model]
+    name = model_name(args)
+    names = PUBLISHED if name == "all" else [name]
     for name in names:
         info = model_info(name, tuple(args.size) if args.size else None)
         if args.json:
@@ -63,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         h, w = info["size"]
         print(f"{info['model']}  (input {h}x{w})")
+        print(f"  config {info['config']}")
         print(f"  {'part':<15}{'params':>14}{'GFLOPs':>10}")
         for part in ("backbone", "pixel_decoder", "decoder", "postprocess", "total"):
             p = info["params"].get(part)

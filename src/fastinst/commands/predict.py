@@ -9,18 +9,12 @@ named directly on the command line is an error.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FastInstError
-
-if TYPE_CHECKING:
-    from av.video.stream import VideoStream
+from ._options import add_device
 
 THRESHOLD_HELP = (
     "keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
@@ -50,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--score-threshold", type=float, default=0.3, help=THRESHOLD_HELP)
     p.add_argument("--max-dets", type=int, default=100, help="at most this many instances per image (default 100)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_device(p)
     p.add_argument(
         "--dtype",
         default="fp32",
@@ -79,33 +73,34 @@ def add_parser(sub) -> None:
 
 
 def build_predictor(args: argparse.Namespace):
-    from ..engine.predictor import Predictor, parse_classes
+    """The one loader (`fastinst.factory.load_model`) for PyTorch, or an exported ONNX file, in a `Predictor`."""
+    from ..engine.predictor import Predictor
 
     if args.batch_size < 1 or args.max_dets < 1:
         raise FastInstError("--batch-size and --max-dets must be at least 1")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise FastInstError(f"--score-threshold {args.score_threshold:g}: must be between 0 and 1")
     if args.backend == "torch":
+        from ..factory import load_model
+
         if args.weights is None:
             raise FastInstError("pass --weights PATH (a checkpoint) or --weights official (download the release)")
-        return Predictor.from_name(
-            args.model, weights=args.weights, device=args.device, dtype=args.dtype, classes=args.classes
-        )
+        return Predictor(load_model(args.model, args.weights, args.device, args.classes), dtype=args.dtype)
     if not args.onnx:
         raise FastInstError("--backend onnxruntime needs --onnx FILE (made by `fastinst export`)")
-    names, ids = parse_classes(args.classes)
     try:
         from ..export import OnnxModel
-
-        try:
-            model = OnnxModel(args.onnx)  # files from `fastinst export` carry their config
-        except FastInstError as e:
-            if "no config in its metadata" not in str(e):
-                raise
-            from ..config import get_config
-
-            model = OnnxModel(args.onnx, cfg=get_config(args.model))
     except ImportError as e:
-        raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[export]'") from None
-    return Predictor(model, names, ids, device=args.device, dtype=args.dtype)
+        raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[onnx]'") from None
+    model = OnnxModel(args.onnx)  # files from `fastinst export` carry their config and class names
+    if args.classes:
+        from ..factory import parse_classes
+
+        names, ids = parse_classes(args.classes)
+        if names is not None and len(names) != model.num_classes:
+            raise FastInstError(f"{len(names)} class names given, but {args.onnx} has {model.num_classes} classes")
+        model.names, model.category_ids = list(names or model.names), list(ids or range(1, model.num_classes + 1))
+    return Predictor(model, dtype=args.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -115,100 +110,27 @@ def build_predictor(args: argparse.Namespace):
 
 def collect_sources(sources: list[str]) -> list[tuple[Path, bool]]:
     """SOURCE arguments -> [(file, lenient)]: files found in folders/globs are lenient (skipped when unreadable)."""
-    from ..engine.predictor import IMAGE_SUFFIXES, VIDEO_SUFFIXES, expand_path
+    from ..data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images
 
+    media = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     out: list[tuple[Path, bool]] = []
     for source in sources:
         path = Path(source)
         if path.is_file():
             out.append((path, False))
         elif path.is_dir():
-            found = expand_path(path, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+            found = list_images(path, kinds=media)
             if not found:
                 raise FastInstError(f"{path}: folder holds no image or video files")
             out += [(p, True) for p in found]
         elif path.exists():
             raise FastInstError(f"{path}: not a regular file")
         else:
-            found = expand_path(source, IMAGE_SUFFIXES + VIDEO_SUFFIXES)
-            if found == [path]:
-                raise FastInstError(f"{path}: no such file or folder")
+            found = list_images(source, kinds=media)  # a glob; raises for a path that does not exist
+            if not found:
+                raise FastInstError(f"{source}: the pattern matches no image or video file")
             out += [(p, True) for p in found]
     return out
-
-
-def _atomic_target(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    tmp = _atomic_target(path)
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def save_json(obj, path: Path) -> None:
-    tmp = _atomic_target(path)
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
-class VideoWriter:
-    """Overlay frames -> an H.264 (or MPEG-4 part 2) MP4 via PyAV, under a temporary name until `close()`."""
-
-    def __init__(self, path: Path, fps: float):
-        import av
-
-        self.path, self.tmp = path, _atomic_target(path)
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
-        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
-        self.stream: VideoStream | None = None
-        self.frames = 0
-
-    def _open(self, h: int, w: int) -> VideoStream:
-        import av
-
-        for codec in ("libx264", "mpeg4"):
-            try:
-                av.codec.Codec(codec, "w")
-            except (av.FFmpegError, ValueError):
-                continue
-            stream = self.container.add_stream(codec, rate=self.rate)
-            break
-        else:
-            raise FastInstError("PyAV has no H.264 or MPEG-4 encoder; cannot write overlay videos")
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        self.stream = stream
-        return stream
-
-    def write(self, frame: np.ndarray) -> None:
-        import av
-
-        h, w = frame.shape[:2]
-        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        stream = self.stream if self.stream is not None else self._open(*frame.shape[:2])
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-            self.container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self.stream is not None:
-            for packet in self.stream.encode():
-                self.container.mux(packet)
-        self.container.close()
-        if self.frames:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _unique(path: Path, used: set[Path]) -> Path:
@@ -253,12 +175,10 @@ class _Run:
 
     def images_batch(self, batch: list[tuple[np.ndarray, Path]], ids: dict[Path, int] | None) -> None:
         a = self.args
-        results = self.predictor.predict(
-            [im for im, _ in batch], batch_size=len(batch), score_threshold=a.score_threshold, max_dets=a.max_dets
-        )
-        for r, (_, path) in zip(results, batch, strict=True):
-            r.path = path
-            save_png(r.plot(a.score_threshold), _unique(self.out / f"{path.stem}.png", self.used))
+        images, paths = [im for im, _ in batch], [p for _, p in batch]
+        results = self.predictor.predict_batch(images, paths, a.score_threshold, a.max_dets)
+        for r, path in zip(results, paths, strict=True):
+            r.save(_unique(self.out / f"{path.stem}.png", self.used))
             if a.save_json:
                 image_id = ids[path] if ids else self._new_id()
                 self.entries += r.to_coco(image_id)
@@ -299,6 +219,7 @@ class _Run:
         from tqdm import tqdm
 
         from ..engine.predictor import video_rate
+        from ..engine.writers import VideoWriter
 
         a = self.args
         try:
@@ -313,7 +234,7 @@ class _Run:
         bar = tqdm(total=total, unit="frame", desc=path.name, disable=not self.progress)
         try:
             for n, r in enumerate(self.predictor.predict_video(path, a.batch_size, a.score_threshold, a.max_dets)):
-                writer.write(r.plot(a.score_threshold))
+                writer.write(r.plot())
                 if a.save_json:
                     self.entries += [dict(e, frame=n) for e in r.to_coco(self._new_id())]
                 self.frames += 1
@@ -333,14 +254,15 @@ class _Run:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.predictor import VIDEO_SUFFIXES
+    from ..data.images import is_video
+    from ..files import write_json
 
     files = collect_sources(args.sources)
     predictor = build_predictor(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    images = [(p, lenient) for p, lenient in files if p.suffix.lower() not in VIDEO_SUFFIXES]
-    videos = [(p, lenient) for p, lenient in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    images = [(p, lenient) for p, lenient in files if not is_video(p)]
+    videos = [(p, lenient) for p, lenient in files if is_video(p)]
     progress = any(lenient for _, lenient in files) or bool(videos)
     state = _Run(args, predictor, out, progress)
     if images:
@@ -348,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     for path, lenient in videos:
         state.run_video(path, lenient)
     if args.save_json:
-        save_json(state.entries, out / "predictions.json")
+        write_json(out / "predictions.json", state.entries)
     parts = [f"{state.images} image{'s' * (state.images != 1)}"]
     if videos:
         parts.append(f"{state.frames} video frames")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
+from ._options import add_device
 
 
 def add_parser(sub) -> None:
@@ -24,13 +24,15 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", help="initial weights: a FastInst checkpoint or an ImageNet backbone file")
     p.add_argument("--output", default="runs/train", help="output folder (checkpoints, metrics, curves)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pth if it exists")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device(p)
     p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. solver.max_iter=1000")
 
 
 def build_training(args: argparse.Namespace):
     """-> (cfg, model, train dataset, val dataset | None) with the class count taken from the data."""
+    import torch
+
     from .. import build_model
     from ..checkpoint import load_backbone, load_checkpoint, read_state_dict
     from ..config import apply_overrides, get_config
@@ -42,6 +44,8 @@ def build_training(args: argparse.Namespace):
     if len(train.names) != cfg.model.num_classes:
         print(f"note: {args.data} has {len(train.names)} classes; setting model.num_classes={len(train.names)}")
         cfg.model.num_classes = len(train.names)
+    cfg.model.class_names = tuple(str(n) for n in train.names)  # saved with the config in every checkpoint
+    cfg.model.category_ids = tuple(int(i) for i in train.category_ids)
     val = None
     if args.val_split:
         try:
@@ -61,23 +65,12 @@ def build_training(args: argparse.Namespace):
 
 def make_evaluator(model_cfg, val, max_images: int | None = None):
     """A function model -> COCO mask metrics on `val` (sharded over DDP ranks, gathered on rank 0)."""
-    from ..data.images import read_image
     from ..engine import distributed as dist_utils
-    from ..engine.evaluator import COCOEvaluator
+    from ..engine.evaluator import predict_dataset
 
     def evaluate(model) -> dict:
-        records = val.records[:max_images] if max_images else val.records
-        records = records[dist_utils.rank() :: dist_utils.world_size()]
-        evaluator = COCOEvaluator(val.coco, val.category_ids)
-        for rec in records:
-            out = model.inference([read_image(rec["file_name"])])[0]
-            evaluator.process(
-                rec["image_id"], out["masks"].cpu().numpy(), out["scores"].cpu().numpy(), out["labels"].cpu().numpy()
-            )
-        evaluator.gather()
-        if not dist_utils.is_main():
-            return {}
-        return evaluator.evaluate()
+        evaluator = predict_dataset(model, val, max_images)
+        return evaluator.evaluate() if dist_utils.is_main() else {}
 
     return evaluate
 
@@ -86,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from ..data.loader import build_train_loader
     from ..engine import distributed as dist_utils
     from ..engine.trainer import Trainer
+    from ..factory import resolve_device
 
-    rank, world, local = dist_utils.init_distributed(args.device)
-    device = f"cuda:{local}" if args.device.startswith("cuda") else args.device
+    kind = resolve_device(args.device)
+    rank, world, local = dist_utils.init_distributed(kind.type)
+    device = f"cuda:{local}" if kind.type == "cuda" and world > 1 else str(kind)
     cfg, model, train, val = build_training(args)
     per_rank = max(1, cfg.solver.ims_per_batch // world)
     if dist_utils.is_main():

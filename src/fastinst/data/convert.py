@@ -6,12 +6,12 @@ gives back the same masks. Segmentations are kept as loaded (polygons or RLE) un
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from pycocotools import mask as mask_util
 
+from ..files import write_json
 from .datasets import InstanceDataset
 
 
@@ -35,11 +35,7 @@ def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: 
         "annotations": annotations,
         "categories": dataset.coco["categories"],
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, out)
-    return out
+    return write_json(out, data)
 
 
 def _as_rle(seg: list | dict, h: int, w: int) -> dict:

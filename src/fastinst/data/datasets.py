@@ -24,9 +24,8 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from ..errors import DatasetError
-from .images import PIL_ERRORS
+from .images import PIL_ERRORS, is_image_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SHORT_NAMES = {"coco": "coco", "cityscapes": "cityscapes", "ade20k": "ADEChallengeData2016"}
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
@@ -317,11 +316,17 @@ def image_size(path: Path) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
+def masks_to_rles(masks: np.ndarray) -> list[dict]:
+    """bool (N, H, W) masks -> N compressed COCO RLEs with int `size` and str `counts` (JSON-ready)."""
+    if len(masks) == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(np.asarray(masks, dtype=bool).transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
 def mask_to_rle(mask: np.ndarray) -> dict:
     """A bool (H, W) mask as compressed COCO RLE with a str `counts` (JSON-ready)."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return masks_to_rles(np.asarray(mask)[None])[0]
 
 
 def _rle_annotation(mask: np.ndarray, ann_id: int, image_id: int, category_id: int, iscrowd: int) -> dict:
@@ -663,7 +668,7 @@ def _yolo_root(cfg: dict, yaml_path: Path) -> Path:
 
 def _yolo_images(p: Path, yaml_path: Path) -> list[Path]:
     if p.is_dir():
-        return [f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        return [f for f in p.rglob("*") if is_image_file(f) and f.is_file()]
     if p.is_file() and p.suffix == ".txt":
         out = []
         for line in _read_text(p).splitlines():

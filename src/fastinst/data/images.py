@@ -313,7 +313,7 @@ def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     return np.array(out, dtype=np.uint8, order="C")  # always a fresh array the caller may modify
 
 
-def list_images(source: str | Path, recursive: bool = False) -> list[Path]:
+def list_images(source: str | Path, recursive: bool = False, kinds: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """The image files named by `source`: a file (returned as is, whatever its extension), a folder (its image
     files, sorted, subfolders too when `recursive`), or a glob pattern (matching image files, sorted; ``**``
     honoured when `recursive`). Hidden files (``.name``) are skipped. An empty folder or a glob that matches
@@ -324,10 +324,12 @@ def list_images(source: str | Path, recursive: bool = False) -> list[Path]:
         return [p]
     if p.is_dir():
         files = p.rglob("*") if recursive else p.iterdir()
-        return sorted(f for f in files if f.is_file() and is_image_file(f) and not f.name.startswith("."))
+        return sorted(f for f in files if f.is_file() and f.suffix.lower() in kinds and not f.name.startswith("."))
     if _GLOB_CHARS & set(text):
         hits = glob.glob(str(Path(text).expanduser()), recursive=recursive)
         return sorted(
-            Path(h) for h in hits if Path(h).is_file() and is_image_file(h) and not Path(h).name.startswith(".")
+            Path(h)
+            for h in hits
+            if Path(h).is_file() and Path(h).suffix.lower() in kinds and not Path(h).name.startswith(".")
         )
     raise ImageReadError(f"{source}: no such file or folder")

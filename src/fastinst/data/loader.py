@@ -262,8 +262,8 @@ def build_test_loader(
     reader: Callable[[str], np.ndarray] = read_image,
 ) -> DataLoader:
     """Iterable of ``(record, uint8 (H0, W0, 3) original image)`` in record order, decoded in `num_workers`
-    processes (default ``cfg.solver.num_workers``, or 0). Images are not resized: the model's `inference` applies
-    the test resize (`transforms.test_transform` is the same operation for callers that want it here)."""
+    processes (default ``cfg.solver.num_workers``, or 0). Images are not resized: the model's `detect` applies the
+    test resize."""
     if num_workers is None:
         num_workers = cfg.solver.num_workers if cfg is not None else 0
     return DataLoader(

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
+
+from ..files import write_json
+from .datasets import mask_to_rle
 
 __all__ = [
     "CATEGORY_NAMES",
@@ -167,8 +169,7 @@ def render_sample(
 
 
 def _annotation(mask: np.ndarray) -> dict[str, Any]:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = mask_to_rle(mask)
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     bbox = [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)]
@@ -202,10 +203,7 @@ def _write_split(root: Path, split: str, count: int, image_size: int, seed: int)
     }
     ann_path = root / "annotations" / f"instances_{split}.json"
     ann_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ann_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    tmp.replace(ann_path)
-    return ann_path
+    return write_json(ann_path, coco)
 
 
 def _paths(root: Path) -> dict[str, Any]:

@@ -47,7 +47,6 @@ __all__ = [
     "polygons_to_mask",
     "rle_to_mask",
     "sample_plan",
-    "test_transform",
     "to_tensor_image",
     "train_transform",
 ]
@@ -214,15 +213,6 @@ def train_transform(
     return out, labels, masks
 
 
-def test_transform(image: np.ndarray, cfg: InputConfig) -> np.ndarray:
-    """Test-time ResizeShortestEdge(min_size_test, max_size_test) with PIL bilinear on uint8."""
-    h, w = image.shape[:2]
-    return resize_image(image, resize_shape(h, w, cfg.min_size_test, cfg.max_size_test))
-
-
 def to_tensor_image(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) array -> uint8 (3, H, W) tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-
-
-test_transform.__test__ = False  # type: ignore[attr-defined]  # not a pytest test when imported into test modules

@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..errors import DatasetError
+from ..files import atomic_path
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -89,14 +90,16 @@ class COCOEvaluator:
         self.image_ids.append(image_id)
         if not len(masks):
             return
-        rles = mask_util.encode(np.asfortranarray(masks.astype(bool).transpose(1, 2, 0).astype(np.uint8)))
-        boxes = mask_util.toBbox(rles)
+        from ..data.datasets import masks_to_rles
+
+        rles = masks_to_rles(masks)
+        boxes = mask_util.toBbox([dict(r, counts=r["counts"].encode("ascii")) for r in rles])
         for rle, box, score, label in zip(rles, boxes, scores, labels, strict=True):
             self.results.append(
                 {
                     "image_id": image_id,
                     "category_id": self.category_ids[int(label)],
-                    "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "segmentation": rle,
                     "bbox": [float(v) for v in box],
                     "score": float(score),
                 }
@@ -117,6 +120,39 @@ class COCOEvaluator:
         """COCO segm metrics over `image_ids` (default: the processed images, or all when none was processed)."""
         ids = image_ids if image_ids is not None else (sorted(set(self.image_ids)) or None)
         return evaluate_results(self.results, self.coco, image_ids=ids, verbose=verbose)
+
+
+def predict_dataset(
+    model: Any,
+    dataset: Any,
+    max_images: int | None = None,
+    progress: bool = False,
+    visit: Any = None,
+    num_workers: int = 0,
+) -> COCOEvaluator:
+    """Run `model.detect` over a dataset split (this rank's share under torch.distributed) into a `COCOEvaluator`
+    that holds every rank's results. `visit(n, record, image, instances)` sees each image (e.g. to draw overlays).
+
+    Evaluation keeps the official 100 detections with no score threshold (what COCO mask AP is computed on).
+    Images are decoded in `num_workers` processes (`fastinst.data.loader.build_test_loader`).
+    """
+    from tqdm import tqdm
+
+    from ..data.loader import build_test_loader
+    from . import distributed as dist_utils
+
+    records = dataset.records[:max_images] if max_images else dataset.records
+    evaluator = COCOEvaluator(dataset.coco, dataset.category_ids)
+    mine = records[dist_utils.rank() :: dist_utils.world_size()]
+    loader = build_test_loader(mine, num_workers=num_workers)  # (record, (H, W, 3) uint8 RGB) in order
+    bar = tqdm(loader, total=len(mine), desc="eval", unit="img", disable=not progress or not dist_utils.is_main())
+    for n, (rec, image) in enumerate(bar):
+        out = model.detect([image], score_threshold=0.0, max_detections=100)[0]
+        evaluator.process(rec["image_id"], out["masks"], out["scores"], out["labels"])
+        if visit is not None:
+            visit(n, rec, image, out)
+    evaluator.gather()
+    return evaluator
 
 
 def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
@@ -205,22 +241,22 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
     """`metrics.json` (NaN as null) and `pr_curve_iou50.png` / `pr_curve_iou75.png` in `out_dir`; -> metrics path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "metrics.json"
+    _atomic_write(target, lambda p: p.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8"))
+    # the curves need the `plots` extra; without it the metrics are written and the CLI names the extra
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "metrics.json"
-    _atomic_write(target, lambda p: p.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8"))
     for key, label in (("iou50", "0.50"), ("iou75", "0.75")):
         curve = metrics.get("pr_curves", {}).get(key)
         if not curve:

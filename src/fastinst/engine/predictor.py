@@ -1,21 +1,19 @@
-"""Inference on images: `Predictor` turns arrays / PIL images / paths / tensors into `Results`.
+"""Inference on images: `Predictor` turns arrays / PIL images / paths / tensors / videos into `Results`.
 
-    predictor = fastinst.load("fastinst-d1-r50", weights="official")          # or Predictor(model, names)
-    for r in predictor.predict(["a.jpg", "b.jpg"], score_threshold=0.3):
-        print(r.names, r.scores, r.boxes)                                     # per instance
-        Image.fromarray(r.plot()).save("a_overlay.png")
+    predictor = fastinst.load("fastinst-d1-r50", weights="official")       # or Predictor(fastinst.load_model(...))
+    for r in predictor.predict(["a.jpg", "b.jpg"]):                        # score >= 0.3 by default
+        print(r.instance_names, r.scores, r.boxes)                         # per instance
+        r.save("a_overlay.png")                                            # or r.plot() -> RGB array
 
-Pre- and post-processing are exactly the model's: `fastinst.model.preprocess.to_model_input` with the variant's test
-size, then `model(batch)` in eval mode, which returns masks at each image's original size. FastInst always returns its
-100 best (query, class) pairs, most of them with scores near zero: filter them with `score_threshold`.
+The Predictor only reads sources and wraps results: the model owns image -> instances (`FastInst.detect`: resize,
+normalise + pad, network, post-processing at each image's own size; `OnnxModel.detect` for an exported file).
+Writers for overlays, COCO JSON and videos are in `fastinst.engine.writers`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,6 @@ from torch import nn
 
 from ..errors import FastInstError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -60,7 +56,7 @@ class Results:
     masks: np.ndarray  # bool (N, H, W)
     scores: np.ndarray  # float32 (N,)
     labels: np.ndarray  # int64 (N,) contiguous class indices
-    classes: list[str]  # every class name, in contiguous order
+    names: list[str]  # the model's class names, by contiguous class index (as Ultralytics' `names`)
     category_ids: list[int] | None = None  # contiguous index -> the dataset's own category id
     path: Path | None = None
     _boxes: np.ndarray | None = field(default=None, repr=False)
@@ -77,15 +73,15 @@ class Results:
             self.masks[index],
             self.scores[index],
             self.labels[index],
-            self.classes,
+            self.names,
             self.category_ids,
             self.path,
         )
 
     @property
-    def names(self) -> list[str]:
+    def instance_names(self) -> list[str]:
         """Class name of each instance."""
-        return [self.classes[int(i)] for i in self.labels]
+        return [self.names[int(i)] for i in self.labels]
 
     @property
     def boxes(self) -> np.ndarray:
@@ -98,20 +94,27 @@ class Results:
         """The instances scoring at least `score_threshold`."""
         return self[self.scores >= score_threshold]
 
-    def plot(self, score_threshold: float = 0.3) -> np.ndarray:
+    def plot(self, score_threshold: float = 0.0) -> np.ndarray:
         """uint8 RGB overlay of the instances scoring at least `score_threshold` (masks, boxes, class, score)."""
         from ..visualize import draw_instances
 
-        return draw_instances(self.image, self.masks, self.labels, self.scores, list(self.classes), score_threshold)
+        return draw_instances(self.image, self.masks, self.labels, self.scores, list(self.names), score_threshold)
+
+    def save(self, path: str | Path, score_threshold: float = 0.0) -> Path:
+        """Write the overlay (`plot`) as an image file (format from the suffix, e.g. .png), atomically -> the path."""
+        from .writers import save_image
+
+        return save_image(self.plot(score_threshold), path)
 
     def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
         """COCO results entries: image_id, file_name, category_id (dataset ids), RLE segmentation, XYWH bbox, score."""
-        from pycocotools import mask as mask_util
 
-        ids = list(category_ids or self.category_ids or default_category_ids(len(self.classes)))
+        ids = list(category_ids or self.category_ids or range(1, len(self.names) + 1))
         if len(self) == 0:
             return []
-        rles = mask_util.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
+        from ..data.datasets import masks_to_rles
+
+        rles = masks_to_rles(self.masks)
         file_name = str(self.path) if self.path is not None else ""
         out = []
         for k, rle in enumerate(rles):
@@ -121,7 +124,7 @@ class Results:
                     "image_id": int(image_id),
                     "file_name": file_name,
                     "category_id": int(ids[int(self.labels[k])]),
-                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+                    "segmentation": rle,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": float(self.scores[k]),
                 }
@@ -134,41 +137,18 @@ class Results:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def default_category_ids(num_classes: int) -> list[int]:
-    """COCO's 80 ids for an 80-class model, otherwise 1..num_classes."""
-    from ..data.coco_classes import COCO_CATEGORY_IDS
-
-    return list(COCO_CATEGORY_IDS) if num_classes == 80 else list(range(1, num_classes + 1))
-
-
-def default_names(num_classes: int) -> list[str]:
-    from ..data.coco_classes import COCO_NAMES
-
-    return list(COCO_NAMES) if num_classes == 80 else [f"class{i}" for i in range(num_classes)]
-
-
-def expand_path(source: str | Path, kinds: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """A file, a folder (its files with a suffix in `kinds`, sorted, not recursive) or a glob pattern -> paths."""
-    path = Path(source)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in kinds)
-    if path.exists() or not glob.has_magic(str(source)):
-        return [path]
-    matches = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
-    files = [p for p in matches if p.is_file() and p.suffix.lower() in kinds]
-    if not files:
-        raise FastInstError(f"{source}: the pattern matches no {'/'.join(s[1:] for s in kinds[:4])}... file")
-    return files
-
-
 def _flatten(source: Any) -> list[tuple[Any, Path | None]]:
     """Any accepted input (or list of them) -> [(array/PIL/tensor or path, path or None)]."""
     if isinstance(source, (list, tuple)):
         return [item for s in source for item in _flatten(s)]
     if isinstance(source, (str, Path)):
-        paths = expand_path(source)
+        from ..data.images import is_video, list_images
+
+        paths = list_images(source)
+        if not paths:
+            raise FastInstError(f"{source}: no image files found")
         for p in paths:
-            if p.suffix.lower() in VIDEO_SUFFIXES:
+            if is_video(p):
                 raise FastInstError(f"{p}: is a video; use Predictor.predict_video or `fastinst predict`")
         return [(p, p) for p in paths]
     if isinstance(source, np.ndarray) and source.ndim == 4:
@@ -187,189 +167,87 @@ def load_image(item: Any) -> np.ndarray:
     return to_rgb_array(item)
 
 
-def parse_classes(spec: str | Path | Iterable[str] | None) -> tuple[list[str] | None, list[int] | None]:
-    """Class names (and dataset category ids when known) from a list, a text file (one name a line), a COCO json
-    (its `categories`, by id) or a comma-separated string. None -> (None, None)."""
-    if spec is None:
-        return None, None
-    if not isinstance(spec, (str, Path)):
-        return [str(n) for n in spec], None
-    path = Path(spec)
-    if path.is_file():
-        if path.suffix.lower() == ".json":
-            import json
-
-            try:
-                cats = sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])
-                return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise FastInstError(f"{path}: not a COCO json with categories ({type(e).__name__}: {e})") from None
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        names = [ln for ln in lines if ln and not ln.startswith("#")]
-    elif str(spec).endswith((".txt", ".json")):
-        raise FastInstError(f"{spec}: no such classes file")
-    else:
-        names = [n.strip() for n in str(spec).split(",") if n.strip()]
-    if not names:
-        raise FastInstError(f"{spec}: no class names found")
-    return names, None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Predictor
 # ---------------------------------------------------------------------------------------------------------------------
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FastInstError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FastInstError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
-    return dev
+DEFAULT_SCORE_THRESHOLD = 0.3
+"""One default for the CLI and the API: FastInst always proposes its 100 best (query, class) pairs and most score
+near zero. COCO evaluation uses 0 (the official 100 detections), which `fastinst eval` does by itself."""
 
 
 class Predictor:
-    """Wraps a FastInst model (or anything with its eval `__call__(batch) -> list[dict]` contract, e.g. OnnxModel)."""
+    """Runs a model with the inference contract of `FastInst.detect` (a FastInst, or an `OnnxModel`) over sources."""
 
-    def __init__(
-        self,
-        model,
-        names: list[str] | None = None,
-        category_ids: list[int] | None = None,
-        device: str | torch.device = "cpu",
-        dtype: str = "fp32",
-        test_size: tuple[int, int] | None = None,
-    ):
+    def __init__(self, model: Any, dtype: str = "fp32"):
         if dtype not in DTYPES:
             raise FastInstError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.device = resolve_device(device)
+        self.model: Any = model.eval() if isinstance(model, nn.Module) else model
         self.dtype = dtype
-        if isinstance(model, nn.Module):
-            model = model.to(self.device).eval()
-        self.model = model
-        cfg = getattr(model, "cfg", None)
-        if test_size is None:
-            if cfg is None:
-                raise FastInstError("test_size (short side, max size) is needed for a model without a config")
-            test_size = (cfg.input.min_size_test, cfg.input.max_size_test)
-        self.test_size = (int(test_size[0]), int(test_size[1]))
-        num_classes = getattr(model, "num_classes", None) or (len(names) if names else 80)
-        self.names = list(names) if names else default_names(num_classes)
-        if len(self.names) != num_classes:
-            raise FastInstError(f"{len(self.names)} class names given for a model with {num_classes} classes")
-        self.category_ids = list(category_ids) if category_ids else default_category_ids(num_classes)
-        if len(self.category_ids) != num_classes:
-            raise FastInstError(f"{len(self.category_ids)} category ids given for a model with {num_classes} classes")
+        self.names: list[str] = list(model.names)
+        self.category_ids: list[int] = list(model.category_ids)
 
-    @classmethod
-    def from_name(
-        cls,
-        name: str,
-        weights: str | Path | None = None,
-        device: str = "cpu",
-        dtype: str = "fp32",
-        classes=None,
-        category_ids: list[int] | None = None,
-    ) -> Predictor:
-        """A variant with weights from a file, `"official"` (downloaded, see `fastinst.hub`) or None (random init).
-
-        A checkpoint written by `fastinst train` carries its config, which then wins over `name`; in other files the
-        number of classes is read from the classifier's size. `classes`: a list, a text file (one name a line), a
-        COCO json (category ids too) or a comma list; default: COCO's 80 names for an 80-class model.
-        """
-        from .. import build_model
-        from ..checkpoint import load_checkpoint, read_checkpoint, to_state_dict
-        from ..config import from_dict, get_config
-
-        names, ids = parse_classes(classes)
-        cfg = get_config(name)
-        raw = None
-        if weights is not None:
-            if str(weights) == "official":
-                from ..hub import official_weights
-
-                weights = official_weights(name)
-            raw = read_checkpoint(weights)
-            if isinstance(raw.get("config"), dict):
-                cfg = from_dict(raw["config"])
-            else:  # the class count is in the file: the classifier has num_classes + 1 ("no object") rows
-                bias = to_state_dict(raw).get("sem_seg_head.predictor.class_embed_layers.0.layers.2.bias")
-                if bias is not None and bias.ndim == 1:
-                    cfg.model.num_classes = int(bias.shape[0]) - 1
-            if names and len(names) != cfg.model.num_classes:
-                raise FastInstError(
-                    f"{len(names)} class names given for {weights}, which has {cfg.model.num_classes} classes"
-                )
-        else:
-            warnings.warn(f"{cfg.name}: no weights given, the model is randomly initialised", stacklevel=2)
-            if names:
-                cfg.model.num_classes = len(names)
-        model = build_model(cfg)
-        if raw is not None:
-            _load_into(model, raw, weights, load_checkpoint)
-        return cls(model, names, category_ids or ids, device=device, dtype=dtype)
-
-    # -- running the model -------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.model, "device", torch.device("cpu"))
 
     def _autocast(self):
         low = DTYPES[self.dtype]
-        if low is None:
+        if low is None or not isinstance(self.model, nn.Module):
             return contextlib.nullcontext()
         if self.device.type == "cpu":
             low = torch.bfloat16  # CPU autocast: bf16 is the fast half-precision type there
         return torch.autocast(device_type=self.device.type, dtype=low)
 
-    def infer(self, images: list[np.ndarray], max_dets: int = 100) -> list[dict[str, np.ndarray]]:
-        """uint8 RGB arrays (one batch) -> raw per-image `masks`/`scores`/`labels` as numpy (float32 / bool)."""
-        from ..model.preprocess import to_model_input
-
-        batch = [to_model_input(np.ascontiguousarray(im), *self.test_size) for im in images]
-        restore = getattr(self.model, "max_detections", None)
-        if restore is not None and max_dets > restore:
-            self.model.max_detections = max_dets
-        try:
-            with torch.inference_mode(), self._autocast():
-                outputs = self.model(batch)
-        finally:
-            if restore is not None:
-                self.model.max_detections = restore
+    def predict_batch(
+        self,
+        images: list[np.ndarray],
+        paths: list[Path | None] | None = None,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        max_dets: int = 100,
+    ) -> list[Results]:
+        """One forward pass over RGB uint8 (H, W, 3) arrays -> Results (best first, score >= threshold, <= max_dets)."""
+        paths = paths if paths is not None else [None] * len(images)
+        if not 0.0 <= score_threshold <= 1.0:
+            raise FastInstError(f"score threshold {score_threshold}: must be between 0 and 1")
+        if max_dets < 1:
+            raise FastInstError(f"max_dets {max_dets}: must be at least 1")
+        with torch.inference_mode(), self._autocast():
+            found = self.model.detect(images, score_threshold=score_threshold, max_detections=max_dets)
         return [
-            {
-                "masks": _np(o["masks"]).astype(bool),
-                "scores": _np(o["scores"]).astype(np.float32),
-                "labels": _np(o["labels"]).astype(np.int64),
-            }
-            for o in outputs
+            Results(
+                im,
+                _np(out["masks"]).astype(bool),
+                _np(out["scores"]).astype(np.float32),
+                _np(out["labels"]).astype(np.int64),
+                self.names,
+                self.category_ids,
+                path,
+            )
+            for im, path, out in zip(images, paths, found, strict=True)
         ]
 
-    def _results(self, images, paths, batch_size, score_threshold, max_dets) -> Iterator[Results]:
-        for s in range(0, len(images), max(1, batch_size)):
-            chunk = images[s : s + batch_size]
-            for im, path, out in zip(chunk, paths[s : s + batch_size], self.infer(chunk, max_dets), strict=True):
-                order = np.argsort(-out["scores"], kind="stable")
-                order = order[out["scores"][order] >= score_threshold][:max_dets]
-                yield Results(
-                    im,
-                    out["masks"][order],
-                    out["scores"][order],
-                    out["labels"][order],
-                    self.names,
-                    self.category_ids,
-                    path,
-                )
-
     def stream(
-        self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
+        self,
+        source,
+        batch_size: int = 1,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        max_dets: int = 100,
     ) -> Iterator[Results]:
         """Like `predict`, but reads and yields one batch at a time (for long lists of files)."""
         items = _flatten(source)
         for s in range(0, len(items), max(1, batch_size)):
-            chunk = items[s : s + batch_size]
+            chunk = items[s : s + max(1, batch_size)]
             images = [load_image(item) for item, _ in chunk]
-            yield from self._results(images, [p for _, p in chunk], batch_size, score_threshold, max_dets)
+            yield from self.predict_batch(images, [p for _, p in chunk], score_threshold, max_dets)
 
-    def predict(self, source, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100) -> list[Results]:
+    def predict(
+        self,
+        source,
+        batch_size: int = 1,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        max_dets: int = 100,
+    ) -> list[Results]:
         """Instances in each image of `source`: a numpy RGB array, PIL image, path (file, folder or glob), tensor,
         or a list of them. Results come sorted by score, filtered by `score_threshold`, at most `max_dets` each."""
         return list(self.stream(source, batch_size, score_threshold, max_dets))
@@ -377,18 +255,22 @@ class Predictor:
     __call__ = predict
 
     def predict_video(
-        self, path: str | Path, batch_size: int = 1, score_threshold: float = 0.0, max_dets: int = 100
+        self,
+        path: str | Path,
+        batch_size: int = 1,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        max_dets: int = 100,
     ) -> Iterator[Results]:
         """Decode a video with PyAV and yield one `Results` per frame (`path` = the video)."""
         path = Path(path)
         batch: list[np.ndarray] = []
         for frame in video_frames(path):
             batch.append(frame)
-            if len(batch) == batch_size:
-                yield from self._results(batch, [path] * len(batch), batch_size, score_threshold, max_dets)
+            if len(batch) == max(1, batch_size):
+                yield from self.predict_batch(batch, [path] * len(batch), score_threshold, max_dets)
                 batch = []
         if batch:
-            yield from self._results(batch, [path] * len(batch), batch_size, score_threshold, max_dets)
+            yield from self.predict_batch(batch, [path] * len(batch), score_threshold, max_dets)
 
 
 def _np(t) -> np.ndarray:
@@ -396,16 +278,6 @@ def _np(t) -> np.ndarray:
         t = t.detach().cpu()
         return (t.float() if t.is_floating_point() else t).numpy()
     return np.asarray(t)
-
-
-def _load_into(model: nn.Module, raw: dict, label, load_checkpoint) -> None:
-    """Load a checkpoint dict; the error names the file (load_checkpoint only sees the dict)."""
-    from ..errors import CheckpointError
-
-    try:
-        load_checkpoint(model, raw)
-    except CheckpointError as e:
-        raise CheckpointError(f"{label}: {str(e).removeprefix('state dict: ')}") from None
 
 
 def video_frames(path: str | Path) -> Iterator[np.ndarray]:

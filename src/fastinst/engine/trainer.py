@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import random
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from torch import nn
 
 from ..config import Config, to_dict
 from ..errors import FastInstError
+from ..files import atomic_path
 from . import distributed as dist_utils
 
 _NORMS = (
@@ -82,12 +84,8 @@ def lr_factor(iteration: int, cfg: Config) -> float:
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`: never a half-written file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -352,6 +350,10 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard missing: metrics.jsonl still has everything
+            print(
+                "note: no TensorBoard logs (pip install 'fastinst[tensorboard]'); metrics.jsonl has every value",
+                file=sys.stderr,
+            )
             return None
         return SummaryWriter(str(self.output_dir / "tensorboard"))
 
@@ -368,4 +370,5 @@ class Trainer:
         # plotting must never lose a finished run: no usable records (FastInstError), no matplotlib (ImportError),
         # an unwritable folder (OSError), data matplotlib refuses (ValueError, RuntimeError)
         except (FastInstError, ImportError, OSError, ValueError, RuntimeError) as e:
-            print(f"warning: could not plot training curves ({e})")
+            hint = "; pip install 'fastinst[plots]'" if isinstance(e, ImportError) else ""
+            print(f"warning: could not plot training curves ({e}{hint})")

@@ -21,6 +21,16 @@ from .postprocess import instances
 from .preprocess import to_model_input
 
 
+def class_metadata(cfg: Config) -> tuple[list[str], list[int]]:
+    """(names, category ids) of a config: its own, else COCO's for 80 classes, else class0.. and 1..N."""
+    from ..data.coco_classes import COCO_CATEGORY_IDS, COCO_NAMES
+
+    n = cfg.model.num_classes
+    names = list(cfg.model.class_names) or (list(COCO_NAMES) if n == 80 else [f"class{i}" for i in range(n)])
+    ids = list(cfg.model.category_ids) or (list(COCO_CATEGORY_IDS) if n == 80 else list(range(1, n + 1)))
+    return names, ids
+
+
 class SemSegHead(nn.Module):
     """Container giving the official `sem_seg_head.pixel_decoder` / `sem_seg_head.predictor` key prefixes."""
 
@@ -67,22 +77,19 @@ class FastInst(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(m.pixel_std).view(3, 1, 1), persistent=False)
         self.max_detections = 100
         self.last_matching: dict = {}
+        self.names, self.category_ids = class_metadata(cfg)  # contiguous class index -> name / dataset id
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def preprocess(self, batch: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        """uint8 CHW images -> normalised (B, 3, Hpad, Wpad), zero-padded bottom/right to a multiple of 32."""
-        images = [(d["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for d in batch]
-        sizes = [tuple(im.shape[-2:]) for im in images]
-        div = self.size_divisibility
-        hp = -(-max(s[0] for s in sizes) // div) * div
-        wp = -(-max(s[1] for s in sizes) // div) * div
-        out = images[0].new_zeros(len(images), 3, hp, wp)
-        for i, im in enumerate(images):
-            out[i, :, : im.shape[1], : im.shape[2]] = im
-        return out, sizes
+        """uint8 (3, h, w) images -> normalised (B, 3, Hpad, Wpad) on the model's device, zero-padded bottom/right to
+        a multiple of 32, and the [(h, w)] before padding (`fastinst.model.preprocess.normalize_and_pad`)."""
+        from .preprocess import normalize_and_pad
+
+        images = [torch.as_tensor(d["image"]).to(self.device) for d in batch]  # (3, h, w) uint8 each
+        return normalize_and_pad(images, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Normalised padded batch -> [E5, E4, E3]."""
@@ -98,14 +105,17 @@ class FastInst(nn.Module):
             out.append({"labels": inst["labels"].to(self.device).long(), "masks": full})
         return out
 
-    def forward(self, batch: list[dict], rand=None):
-        images, sizes = self.preprocess(batch)
-        feats = self.features(images)
+    def forward(self, batch: list[dict], rand=None, score_threshold: float = 0.0, max_detections: int | None = None):
+        """Training: weighted losses (needs `instances` in each item). Eval: instances per image (see `postprocess`).
+
+        `batch` items: `image` uint8 (3, h, w) already resized, `height`/`width` the size masks are returned at.
+        """
+        images, sizes = self.preprocess(batch)  # (B, 3, Hpad, Wpad) normalised, [(h, w)] before padding
+        feats = self.features(images)  # [E5, E4, E3]: strides 32, 16, 8
         predictor = self.sem_seg_head.predictor
         if self.training:
             rand = rand or torch.rand
-            hp, wp = images.shape[-2:]
-            targets = self.targets(batch, (hp, wp))
+            targets = self.targets(batch, (images.shape[-2], images.shape[-1]))
 
             def match(outputs, tgts):
                 return self.criterion.matcher(outputs, tgts, rand=rand)
@@ -115,40 +125,42 @@ class FastInst(nn.Module):
             losses = self.criterion(outputs, targets, rand=rand)
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
-        outputs = predictor(feats)
-        return self.postprocess(outputs, batch, images.shape[-2:], sizes)
+        outputs = predictor(feats)  # pred_logits (B, Q, K+1), pred_masks (B, Q, Hpad/8, Wpad/8)
+        return self.postprocess(outputs, batch, images.shape[-2:], sizes, score_threshold, max_detections)
 
-    def postprocess(self, outputs: dict, batch: list[dict], padded, sizes) -> list[dict]:
+    def postprocess(
+        self,
+        outputs: dict,
+        batch: list[dict],
+        padded,
+        sizes,
+        score_threshold: float = 0.0,
+        max_detections: int | None = None,
+    ) -> list[dict]:
+        """Per image: `masks` bool (n, H0, W0) at the item's height/width, `scores`, `labels`, `queries` (n,), best
+        first; n <= `max_detections` (default 100), every score >= `score_threshold` (0: the official top-k)."""
+        k = max_detections or self.max_detections
         results = []
         for i, d in enumerate(batch):
             original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
-            results.append(
-                instances(
-                    outputs["pred_logits"][i],
-                    outputs["pred_masks"][i],
-                    tuple(padded),
-                    sizes[i],
-                    original,
-                    self.max_detections,
-                )
-            )
+            logits, masks = outputs["pred_logits"][i], outputs["pred_masks"][i]  # (Q, K+1), (Q, Hpad/8, Wpad/8)
+            results.append(instances(logits, masks, tuple(padded), sizes[i], original, k, score_threshold))
         return results
 
-    def predict(self, source, **kwargs):
-        """Images / paths / arrays -> `Results` objects (see `fastinst.engine.predictor.Predictor.predict`)."""
-        from ..engine.predictor import Predictor
-
-        return Predictor(self, device=str(self.device)).predict(source, **kwargs)
-
     @torch.inference_mode()
-    def inference(self, images: list[np.ndarray], batch_size: int = 1) -> list[dict]:
-        """RGB uint8 (H, W, 3) arrays -> per image `masks` bool (K, H, W), `scores` (K,), `labels` (K,) (eval mode)."""
+    def detect(
+        self, images: list[np.ndarray], score_threshold: float = 0.0, max_detections: int | None = None
+    ) -> list[dict]:
+        """RGB uint8 images (H0, W0, 3) -> per image `masks` bool (n, H0, W0), `scores`, `labels`, `queries` (n,).
+
+        The whole image -> instances path: the official test resize, normalise + pad, network, post-processing back
+        to each image's own size. Runs in eval mode (the mode is restored afterwards); one batch.
+        """
         was_training = self.training
         self.eval()
         short, max_size = self.cfg.input.min_size_test, self.cfg.input.max_size_test
-        results = []
-        for s in range(0, len(images), batch_size):
-            batch = [to_model_input(im, short, max_size) for im in images[s : s + batch_size]]
-            results += self(batch)
-        self.train(was_training)
-        return results
+        batch = [to_model_input(np.ascontiguousarray(im), short, max_size) for im in images]  # resized (3, h, w)
+        try:
+            return self(batch, score_threshold=score_threshold, max_detections=max_detections)
+        finally:
+            self.train(was_training)

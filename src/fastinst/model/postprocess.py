@@ -1,8 +1,9 @@
 """Instance inference (SPEC §2.6): top-k (query, class) pairs, score = class prob × mean mask prob, masks at full size.
 
 The official code upsamples all Q mask logits to the padded size and then to the original size. Both resizes act on
-each query independently, so `instances` runs them only for the queries the top-k keeps — same numbers, less work.
-`instances_reference` is the straightforward version, kept for tests.
+each query independently, so `instances` runs them only for the queries the top-k — and the score threshold — keep:
+same numbers, less work. It is the one post-processing of every backend (PyTorch, ONNX Runtime).
+`instances_reference` is the straightforward official order, kept for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -28,15 +29,42 @@ def select(pred_logits: torch.Tensor, k: int):
     return scores, flat % num_classes, flat // num_classes
 
 
-def instances(pred_logits, pred_masks, padded, resized, original, k: int = 100) -> dict[str, torch.Tensor]:
-    """One image: (Q, K+1), (Q, h8, w8) -> masks bool (k, H0, W0), scores (k,), labels (k,), queries (k,)."""
-    scores, labels, queries = select(pred_logits, k)
-    unique, inverse = queries.unique(return_inverse=True)
+def instances(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    padded: tuple[int, int],
+    resized: tuple[int, int],
+    original: tuple[int, int],
+    k: int = 100,
+    score_threshold: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """One image's network outputs -> its instances, best score first.
+
+    pred_logits (Q, K+1) and pred_masks (Q, h8, w8) of the padded batch (`padded` = its H, W); `resized` is this
+    image's size inside the padded batch, `original` the size the masks are returned at. Returns `masks` bool
+    (n, H0, W0), `scores` (n,), `labels` (n,), `queries` (n,) with n <= k, every score >= `score_threshold`.
+
+    The score is class probability × mask score, and the mask score (mean probability inside the binary mask) is at
+    most 1, so a pair whose class probability is under the threshold can never reach it: those are dropped before any
+    mask is upsampled. With threshold 0 this returns exactly the official top-k instances (the parity fixtures).
+    """
+    scores, labels, queries = select(pred_logits, k)  # (k,) each, class probability order
+    if score_threshold > 0:
+        keep = scores >= score_threshold
+        scores, labels, queries = scores[keep], labels[keep], queries[keep]  # (n,)
+    if queries.numel() == 0:  # nothing can reach the threshold: no mask is upsampled at all
+        empty = torch.zeros((0, *original), dtype=torch.bool, device=pred_masks.device)
+        return {"masks": empty, "scores": scores, "labels": labels, "queries": queries}
+    unique, inverse = queries.unique(return_inverse=True)  # (u,) queries to upsample, (n,) back to pairs
     probs = _full_size(pred_masks[unique].float(), padded, resized, original).sigmoid_()  # (u, H0, W0)
     binary = probs > 0.5
     # = (probs * binary).sum / binary.sum bit for bit, without float/int64 copies of the boolean masks
-    mask_scores = probs.masked_fill_(~binary, 0).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-    return {"masks": binary[inverse], "scores": scores * mask_scores[inverse], "labels": labels, "queries": queries}
+    mask_scores = probs.masked_fill_(~binary, 0).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)  # (u,)
+    scores = scores * mask_scores[inverse]  # (n,)
+    order = scores.argsort(descending=True, stable=True)
+    order = order[scores[order] >= score_threshold] if score_threshold > 0 else order
+    chosen = inverse[order]
+    return {"masks": binary[chosen], "scores": scores[order], "labels": labels[order], "queries": queries[order]}
 
 
 def instances_reference(pred_logits, pred_masks, padded, resized, original, k: int = 100) -> dict[str, torch.Tensor]:

@@ -1,0 +1,44 @@
+"""Options shared by the sub-command parsers. Torch-free on purpose: `fastinst <command> --help` imports only this,
+the parsers and the standard library, so it answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+# What `--device` accepts; `fastinst.factory.resolve_device` turns "auto" into CUDA, then MPS, then CPU.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def device(value: str) -> str:
+    """argparse type of `--device`: the name in lower case when it is one `resolve_device` takes, else a usage error."""
+    name = value.strip().lower()
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"invalid device {value!r}: use {DEVICE_CHOICES}")
+    return name
+
+
+def positive_int(value: str) -> int:
+    """argparse type of sizes and counts that must be at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        type=device,
+        default="auto",
+        help=f"{DEVICE_CHOICES}; auto picks CUDA, then MPS, then the CPU (default auto)",
+    )
+
+
+def add_size(parser, help: str) -> None:
+    """`--size H W`, two positive integers; `parser` may be a mutually exclusive group."""
+    parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), help=help)

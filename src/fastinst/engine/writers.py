@@ -1,0 +1,100 @@
+"""Writers for what inference produces: overlay images, COCO results JSON, overlay videos. Each file appears under
+its final name only once complete (`fastinst.files.atomic_path`)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import FastInstError
+from ..files import atomic_path, temp_path, write_json
+
+if TYPE_CHECKING:
+    from av.video.stream import VideoStream
+
+__all__ = ["VideoWriter", "save_image", "write_json"]
+
+
+def save_image(image: np.ndarray, path: str | Path) -> Path:
+    """uint8 (H, W, 3) RGB -> an image file, format from the suffix (PNG when unknown)."""
+    from PIL import Image
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format=fmt)
+    return path
+
+
+class VideoWriter:
+    """RGB frames -> an H.264 (or MPEG-4 part 2) MP4 via PyAV, under a temporary name until `close()`.
+
+    `with VideoWriter(path, fps) as w: w.write(frame)` closes on success and removes the partial file on error.
+    """
+
+    def __init__(self, path: str | Path, fps: float):
+        try:
+            import av
+        except ImportError:
+            raise FastInstError("writing videos needs PyAV: pip install 'fastinst[video]'") from None
+        self.path = Path(path)
+        self.tmp = temp_path(self.path)
+        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        self.stream: VideoStream | None = None
+        self.frames = 0
+
+    def _open(self, h: int, w: int) -> VideoStream:
+        import av
+
+        for codec in ("libx264", "mpeg4"):
+            try:
+                av.codec.Codec(codec, "w")
+            except (av.FFmpegError, ValueError):
+                continue
+            stream = self.container.add_stream(codec, rate=self.rate)
+            break
+        else:
+            raise FastInstError("PyAV has no H.264 or MPEG-4 encoder; cannot write overlay videos")
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        self.stream = stream
+        return stream
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:  # yuv420p needs even sizes: repeat the last row / column
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        stream = self.stream if self.stream is not None else self._open(*frame.shape[:2])
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+        if self.frames:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,197 @@
+"""One way to get a model: `load_model(name | yaml | checkpoint, weights=None | path | "official", device="auto")`.
+
+Every command and API call builds its model here. The rule when a name and a checkpoint disagree, everywhere:
+
+* a checkpoint written by `fastinst train` carries its config (architecture, class count, class names, category ids):
+  **the checkpoint wins**, and when a different `--model` was named, one line on stderr says so;
+* any other file (the official releases, plain state dicts) has no config: the named variant gives the architecture
+  and the classifier's size gives the class count; a file that does not fit is refused with what it looks like.
+
+The returned model is in eval mode on the chosen device, with `names` (class names, contiguous order) and
+`category_ids` (the dataset's ids) attached.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, read_checkpoint, to_state_dict
+from .config import Config, from_dict, get_config
+from .errors import CheckpointError, FastInstError
+from .model.fastinst import FastInst
+
+__all__ = ["load_model", "parse_classes", "resolve_device"]
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".npz", ".ckpt")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (or None): CUDA if available, then MPS, then CPU; otherwise the named device, which must exist here."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if not _DEVICE.match(name):
+        raise FastInstError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FastInstError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise FastInstError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not mps_ok:
+        raise FastInstError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def parse_classes(spec: str | Path | Iterable[str] | None) -> tuple[list[str] | None, list[int] | None]:
+    """Class names (and dataset category ids when known) from a list, a text file (one name a line), a COCO json
+    (its `categories`, by id), a YOLO data.yaml (`names:` list or mapping) or a comma-separated string."""
+    if spec is None:
+        return None, None
+    if not isinstance(spec, (str, Path)):
+        return [str(n) for n in spec], None
+    path = Path(spec)
+    names: list[str]
+    if path.is_file():
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".json":
+                import json
+
+                cats = sorted(json.loads(path.read_text())["categories"], key=lambda c: c["id"])
+                return [str(c["name"]) for c in cats], [int(c["id"]) for c in cats]
+            if suffix in (".yaml", ".yml"):
+                import yaml
+
+                raw = (yaml.safe_load(path.read_text()) or {}).get("names")
+                items = [raw[k] for k in sorted(raw)] if isinstance(raw, dict) else raw
+                if not isinstance(items, list):
+                    raise ValueError("no `names:` list or mapping")
+                names = [str(n) for n in items]
+            else:
+                names = [ln.strip() for ln in path.read_text().splitlines()]
+                names = [n for n in names if n and not n.startswith("#")]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FastInstError(f"{path}: cannot read class names ({type(e).__name__}: {e})") from None
+    elif str(spec).endswith((".txt", ".json", ".yaml", ".yml")):
+        raise FastInstError(f"{spec}: no such classes file")
+    else:
+        names = [n.strip() for n in str(spec).split(",") if n.strip()]
+    if not names:
+        raise FastInstError(f"{spec}: no class names found")
+    return names, None
+
+
+def _is_checkpoint(model: str | Path | None) -> bool:
+    return model is not None and str(model).lower().endswith(CHECKPOINT_SUFFIXES) and Path(model).is_file()
+
+
+def _official_variant(state_dict: dict) -> str | None:
+    """The published variant whose architecture a state dict has (class count aside), or None."""
+    from .config import PUBLISHED
+
+    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name in PUBLISHED:
+        own = FastInst(get_config(name)).state_dict()
+        if set(own) == set(shapes) and all(
+            tuple(v.shape) == shapes[k] for k, v in own.items() if "class_embed" not in k and "empty_weight" not in k
+        ):
+            return name
+    return None
+
+
+def load_model(
+    model: str | Path | Config | None = None,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = "auto",
+    classes: str | Path | Iterable[str] | None = None,
+) -> FastInst:
+    """A FastInst model ready for inference. See the module docstring for how `model` and `weights` combine.
+
+    model: a variant name or alias (`fastinst-d1-r50`), a YAML config, a `Config`, or a checkpoint file (then
+    `weights` may be omitted). weights: a checkpoint file, `"official"` (the variant's release, downloaded and cached),
+    or None (random initialisation, with a warning). classes: names to show (list, text file, COCO json, YOLO
+    data.yaml or comma list); they must match the model's class count.
+    """
+    if not isinstance(model, Config) and _is_checkpoint(model) and weights is None:
+        model, weights = None, model
+    named = model.name if isinstance(model, Config) else (str(model) if model is not None else None)
+    cfg = model if isinstance(model, Config) else (get_config(str(model)) if model is not None else None)
+    raw = None
+    if str(weights) == "official":
+        if cfg is None:
+            raise FastInstError("--weights official needs --model NAME (which release to download)")
+        from .hub import official_weights
+
+        weights = official_weights(cfg.name)
+    if weights is not None:
+        raw = read_checkpoint(weights)
+        if isinstance(raw.get("config"), dict):
+            stored = from_dict(raw["config"])
+            if cfg is not None and not _same_arch(stored, cfg):
+                print(
+                    f"note: {weights} is a {stored.name} checkpoint with {stored.model.num_classes} classes; "
+                    f"it is used instead of --model {named}",
+                    file=sys.stderr,
+                )
+            cfg = stored
+        else:
+            sd = to_state_dict(raw)
+            if cfg is None:
+                guessed = _official_variant(sd)
+                if guessed is None:
+                    raise CheckpointError(f"{weights}: has no config and matches no published variant; name --model")
+                cfg = get_config(guessed)
+            bias = sd.get("sem_seg_head.predictor.class_embed_layers.0.layers.2.bias")
+            if bias is not None and bias.ndim == 1:  # num_classes + 1 rows ("no object")
+                cfg.model.num_classes = int(bias.shape[0]) - 1
+    elif cfg is None:
+        raise FastInstError("name a model (--model NAME) or a checkpoint file")
+    names, ids = parse_classes(classes)
+    if names is not None:
+        if raw is None:
+            cfg.model.num_classes = len(names)
+        elif len(names) != cfg.model.num_classes:
+            raise FastInstError(f"{len(names)} class names given, but {weights} has {cfg.model.num_classes} classes")
+        cfg.model.class_names = tuple(names)
+        cfg.model.category_ids = tuple(ids) if ids else ()
+    net = FastInst(cfg)
+    if raw is None:
+        warnings.warn(f"{cfg.name}: no weights given, the model is randomly initialised", stacklevel=2)
+    else:
+        _load(net, raw, weights)
+    return net.to(resolve_device(device)).eval()
+
+
+def _same_arch(a: Config, b: Config) -> bool:
+    """Same network apart from the classes (a checkpoint fine-tuned from the named variant)."""
+    from dataclasses import replace
+
+    def strip(c: Config):
+        return replace(c.model, num_classes=0, class_names=(), category_ids=())
+
+    return strip(a) == strip(b)
+
+
+def _load(model: FastInst, raw: dict, label) -> None:
+    """Load a checkpoint dict; the error names the file and, for a class-count mismatch, says so plainly."""
+    try:
+        load_checkpoint(model, raw)
+    except CheckpointError as e:
+        bias = to_state_dict(raw).get("sem_seg_head.predictor.class_embed_layers.0.layers.2.bias")
+        if bias is not None and bias.ndim == 1 and int(bias.shape[0]) - 1 != model.num_classes:
+            raise CheckpointError(
+                f"{label}: this checkpoint has {int(bias.shape[0]) - 1} classes, the model {model.num_classes}"
+            ) from None
+        raise CheckpointError(f"{label}: {str(e).removeprefix('state dict: ')}") from None
