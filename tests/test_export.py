@@ -28,6 +28,7 @@ from fastinst.export import (
     ExportAdaptiveAvgPool2d,
     ExportDeformConv,
     OnnxModel,
+    _pad_batch,
     export_onnx,
     verify_onnx,
 )
@@ -175,6 +176,26 @@ def test_dynamic_file_takes_other_sizes_and_batches(demo):
         expected_two = model(two)
     for a, b in zip(expected_two, onnx_model(two), strict=True):
         _same_instances(a, b)
+
+
+def test_one_preprocessing_for_pytorch_and_onnx(demo):
+    """FastInst.preprocess and the ONNX side share `normalize_and_pad`: bit-identical batches."""
+    model = demo[0]
+    rng = np.random.default_rng(0)
+    shapes = ((50, 70), (33, 101))
+    batch = [{"image": torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))} for h, w in shapes]
+    images, sizes = model.preprocess(batch)
+    assert images.shape == (2, 3, 64, 128) and sizes == list(shapes)
+    mean = torch.tensor(model.cfg.model.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(model.cfg.model.pixel_std).view(3, 1, 1)
+    for i, (h, w) in enumerate(shapes):
+        assert torch.equal(images[i, :, :h, :w], (batch[i]["image"].float() - mean) / std)
+        assert not images[i, :, h:].any() and not images[i, :, :, w:].any()
+    ours, ours_sizes = _pad_batch(model.cfg, batch)
+    assert torch.equal(ours, images) and ours_sizes == sizes
+    fixed, _ = _pad_batch(model.cfg, batch, (96, 160))  # a fixed-size file's input: more zeros, same pixels
+    assert fixed.shape == (2, 3, 96, 160) and torch.equal(fixed[..., :64, :128], images)
+    assert not fixed[..., 64:, :].any() and not fixed[..., 128:].any()
 
 
 def test_fixed_file_pads_smaller_and_rejects_larger_images(demo):

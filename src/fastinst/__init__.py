@@ -21,14 +21,9 @@ def get_config(name: str):
 
 def build_model(name_or_cfg, overrides: list[str] | None = None):
     """A FastInst `nn.Module` for a variant name/alias/YAML path or a `Config`, randomly initialised."""
-    from .config import Config, apply_overrides
-    from .config import get_config as _get
-    from .model.fastinst import FastInst
+    from .factory import build_model as _build
 
-    cfg = name_or_cfg if isinstance(name_or_cfg, Config) else _get(name_or_cfg)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    return FastInst(cfg)
+    return _build(name_or_cfg, overrides)
 
 
 def load_checkpoint(model, path, strict: bool = True):

@@ -26,7 +26,7 @@ from .config import Config, from_dict, get_config
 from .errors import CheckpointError, FastInstError
 from .model.fastinst import FastInst
 
-__all__ = ["load_model", "parse_classes", "resolve_device"]
+__all__ = ["build_model", "load_model", "parse_classes", "resolve_device"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".npz", ".ckpt")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -52,6 +52,14 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name == "mps" and not mps_ok:
         raise FastInstError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
     return torch.device(name)
+
+
+def build_model(name_or_cfg: str | Path | Config, overrides: list[str] | None = None) -> FastInst:
+    """A randomly initialised FastInst for a variant name/alias, a YAML file or a `Config` (+ key=value overrides)."""
+    from .config import apply_overrides
+
+    cfg = name_or_cfg if isinstance(name_or_cfg, Config) else get_config(str(name_or_cfg))
+    return FastInst(apply_overrides(cfg, overrides) if overrides else cfg)
 
 
 def parse_classes(spec: str | Path | Iterable[str] | None) -> tuple[list[str] | None, list[int] | None]:
@@ -166,7 +174,7 @@ def load_model(
             raise FastInstError(f"{len(names)} class names given, but {weights} has {cfg.model.num_classes} classes")
         cfg.model.class_names = tuple(names)
         cfg.model.category_ids = tuple(ids) if ids else ()
-    net = FastInst(cfg)
+    net = build_model(cfg)
     if raw is None:
         warnings.warn(f"{cfg.name}: no weights given, the model is randomly initialised", stacklevel=2)
     else:

@@ -168,7 +168,8 @@ def benchmark(args: argparse.Namespace) -> dict:
 
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         raise FastInstError("--iters and --batch-size must be at least 1, --warmup at least 0")
-    device = resolve_device(args.device)
+    auto_cpu = args.backend == "onnxruntime" and args.device == "auto"  # onnxruntime is timed on the CPU
+    device = resolve_device("cpu" if auto_cpu else args.device)
     if args.backend == "onnxruntime" and (args.dtype != "fp32" or device.type != "cpu"):
         raise FastInstError("--backend onnxruntime is benchmarked on --device cpu with --dtype fp32")
     if args.threads:

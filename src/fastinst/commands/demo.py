@@ -38,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from .. import build_model
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
     from ..data.loader import build_train_loader
@@ -46,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.budget import BudgetTrainer
     from ..engine.evaluator import predict_dataset, write_report
     from ..engine.trainer import Trainer
+    from ..factory import build_model
     from ..visualize import draw_instances
 
     start = time.time()

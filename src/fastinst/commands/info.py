@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
 def model_info(name: str, size: tuple[int, int] | None = None) -> dict:
     import torch
 
-    from .. import build_model
     from ..config import config_file, get_config
+    from ..factory import build_model
     from ..flops import count_flops
     from ..model.preprocess import resize_shape
 

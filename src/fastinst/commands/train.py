@@ -33,11 +33,11 @@ def build_training(args: argparse.Namespace):
     """-> (cfg, model, train dataset, val dataset | None) with the class count taken from the data."""
     import torch
 
-    from .. import build_model
     from ..checkpoint import load_backbone, load_checkpoint, read_state_dict
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
     from ..errors import FastInstError
+    from ..factory import build_model
 
     cfg = apply_overrides(get_config(args.model), list(args.overrides or []))
     train = load_dataset(args.data, split=args.train_split, filter_empty=True)

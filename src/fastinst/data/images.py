@@ -55,6 +55,8 @@ __all__ = [
     "is_video",
     "list_images",
     "read_image",
+    "resize_image",
+    "resize_shape",
     "to_rgb_array",
 ]
 
@@ -311,6 +313,26 @@ def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     if out.shape[2] == 1:
         out = np.repeat(out, 3, axis=2)
     return np.array(out, dtype=np.uint8, order="C")  # always a fresh array the caller may modify
+
+
+# -- the official test resize (detectron2 ResizeShortestEdge, PIL bilinear on uint8); also the training resize --
+
+
+def resize_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """(new_h, new_w): shorter side -> `short`, longer side capped at `max_size`, each rounded with int(v + 0.5)."""
+    scale = short / min(h, w)
+    nh, nw = (short, scale * w) if h < w else (scale * h, short)
+    if max(nh, nw) > max_size:
+        s = max_size / max(nh, nw)
+        nh, nw = nh * s, nw * s
+    return int(nh + 0.5), int(nw + 0.5)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3) with PIL's fixed-point bilinear filter (antialiased downscale)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def list_images(source: str | Path, recursive: bool = False, kinds: frozenset[str] = IMAGE_EXTENSIONS) -> list[Path]:

@@ -37,7 +37,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from ..config import InputConfig
-from ..model.preprocess import resize_image, resize_shape
+from .images import resize_image, resize_shape
 
 __all__ = [
     "Plan",

@@ -7,24 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..data.images import resize_image, resize_shape
 
-def resize_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """(new_h, new_w): shorter side -> `short`, longer side capped at `max_size`, each rounded with int(v + 0.5)."""
-    scale = short / min(h, w)
-    nh, nw = (short, scale * w) if h < w else (scale * h, short)
-    if max(nh, nw) > max_size:
-        s = max_size / max(nh, nw)
-        nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
-
-
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (size[0], size[1], 3) with PIL's fixed-point bilinear filter (antialiased downscale)."""
-    if image.shape[:2] == tuple(size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+__all__ = ["normalize_and_pad", "resize_image", "resize_shape", "to_model_input"]
 
 
 def to_model_input(image: np.ndarray, short: int, max_size: int) -> dict:
