@@ -27,7 +27,13 @@ def add_parser(sub) -> None:
     size = p.add_mutually_exclusive_group()
     add_size(size, "fixed input size, multiples of 32 (default: a 480x640 photo at the test size, e.g. 576 768 for D1)")
     size.add_argument("--dynamic", action="store_true", help="free batch, height and width")
-    p.add_argument("--opset", type=int, default=17, choices=[17, 18], help="ONNX opset (default 17)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=18,
+        choices=[17, 18, 19, 20],
+        help="ONNX opset (default 18, torch.onnx dynamo exporter; 17 falls back to the legacy exporter)",
+    )
     p.add_argument("--output", help="output file (default <model>.onnx)")
     p.add_argument("--image", help="image for the parity check (default: a synthetic scene)")
 
