@@ -43,6 +43,7 @@ from torch import nn
 
 from .config import Config, from_dict, to_dict
 from .errors import FastInstError
+from .files import atomic_path, temp_path
 from .model.backbone import DeformConv
 from .model.postprocess import instances
 from .model.preprocess import normalize_and_pad, resize_image, resize_shape, to_model_input
@@ -258,7 +259,7 @@ def export_onnx(
     net = net.to(device=param.device, dtype=torch.float32)
     # batch 2 for a dynamic file: torch.export specialises a traced size of 1 to a constant
     example = torch.zeros(2 if dynamic else 1, 3, *size, device=param.device)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     with torch.no_grad():
         if legacy:
             warnings.warn(
@@ -283,8 +284,9 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as final_tmp:
+        onnx.save(proto, str(final_tmp))
+    tmp.unlink(missing_ok=True)  # the legacy exporter's scratch file
     return path
 
 
