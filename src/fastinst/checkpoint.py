@@ -129,13 +129,8 @@ def read_state_dict(path: str | Path) -> OrderedDict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def guess_variant(keys) -> str:
-    """Describe which FastInst variant a set of state-dict keys belongs to (for error messages)."""
-    keys = set(keys)
-    if not any(k.startswith("sem_seg_head.") for k in keys):
-        if any(k.startswith(("layer1.", "conv1.", "res2.", "stem.", "backbone.")) for k in keys):
-            return "a backbone-only file (use --backbone-weights / load_backbone)"
-        return "not a FastInst checkpoint"
+def _architecture(keys: set[str]) -> tuple[bool, int | str, int]:
+    """(ResNet-vd?, depth, decoder layers) read off the state-dict keys of a full FastInst checkpoint."""
     vd = any(k.startswith("backbone.conv1.0.") for k in keys)
     stage3 = "layer3" if vd else "res4"
     blocks = {int(m.group(1)) for k in keys if (m := re.match(rf"backbone\.{stage3}\.(\d+)\.", k))}
@@ -145,15 +140,35 @@ def guess_variant(keys) -> str:
         for k in keys
         if (m := re.match(r"sem_seg_head\.predictor\.transformer_query_ffn_layers\.(\d+)\.", k))
     }
-    backbone = f"R{depth}-vd-DCN" if vd else f"R{depth}"
-    name = f"FastInst-D{len(layers)} {backbone}"
+    return vd, depth, len(layers)
+
+
+def published_variant(keys) -> str | None:
+    """The published variant whose architecture a full FastInst state dict has (class count aside), or None."""
     from .config import PUBLISHED, get_config
 
+    keys = set(keys)
+    if not any(k.startswith("sem_seg_head.") for k in keys):
+        return None
+    vd, depth, layers = _architecture(keys)
     for official in PUBLISHED:
         c = get_config(official).model
-        if (c.backbone == "resnet_vd") == vd and c.depth == depth and c.dec_layers == len(layers):
-            return f"{name} ({official})"
-    return name
+        if (c.backbone == "resnet_vd") == vd and c.depth == depth and c.dec_layers == layers:
+            return official
+    return None
+
+
+def guess_variant(keys) -> str:
+    """Describe which FastInst variant a set of state-dict keys belongs to (for error messages)."""
+    keys = set(keys)
+    if not any(k.startswith("sem_seg_head.") for k in keys):
+        if any(k.startswith(("layer1.", "conv1.", "res2.", "stem.", "backbone.")) for k in keys):
+            return "a backbone-only file (use --backbone-weights / load_backbone)"
+        return "not a FastInst checkpoint"
+    vd, depth, layers = _architecture(keys)
+    name = f"FastInst-D{layers} {f'R{depth}-vd-DCN' if vd else f'R{depth}'}"
+    official = published_variant(keys)
+    return f"{name} ({official})" if official else name
 
 
 def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ from pathlib import Path
 import yaml
 
 from .errors import FastInstError
+
+# What a device name may be (`--device`, `load_model(device=...)`); `fastinst.factory.resolve_device` turns "auto"
+# into CUDA, then MPS, then CPU. Here, torch-free, so that the CLI parsers can check it without importing torch.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
 class ConfigError(FastInstError, ValueError):

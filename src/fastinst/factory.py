@@ -13,7 +13,6 @@ The returned model is in eval mode on the chosen device, with `names` (class nam
 
 from __future__ import annotations
 
-import re
 import sys
 import warnings
 from collections.abc import Iterable
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, read_checkpoint, to_state_dict
-from .config import Config, from_dict, get_config
+from .checkpoint import load_checkpoint, published_variant, read_checkpoint, to_state_dict
+from .config import DEVICE_CHOICES, DEVICE_PATTERN, Config, from_dict, get_config
 from .errors import CheckpointError, FastInstError
 from .model.fastinst import FastInst
 
 __all__ = ["build_model", "load_model", "parse_classes", "resolve_device"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".npz", ".ckpt")
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -37,8 +35,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     name = (device or "auto").strip().lower()
-    if not _DEVICE.match(name):
-        raise FastInstError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise FastInstError(f"device {device!r}: use {DEVICE_CHOICES}")
     mps = getattr(torch.backends, "mps", None)
     mps_ok = bool(mps and mps.is_available())
     if name == "auto":
@@ -105,20 +103,6 @@ def _is_checkpoint(model: str | Path | None) -> bool:
     return model is not None and str(model).lower().endswith(CHECKPOINT_SUFFIXES) and Path(model).is_file()
 
 
-def _official_variant(state_dict: dict) -> str | None:
-    """The published variant whose architecture a state dict has (class count aside), or None."""
-    from .config import PUBLISHED
-
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
-    for name in PUBLISHED:
-        own = FastInst(get_config(name)).state_dict()
-        if set(own) == set(shapes) and all(
-            tuple(v.shape) == shapes[k] for k, v in own.items() if "class_embed" not in k and "empty_weight" not in k
-        ):
-            return name
-    return None
-
-
 def load_model(
     model: str | Path | Config | None = None,
     weights: str | Path | None = None,
@@ -157,7 +141,7 @@ def load_model(
         else:
             sd = to_state_dict(raw)
             if cfg is None:
-                guessed = _official_variant(sd)
+                guessed = published_variant(sd)
                 if guessed is None:
                     raise CheckpointError(f"{weights}: has no config and matches no published variant; name --model")
                 cfg = get_config(guessed)

@@ -4,11 +4,8 @@ the parsers and the standard library, so it answers at once."""
 from __future__ import annotations
 
 import argparse
-import re
 
-# What `--device` accepts; `fastinst.factory.resolve_device` turns "auto" into CUDA, then MPS, then CPU.
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
-DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+from ..config import DEVICE_CHOICES, DEVICE_PATTERN
 
 
 def device(value: str) -> str:

@@ -60,8 +60,7 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
         )
     workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
     evaluator = run_over(model, dataset, args.max_images, progress=True, num_workers=workers)
-    records = dataset.records[: args.max_images] if args.max_images else dataset.records
-    return evaluator.results, sorted({r["image_id"] for r in records})
+    return evaluator.results, sorted(set(evaluator.image_ids))  # every rank's images, after the gather
 
 
 def run(args: argparse.Namespace) -> int:
