@@ -40,8 +40,10 @@ def load_model(model=None, weights=None, device: str = "auto", classes=None):
     return _load_model(model, weights, device, classes)
 
 
-def load(model=None, weights=None, device: str = "auto", classes=None, dtype: str = "fp32"):
-    """A ready-to-use predictor: `fastinst.load("fastinst-d1-r50", weights="file.pth").predict(images)`."""
+def load(model=None, weights=None, device: str = "auto", classes=None, dtype: str = "auto"):
+    """A ready-to-use predictor: `fastinst.load("fastinst-d1-r50", weights="file.pth").predict(images)`.
+
+    `dtype`: "auto" (fp16 on CUDA, bf16 on CPUs with AMX, else fp32), "fp32", "bf16" or "fp16" (see `Predictor`)."""
     from .engine.predictor import Predictor
 
     return Predictor(load_model(model, weights, device, classes), dtype=dtype)

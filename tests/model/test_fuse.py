@@ -47,3 +47,36 @@ def test_fused_d1_r50_has_no_frozen_bn():
     fused = optimize_for_inference(fastinst.build_model("fastinst-d1-r50"))
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fused.modules())
     assert not fused.training
+
+
+def test_auto_precision_per_device(monkeypatch):
+    import fastinst.model.fuse as fuse
+
+    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: False)
+    assert fuse.inference_dtype("auto", "cpu") == "fp32"
+    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: True)
+    assert fuse.inference_dtype("auto", "cpu") == "bf16"
+    assert fuse.inference_dtype("auto", "cuda") == "fp16"
+    assert fuse.inference_dtype("auto", "mps") == "fp32"
+    assert fuse.inference_dtype("fp16", "cpu") == "bf16"  # CPU autocast's half type
+    assert fuse.inference_dtype("fp32", "cuda") == "fp32"
+    with pytest.raises(ValueError, match="int8"):
+        fuse.inference_dtype("int8", "cpu")
+
+
+def test_low_precision_casts_convs_and_linears_once_and_keeps_norms_fp32():
+    from fastinst.model.backbone import ConvNorm
+
+    model = fastinst.build_model("fastinst-demo")
+    fast = optimize_for_inference(model, channels_last=True, dtype=torch.bfloat16)
+    for m in fast.modules():
+        own = list(m.parameters(recurse=False))
+        if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)):
+            assert all(p.dtype == torch.float32 for p in m.parameters()), type(m).__name__
+        elif isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(
+            m, nn.modules.linear.NonDynamicallyQuantizableLinear
+        ):
+            assert own and all(p.dtype == torch.bfloat16 for p in own), type(m).__name__
+    assert any(isinstance(m, ConvNorm) and isinstance(m.norm, nn.GroupNorm) for m in fast.modules())
+    assert fast.pixel_mean.dtype == fast.pixel_std.dtype == torch.float32  # normalisation stays exact
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the original is untouched

@@ -1,7 +1,9 @@
 """The fast post-processing (only the kept queries are upsampled) equals the official order of operations."""
 
+import pytest
 import torch
 
+import fastinst.model.postprocess as post
 from fastinst.model.postprocess import instances, instances_reference
 from fastinst.model.preprocess import resize_shape
 
@@ -32,8 +34,6 @@ def test_fast_equals_reference():
 
 
 def test_threshold_first_is_exact_and_upsamples_only_what_it_keeps(monkeypatch):
-    import fastinst.model.postprocess as post
-
     logits, masks, padded, resized, original = _case(1)
     reference = instances_reference(logits, masks, padded, resized, original)
     upsampled = []
@@ -51,7 +51,7 @@ def test_threshold_first_is_exact_and_upsamples_only_what_it_keeps(monkeypatch):
             assert torch.equal(out["masks"][m], expected["masks"][n]) and out["scores"][m] == expected["scores"][n]
         probs, _, queries = post.select(logits, 100)
         can_qualify = int(queries[probs >= threshold].unique().numel())  # class probability alone reaches it
-        assert upsampled == [can_qualify]
+        assert can_qualify <= sum(upsampled) <= can_qualify + 1  # two at a time on a CPU: an odd one is redone
         if threshold == 0.5:
             assert can_qualify < queries.unique().numel() // 2  # most of the work is skipped
 
@@ -76,3 +76,29 @@ def test_nothing_above_the_threshold_gives_empty_results():
     out = instances(logits, masks, padded, resized, original, score_threshold=0.999)
     assert out["masks"].shape == (0, *original) and out["masks"].dtype == torch.bool
     assert out["scores"].shape == out["labels"].shape == out["queries"].shape == (0,)
+
+
+def _official(logits, padded, resized, original):
+    full = post._full_size(logits, padded, resized, original).sigmoid()
+    masks = full > 0.5
+    return masks, (full * masks).flatten(1).sum(1) / (masks.flatten(1).sum(1) + 1e-6)
+
+
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_two_at_a_time_equals_all_at_once_at_photo_size(count):
+    """`binary_masks` works on two masks at a time (cache-sized passes): the masks are bit-identical to the official
+    all-at-once order, the scores too with one or two threads, and to float rounding of the sums with more."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(count, 96, 72, generator=g) * 4  # 7: odd, the last step overlaps the one before
+    case = (logits, (768, 576), (760, 570), (1080, 810))
+    masks, scores = post.binary_masks(*case)
+    expected_masks, expected_scores = _official(*case)
+    assert torch.equal(masks, expected_masks)
+    torch.testing.assert_close(scores, expected_scores, rtol=1e-6, atol=0)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.equal(post.binary_masks(*case)[1], _official(*case)[1]), f"{n} threads"
+    finally:
+        torch.set_num_threads(threads)

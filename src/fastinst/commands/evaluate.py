@@ -38,6 +38,13 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
     add_device(p)
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "auto", "bf16", "fp16"],
+        help="precision of --model: fp32 (default) runs the network exactly as the official code; auto, bf16, fp16 "
+        "run `fastinst predict`'s fast path (BN folded, low precision) to measure its accuracy",
+    )
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the split")
 
 
@@ -45,6 +52,7 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks."""
     from ..engine import distributed as dist_utils
     from ..engine.evaluator import predict_dataset as run_over
+    from ..engine.predictor import Predictor
     from ..factory import load_model, resolve_device
 
     if not args.weights:
@@ -58,8 +66,9 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
         raise FastInstError(
             f"{args.weights}: the model has {model.num_classes} classes, {dataset.name} has {len(dataset.names)}"
         )
+    runner = model if args.dtype == "fp32" else Predictor(model, dtype=args.dtype)  # the same `detect`, its precision
     workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
-    evaluator = run_over(model, dataset, args.max_images, progress=True, num_workers=workers)
+    evaluator = run_over(runner, dataset, args.max_images, progress=True, num_workers=workers)
     return evaluator.results, sorted(set(evaluator.image_ids))  # every rank's images, after the gather
 
 

@@ -47,9 +47,10 @@ def add_parser(sub) -> None:
     add_device(p)
     p.add_argument(
         "--dtype",
-        default="fp32",
-        choices=["fp32", "fp16", "bf16"],
-        help="autocast precision (fp16 runs as bf16 on CPU); results are float32 either way",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="precision: auto (default) = fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp16 runs as bf16 on a "
+        "CPU; results are float32 either way",
     )
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument(

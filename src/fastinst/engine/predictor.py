@@ -24,9 +24,6 @@ from torch import nn
 
 from ..errors import FastInstError
 
-DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,27 +174,47 @@ near zero. COCO evaluation uses 0 (the official 100 detections), which `fastinst
 
 
 class Predictor:
-    """Runs a model with the inference contract of `FastInst.detect` (a FastInst, or an `OnnxModel`) over sources."""
+    """Runs a model with the inference contract of `FastInst.detect` (a FastInst, or an `OnnxModel`) over sources.
 
-    def __init__(self, model: Any, dtype: str = "fp32"):
-        if dtype not in DTYPES:
-            raise FastInstError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.model: Any = model.eval() if isinstance(model, nn.Module) else model
-        self.dtype = dtype
+    A FastInst is prepared once for inference on its device (`fastinst.model.fuse.optimize_for_inference`, on a copy:
+    the model passed in is left as it is): BatchNorms folded into the convs, and in the precision `dtype`:
+
+    * "auto" (default): fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (`fastinst.model.fuse.inference_dtype`
+      says why); "fp32", "bf16", "fp16" force one (fp16 runs as bf16 on a CPU). Results are float32 either way.
+    * bf16 / fp16: conv and linear weights cast once, channels_last, autocast for the rest (norms stay fp32).
+    """
+
+    def __init__(self, model: Any, dtype: str = "auto"):
+        from ..model.fuse import DTYPE_CHOICES, DTYPES, inference_dtype, optimize_for_inference, use_channels_last
+
+        if dtype not in DTYPE_CHOICES:
+            raise FastInstError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
         self.names: list[str] = list(model.names)
         self.category_ids: list[int] = list(model.category_ids)
+        if isinstance(model, nn.Module):
+            device = next(model.parameters()).device
+            self.dtype = inference_dtype(dtype, device)
+            low = DTYPES[self.dtype]
+            model = optimize_for_inference(model, use_channels_last(self.dtype, device), dtype=low)
+        else:
+            self.dtype = "fp32"  # an exported model runs as it was exported
+        self.model: Any = model
 
     @property
     def device(self) -> torch.device:
         return getattr(self.model, "device", torch.device("cpu"))
 
     def _autocast(self):
-        low = DTYPES[self.dtype]
-        if low is None or not isinstance(self.model, nn.Module):
+        if self.dtype == "fp32" or not isinstance(self.model, nn.Module):
             return contextlib.nullcontext()
-        if self.device.type == "cpu":
-            low = torch.bfloat16  # CPU autocast: bf16 is the fast half-precision type there
+        low = torch.float16 if self.dtype == "fp16" else torch.bfloat16
         return torch.autocast(device_type=self.device.type, dtype=low)
+
+    def detect(self, images: list[np.ndarray], score_threshold: float = 0.0, max_detections: int | None = None):
+        """`FastInst.detect` in this predictor's precision: RGB uint8 (H0, W0, 3) images -> per image `masks` bool
+        (n, H0, W0), `scores`, `labels`, `queries` (n,) tensors, best first (what `fastinst eval --dtype` runs)."""
+        with torch.inference_mode(), self._autocast():
+            return self.model.detect(images, score_threshold=score_threshold, max_detections=max_detections)
 
     def predict_batch(
         self,
@@ -212,12 +229,11 @@ class Predictor:
             raise FastInstError(f"score threshold {score_threshold}: must be between 0 and 1")
         if max_dets < 1:
             raise FastInstError(f"max_dets {max_dets}: must be at least 1")
-        with torch.inference_mode(), self._autocast():
-            found = self.model.detect(images, score_threshold=score_threshold, max_detections=max_dets)
+        found = self.detect(images, score_threshold, max_dets)
         return [
             Results(
                 im,
-                _np(out["masks"]).astype(bool),
+                _np(out["masks"]).astype(bool, copy=False),
                 _np(out["scores"]).astype(np.float32),
                 _np(out["labels"]).astype(np.int64),
                 self.names,

@@ -1,13 +1,19 @@
-"""Inference optimisations that keep fp32 results (up to float rounding): BatchNorm folding and channels_last.
+"""Inference optimisations: BatchNorm folding, channels_last, and the reduced-precision path (`inference_dtype`).
 
 `optimize_for_inference(model)` returns an eval-mode copy of a FastInst model in which every frozen (or eval-mode)
-BatchNorm that directly follows a convolution is folded into that convolution's weight and bias:
+BatchNorm that directly follows a convolution is folded into that convolution's weight and bias (fp32 results up to
+float rounding):
 
 * detectron2 ResNet: each `ConvNorm` (stem, conv1..conv3, shortcut) -> plain conv with bias, `norm` dropped;
 * ResNet-vd: stem convs + their BNs, block `conv1/bn1`, `conv2/bn2` (not the deformable ones), `conv3/bn3` and the
   downsample conv + BN; folded BNs become `nn.Identity` so the module tree (and its forward code) is unchanged.
 
 GroupNorm (pixel decoder) and LayerNorm (decoder) depend on the data and stay. The fold is done in float64.
+
+With `dtype=torch.bfloat16` (or float16) the conv and linear weights are cast once, after the fold, and the model is
+meant to run under `torch.autocast` of that dtype: matmuls and convs then run in the low precision without a cast of
+their weights per call, while autocast keeps norms, softmax and the post-processing in fp32 (their parameters stay
+fp32, as do `pixel_mean` / `pixel_std`). `inference_dtype` picks the default per device (see its docstring).
 """
 
 from __future__ import annotations
@@ -22,6 +28,55 @@ from .backbone import ConvNorm, DeformConv, FrozenBatchNorm2d, ResNetVd, VdBottl
 
 _BN = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _M = TypeVar("_M", bound=nn.Module)
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 matrix hardware (Intel AMX tiles), where bf16 convs and matmuls run several times
+    faster than fp32."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def inference_dtype(name: str, device: torch.device | str) -> str:
+    """The precision the user path runs in: `name` as given, or for "auto" the fastest one measured per device.
+
+    * CUDA: fp16 (tensor cores; FastInst's logits and masks are well inside fp16's range);
+    * CPU with AMX: bf16 (a bf16 matmul ~6x an fp32 one; accuracy measured in benchmarks/README.md);
+    * other CPUs: fp32. Without bf16 matrix units (AVX-512 alone, or AVX-512-BF16 dot products only) oneDNN's bf16
+      convs are not faster than fp32 in our measurements (3.5x slower on Cascade Lake), and fp32 is exact.
+    fp16 asked for on a CPU runs as bf16 (CPU autocast's half type).
+    """
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    kind = torch.device(device).type
+    if name == "auto":
+        if kind == "cuda":
+            return "fp16"
+        return "bf16" if kind == "cpu" and native_bf16_cpu() else "fp32"
+    if name == "fp16" and kind == "cpu":
+        return "bf16"
+    return name
+
+
+def use_channels_last(dtype: str, device: torch.device | str) -> bool:
+    """The memory layout of the user path: channels_last for bf16 / fp16 (oneDNN's and cuDNN's low-precision convs
+    want NHWC) and for fp32 ... (measured in benchmarks/README.md)."""
+    return dtype != "fp32" or torch.device(device).type == "cuda"
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the own weight and bias of every Conv2d and Linear to `dtype` in place (norms, embeddings, attention
+    blocks and buffers keep theirs); returns how many modules were cast. Run the model under autocast."""
+    inside_attention = {id(m) for a in model.modules() if isinstance(a, nn.MultiheadAttention) for m in a.modules()}
+    count = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and id(module) not in inside_attention:
+            for name, p in list(module.named_parameters(recurse=False)):  # not a ConvNorm's norm
+                setattr(module, name, nn.Parameter(p.detach().to(dtype), requires_grad=False))
+            count += 1
+    return count
 
 
 def _scale_shift(bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,16 +146,22 @@ def fold_batchnorms(model: nn.Module) -> int:
     return count
 
 
-def optimize_for_inference(model: _M, channels_last: bool = False, inplace: bool = False) -> _M:
-    """An eval-mode FastInst with BatchNorms folded into convs (and channels_last weights if asked).
+def optimize_for_inference(
+    model: _M, channels_last: bool = False, inplace: bool = False, dtype: torch.dtype | None = None
+) -> _M:
+    """An eval-mode FastInst with BatchNorms folded into convs, channels_last weights if asked, and the conv / linear
+    weights cast to `dtype` if given (then run it under `torch.autocast(device_type, dtype)`).
 
-    Outputs equal the unfused model's up to fp32 rounding. With `inplace=False` (default) `model` is left as is.
-    channels_last pays off for the convolutions on CPUs with oneDNN and on GPUs with tensor cores; measure.
+    In fp32 the outputs equal the unfused model's up to float rounding. With `inplace=False` (default) `model` is left
+    as is. channels_last pays off for the convolutions with oneDNN and on GPUs with tensor cores (measurements:
+    benchmarks/README.md).
     """
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
     fold_batchnorms(model)
+    if dtype is not None and dtype != torch.float32:
+        cast_weights(model, dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     for p in model.parameters():

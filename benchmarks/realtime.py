@@ -1,0 +1,243 @@
+"""Real-time goals of the D1-R50 user path as ratios to compute floors timed in the same run (issue #16).
+
+    .venv/bin/python benchmarks/realtime.py [--threads 2] [--iters 5] [--json benchmarks/results/realtime.json]
+
+The user path is `fastinst.load(...).predict(photo)`: a decoded RGB photo (default 1080x810, the parity fixture's
+photo upscaled) -> the official test resize -> normalise + pad -> network -> instances scoring >= 0.3 with boolean
+masks at the photo's size, as numpy (`Predictor.predict_batch`). Weights: the D1-R50 parity fixture's synthetic
+weights (spread class scores, so that instances pass 0.3 as with trained weights), or `--weights FILE`.
+
+Printed, every time from this run only:
+* the fp32 and bf16 matmul rates (2048^2, before and after the models; the higher of the two) and the floors
+  2 x MACs / rate of the network at the resized size;
+* per precision (the default "auto" and each of fp32 / bf16): user path ms, network ms, instances kept, and the user
+  path as a fraction of the fp32 and of the bf16 floor;
+* "official order": the unfused fp32 network and the official post-processing (all 100 top-k masks upsampled to the
+  padded and then the full size) in the same process: our network code standing in for the official one, whose
+  FrozenBN is slower still (issue #16 measured the official code itself on an AMX machine);
+* a 1920x1080 frame: user path and post-processing with 8 instances kept, and the post-processing share;
+* the top ops of the default user path (torch.profiler, self CPU time) and their share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "parity" / "data" / "fastinst_R50_ppm-fpn_x1_576-s0"
+
+
+def median_ms(fn, iters: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, iters: int = 8) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / (median_ms(lambda: a @ b, iters, 2) * 1e-3) / 1e9
+
+
+def cpu_flags() -> tuple[str, str]:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return platform.processor(), ""
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = [f for f in info.get("Flags", "").split() if f.startswith(("avx512", "amx", "avx2"))]
+    model = info.get("Model name", "").strip()
+    return f"{model} (family {info.get('CPU family', '?').strip()} model {info.get('Model', '?').strip()})", " ".join(
+        sorted(flags)
+    )
+
+
+def build(weights: str | None):
+    import fastinst
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    if weights:
+        return fastinst.load_model("fastinst-d1-r50", weights, "cpu")
+    from parity.fixture import fixture_model, open_fixture
+
+    return fixture_model(open_fixture(FIXTURE))
+
+
+def photo_of(size: tuple[int, int]) -> np.ndarray:
+    with np.load(FIXTURE / "reference.npz") as npz:
+        base = npz["input.0.original"]
+    return np.asarray(Image.fromarray(base).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def network_ms(predictor, photo: np.ndarray, iters: int) -> float:
+    """The network alone (normalised padded batch of the resized photo -> logits, masks) in the predictor's
+    precision."""
+    from fastinst.model.preprocess import to_model_input
+
+    model = predictor.model
+    item = to_model_input(photo, model.cfg.input.min_size_test, model.cfg.input.max_size_test)
+    with torch.inference_mode():
+        images, _ = model.preprocess([item])
+
+        def run():
+            with torch.inference_mode(), predictor._autocast():
+                model.sem_seg_head.predictor(model.features(images))
+
+        return median_ms(run, iters)
+
+
+def top_ops(predictor, photo: np.ndarray, count: int = 8) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    predictor.predict_batch([photo])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        predictor.predict_batch([photo])
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {"op": e.key, "ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total, "calls": e.count}
+        for e in events[:count]
+    ]
+
+
+def main() -> int:
+    from fastinst.engine.predictor import Predictor
+    from fastinst.flops import count_flops
+    from fastinst.model.fuse import inference_dtype
+    from fastinst.model.postprocess import instances, instances_reference
+    from fastinst.model.preprocess import resize_shape, to_model_input
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", help="a D1-R50 checkpoint (default: the parity fixture's synthetic weights)")
+    ap.add_argument("--photo", type=int, nargs=2, default=(1080, 810), metavar=("H", "W"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--dtypes", default="auto,fp32,bf16", help="precisions to time (comma-separated)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build(args.weights).eval()
+    cfg = model.cfg
+    photo = photo_of(tuple(args.photo))
+    h, w = resize_shape(*photo.shape[:2], cfg.input.min_size_test, cfg.input.max_size_test)
+    with torch.no_grad():
+        flops = count_flops(model, h, w)
+    macs = flops["backbone"] + flops["pixel_decoder"] + flops["decoder"]
+    rates = {"fp32": [matmul_gflops(torch.float32)], "bf16": [matmul_gflops(torch.bfloat16)]}
+    cpu, flags = cpu_flags()
+    print(f"CPU: {cpu}\nflags: {flags}\ntorch {torch.__version__}, {args.threads} threads, photo {photo.shape[:2]}")
+    print(f"network at {h}x{w}: {macs / 1e9:.2f} GMAC")
+
+    rows = []
+    for name in dict.fromkeys(args.dtypes.split(",")):
+        predictor = Predictor(model, dtype=name)
+        user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
+        kept = len(predictor.predict_batch([photo])[0])
+        net = network_ms(predictor, photo, args.iters)
+        rows.append({"dtype": name, "runs_as": predictor.dtype, "user_ms": user, "network_ms": net, "kept": kept})
+
+    # the official order: unfused fp32 network, all 100 top-k masks upsampled to the padded and then the full size
+    def official():
+        with torch.inference_mode():
+            item = to_model_input(photo, cfg.input.min_size_test, cfg.input.max_size_test)
+            images, sizes = model.preprocess([item])
+            out = model.sem_seg_head.predictor(model.features(images))
+            found = instances_reference(
+                out["pred_logits"][0], out["pred_masks"][0], tuple(images.shape[-2:]), sizes[0], photo.shape[:2]
+            )
+            keep = found["scores"] >= 0.3
+            return found["masks"][keep].numpy(), found["scores"][keep].numpy()
+
+    official_ms = median_ms(official, max(2, args.iters // 2))
+
+    # a 1080p frame: the default user path, and post-processing with 8 instances kept
+    frame = photo_of((1080, 1920))
+    default = Predictor(model, dtype="auto")
+    frame_user = median_ms(lambda: default.predict_batch([frame]), args.iters)
+    with torch.inference_mode(), default._autocast():
+        item = to_model_input(frame, cfg.input.min_size_test, cfg.input.max_size_test)
+        images, sizes = default.model.preprocess([item])
+        out = default.model.sem_seg_head.predictor(default.model.features(images))
+    logits, masks = out["pred_logits"][0], out["pred_masks"][0]
+    padded = tuple(images.shape[-2:])
+
+    def post8():
+        with torch.inference_mode():
+            found = instances(logits, masks, padded, sizes[0], frame.shape[:2], k=8)
+            return found["masks"].numpy()
+
+    frame_post = median_ms(post8, args.iters)
+    ops = top_ops(default, photo)
+    rates["fp32"].append(matmul_gflops(torch.float32))
+    rates["bf16"].append(matmul_gflops(torch.bfloat16))
+    rate = {k: max(v) for k, v in rates.items()}
+    floor = {k: 2 * macs / (r * 1e9) * 1e3 for k, r in rate.items()}
+
+    print(f"matmul GFLOP/s: fp32 {rate['fp32']:.0f}, bf16 {rate['bf16']:.0f} (before/after: {rates})")
+    print(f"floors: fp32 {floor['fp32']:.0f} ms, bf16 {floor['bf16']:.0f} ms")
+    print()
+    print("| dtype | runs as | user path ms | network ms | kept | of fp32 floor | of bf16 floor |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r["of_fp32_floor"] = floor["fp32"] / r["user_ms"]
+        r["of_bf16_floor"] = floor["bf16"] / r["user_ms"]
+        print(
+            f"| {r['dtype']} | {r['runs_as']} | {r['user_ms']:.0f} | {r['network_ms']:.0f} | {r['kept']} "
+            f"| {r['of_fp32_floor']:.0%} | {r['of_bf16_floor']:.0%} |"
+        )
+    auto = rows[0]
+    print(
+        f"| official order (fp32, unfused, 100 masks) | fp32 | {official_ms:.0f} | | | "
+        f"{floor['fp32'] / official_ms:.0%} | {floor['bf16'] / official_ms:.0%} |"
+    )
+    print(f"\n{auto['dtype']} path vs the official order: {official_ms / auto['user_ms']:.2f}x faster")
+    print(
+        f"1920x1080 frame ({auto['runs_as']}): user path {frame_user:.0f} ms; post-processing with 8 instances "
+        f"{frame_post:.0f} ms = {frame_post / frame_user:.1%} of the frame"
+    )
+    print("\ntop ops of the default user path (self CPU time):")
+    for op in ops:
+        print(f"  {op['op']:<55} {op['ms']:8.1f} ms {op['share']:6.1%}  ({op['calls']} calls)")
+    result = {
+        "cpu": cpu,
+        "flags": flags,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "photo": list(photo.shape[:2]),
+        "resized": [h, w],
+        "gmac": macs / 1e9,
+        "matmul_gflops": rates,
+        "floor_ms": floor,
+        "rows": rows,
+        "official_order_ms": official_ms,
+        "speedup_vs_official_order": official_ms / auto["user_ms"],
+        "frame_1080p": {"user_ms": frame_user, "post_8_ms": frame_post, "post_share": frame_post / frame_user},
+        "top_ops": ops,
+        "auto_resolves_to": inference_dtype("auto", "cpu"),
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
