@@ -55,7 +55,10 @@ class VideoWriter:
                 av.codec.Codec(codec, "w")
             except (av.FFmpegError, ValueError):
                 continue
-            stream = self.container.add_stream(codec, rate=self.rate)
+            # x264's default lookahead holds ~50 frames (+380 MiB at 1080p): zerolatency encodes each frame as it
+            # comes, so memory stays flat from the first frames (benchmarks/predict_memory.py --video-frames)
+            options = {"tune": "zerolatency"} if codec == "libx264" else {}
+            stream = self.container.add_stream(codec, rate=self.rate, options=options)
             break
         else:
             raise FastInstError("PyAV has no H.264 or MPEG-4 encoder; cannot write overlay videos")

@@ -60,12 +60,6 @@ def inference_dtype(name: str, device: torch.device | str) -> str:
     return name
 
 
-def use_channels_last(dtype: str, device: torch.device | str) -> bool:
-    """The memory layout of the user path: channels_last for bf16 / fp16 (oneDNN's and cuDNN's low-precision convs
-    want NHWC) and for fp32 ... (measured in benchmarks/README.md)."""
-    return dtype != "fp32" or torch.device(device).type == "cuda"
-
-
 def cast_weights(model: nn.Module, dtype: torch.dtype) -> int:
     """Cast the own weight and bias of every Conv2d and Linear to `dtype` in place (norms, embeddings, attention
     blocks and buffers keep theirs); returns how many modules were cast. Run the model under autocast."""
@@ -167,3 +161,4 @@ def optimize_for_inference(
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
