@@ -161,4 +161,3 @@ def optimize_for_inference(
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
