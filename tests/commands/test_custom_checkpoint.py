@@ -69,3 +69,19 @@ def test_eval_export_and_benchmark_take_the_same_checkpoint(trained, tmp_path, c
     assert OnnxModel(onnx).names == ["dog", "cat"]
     timing = ["--iters", "1", "--warmup", "0", "--device", "cpu", "--json", str(tmp_path / "bench.json")]
     assert main(["benchmark", *weights, *timing]) == 0
+
+
+def test_eval_of_the_fast_path_in_bf16(trained, tmp_path, monkeypatch):
+    """`fastinst eval --dtype bf16` runs the predictor's prepared model (BN folded, bf16) over the same split."""
+    from fastinst.engine.predictor import Predictor
+
+    seen = []
+    detect = Predictor.detect
+    monkeypatch.setattr(Predictor, "detect", lambda self, *a, **k: seen.append(self.dtype) or detect(self, *a, **k))
+    root, ckpt = trained
+    out = tmp_path / "eval_bf16"
+    args = ["eval", "--model", "fastinst-demo", "--weights", str(ckpt), "--data", str(root), "--dtype", "bf16"]
+    assert main([*args, "--output", str(out), "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"dog", "cat"} and 0.0 <= metrics["AP"] <= 100.0
+    assert seen and set(seen) == {"bf16"}  # every val image went through the bf16 predictor

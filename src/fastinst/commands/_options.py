@@ -36,6 +36,15 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = "auto = fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp16 runs as bf16 on a CPU"
+
+
+def add_dtype(parser: argparse.ArgumentParser, default: str, help: str) -> None:
+    """`--dtype`, the precision the model runs in (`fastinst.model.fuse.inference_dtype`)."""
+    parser.add_argument("--dtype", default=default, choices=PRECISIONS, help=f"{help} ({PRECISION_HELP})")
+
+
 def add_size(parser, help: str) -> None:
     """`--size H W`, two positive integers; `parser` may be a mutually exclusive group."""
     parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), help=help)

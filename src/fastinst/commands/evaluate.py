@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import FastInstError
-from ._options import add_device, positive_int
+from ._options import add_device, add_dtype, positive_int
 
 
 def add_parser(sub) -> None:
@@ -38,12 +38,11 @@ def add_parser(sub) -> None:
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
     add_device(p)
-    p.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=["fp32", "auto", "bf16", "fp16"],
-        help="precision of --model: fp32 (default) runs the network exactly as the official code; auto, bf16, fp16 "
-        "run `fastinst predict`'s fast path (BN folded, low precision) to measure its accuracy",
+    add_dtype(
+        p,
+        "fp32",
+        "precision of --model: fp32 (default) is the official network; the others run `fastinst "
+        "predict`'s fast path to measure its accuracy",
     )
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images of the split")
 

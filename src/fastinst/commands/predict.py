@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastInstError
-from ._options import add_device
+from ._options import add_device, add_dtype
 
 THRESHOLD_HELP = (
     "keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
@@ -45,13 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--score-threshold", type=float, default=0.3, help=THRESHOLD_HELP)
     p.add_argument("--max-dets", type=int, default=100, help="at most this many instances per image (default 100)")
     add_device(p)
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="precision: auto (default) = fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp16 runs as bf16 on a "
-        "CPU; results are float32 either way",
-    )
+    add_dtype(p, "auto", "precision (default auto); results are float32 either way")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument(
         "--classes",
