@@ -62,3 +62,43 @@ def test_compact_fixture_is_a_faithful_subset_of_the_full_one():
         stored = next(k for k in full.arrays if re.fullmatch(re.escape(base) + r"(\.everyq?\d+)?", k))
         have = int(m.group(1)) if (m := re.search(r"(\d+)$", stored)) and stored != base else 1
         assert np.array_equal(value, full[stored][:, :: step // have]), key
+
+
+@pytest.mark.parametrize("path", PARITY_FIXTURES, ids=fixture_id)
+def test_fast_postprocessing_is_the_official_order_bit_for_bit(path):
+    """On every parity fixture's fp32 network outputs, `instances` (threshold-first, two masks at a time) returns the
+    official order's instances (`instances_reference`) bit for bit: same (query, class) pairs, masks and scores —
+    with the official top-k (threshold 0) and filtered at the default 0.3."""
+    import torch
+
+    from fastinst.model.postprocess import instances, instances_reference
+    from parity.fixture import eval_batch
+
+    fx = open_fixture(path)
+    model = fixture_model(fx)
+    batch = eval_batch(fx)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, threads))  # torch splits float sums per thread count, the official code's too
+    try:
+        with torch.inference_mode():
+            images, sizes = model.preprocess(batch)
+            out = model.sem_seg_head.predictor(model.features(images))
+            for i, item in enumerate(batch):
+                args = (out["pred_logits"][i], out["pred_masks"][i], tuple(images.shape[-2:]), sizes[i])
+                original = (item["height"], item["width"])
+                ref = instances_reference(*args, original)
+                for threshold in (0.0, 0.3):
+                    got = instances(*args, original, score_threshold=threshold)
+                    keep = ref["scores"] >= threshold
+                    want = {
+                        (int(q), int(c)): n
+                        for n, (q, c) in enumerate(zip(ref["queries"], ref["labels"], strict=True))
+                        if keep[n]
+                    }
+                    pairs = [(int(q), int(c)) for q, c in zip(got["queries"], got["labels"], strict=True)]
+                    assert sorted(pairs) == sorted(want) and (threshold > 0 or len(pairs) == 100)
+                    for m, pair in enumerate(pairs):
+                        assert torch.equal(got["masks"][m], ref["masks"][want[pair]]), (i, threshold, pair)
+                        assert got["scores"][m] == ref["scores"][want[pair]], (i, threshold, pair)
+    finally:
+        torch.set_num_threads(threads)
