@@ -8,6 +8,7 @@ variant; `key=value` overrides change it (e.g. `solver.max_iter=90000 solver.ste
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ._options import add_device
@@ -22,8 +23,17 @@ def add_parser(sub) -> None:
     p.add_argument("--train-split", default="train", help="split to train on (default: train)")
     p.add_argument("--val-split", default="val", help="split for periodic evaluation ('' to skip)")
     p.add_argument("--weights", help="initial weights: a FastInst checkpoint or an ImageNet backbone file")
-    p.add_argument("--output", default="runs/train", help="output folder (checkpoints, metrics, curves)")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pth if it exists")
+    p.add_argument(
+        "--output",
+        default="runs/train",
+        help="output folder (checkpoints, metrics, curves); one that holds a run is never overwritten: a new run goes "
+        "to OUTPUT2, OUTPUT3, ... (default runs/train)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT/last.pth if it exists (Ctrl-C or SIGTERM saves it after the current iteration)",
+    )
     add_device(p)
     p.add_argument("--max-seconds", type=float, help="stop (and save) after this much training time")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. solver.max_iter=1000")
@@ -63,6 +73,21 @@ def build_training(args: argparse.Namespace):
     return cfg, model, train, val
 
 
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` has a training run in it (a checkpoint or a metrics log)."""
+    return (folder / "last.pth").exists() or (folder / "metrics.jsonl").exists()
+
+
+def unused_run_folder(folder: Path) -> Path:
+    """`folder` itself when it holds no run yet, else the first of folder2, folder3, ... that does not: a new `train`
+    never overwrites a model or mixes its metrics into another run's."""
+    candidate, n = folder, 1
+    while holds_run(candidate):
+        n += 1
+        candidate = folder.with_name(f"{folder.name}{n}")
+    return candidate
+
+
 def make_evaluator(model_cfg, val, max_images: int | None = None):
     """A function model -> COCO mask metrics on `val` (sharded over DDP ranks, gathered on rank 0)."""
     from ..engine import distributed as dist_utils
@@ -84,12 +109,17 @@ def run(args: argparse.Namespace) -> int:
     kind = resolve_device(args.device)
     rank, world, local = dist_utils.init_distributed(kind.type)
     device = f"cuda:{local}" if kind.type == "cuda" and world > 1 else str(kind)
+    output = Path(args.output) if args.resume else unused_run_folder(Path(args.output))
+    if dist_utils.is_main() and output != Path(args.output):
+        print(
+            f"note: {args.output} holds a run; writing to {output} (--resume continues {args.output})", file=sys.stderr
+        )
     cfg, model, train, val = build_training(args)
     per_rank = max(1, cfg.solver.ims_per_batch // world)
     if dist_utils.is_main():
         print(
             f"training {cfg.name} on {len(train.records)} images, {len(train.names)} classes, "
-            f"{world} process(es) x {per_rank} images, {cfg.solver.max_iter} iterations -> {args.output}"
+            f"{world} process(es) x {per_rank} images, {cfg.solver.max_iter} iterations -> {output}"
         )
 
     def loader(start_iter: int):
@@ -107,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         cfg,
         model,
         loader,
-        Path(args.output),
+        output,
         device=device,
         resume=args.resume,
         evaluate_fn=make_evaluator(cfg, val) if val is not None else None,

@@ -13,7 +13,9 @@ import math
 import os
 import pickle
 import random
+import signal
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable
@@ -227,6 +229,8 @@ class Trainer:
         self.nonfinite = int(ckpt.get("nonfinite", 0))
         set_rng_state(ckpt["rng"])
         self._log({"event": "resumed", "iter": self.iteration})
+        if dist_utils.is_main():
+            print(f"resumed from iteration {self.iteration} ({path})", file=sys.stderr)
         return True
 
     # -- one step -------------------------------------------------------------------------------------------------
@@ -288,6 +292,7 @@ class Trainer:
 
             bar = self.bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
         last_metrics: dict = {}
+        restore = self._catch_stop_signals()
         try:
             for batch in self.loader_fn(self.iteration):
                 if self.iteration >= s.max_iter:
@@ -321,7 +326,10 @@ class Trainer:
                     last_metrics = self._evaluate(writer)
                 if done:
                     break
+                if self._stop_requested():
+                    self._save_and_stop()
         finally:
+            restore()
             if bar is not None:
                 bar.close()
         self.save()
@@ -332,6 +340,54 @@ class Trainer:
         if dist_utils.is_main():
             self._plot()
         return {"iteration": self.iteration, "seconds": time.time() - start, **last_metrics}
+
+    # -- Ctrl-C and SIGTERM: finish the iteration, save last.pth, stop --------------------------------------------
+
+    def _catch_stop_signals(self) -> Callable[[], None]:
+        """SIGINT (Ctrl-C) and SIGTERM (what schedulers send) ask the loop to stop after the current iteration, with
+        `last.pth` saved; a second Ctrl-C stops at once. Returns the function that puts the old handlers back."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None  # signal handlers can only be set from the main thread
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, _frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the iteration
+            self._stop_signal = signum
+            if dist_utils.is_main():
+                print(
+                    f"\n{signal.Signals(signum).name}: stopping after this iteration and saving last.pth "
+                    "(Ctrl-C again to stop at once)",
+                    file=sys.stderr,
+                )
+
+        for sig in old:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+
+        return restore
+
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (all ranks stop at the same iteration, or a save would hang)."""
+        stop = self._stop_signal is not None
+        if dist_utils.is_distributed():
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def _save_and_stop(self) -> None:
+        path = self.save()
+        self._log({"event": "interrupted", "iter": self.iteration})
+        if dist_utils.is_main():
+            print(f"interrupted at iteration {self.iteration}: saved {path} (continue with --resume)", file=sys.stderr)
+        raise KeyboardInterrupt
 
     def _evaluate(self, writer) -> dict:
         if self.evaluate_fn is None:
