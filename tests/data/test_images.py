@@ -88,13 +88,31 @@ def test_cmyk_jpeg(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("ext,dtype", [("png", "<u2"), ("tiff", "<u2"), ("tiff", ">u2")])
-def test_16_bit_shifts_to_8_bit(tmp_path: Path, ext: str, dtype: str) -> None:
+def test_16_bit_full_range_shifts_to_8_bit(tmp_path: Path, ext: str, dtype: str) -> None:
     arr = np.array([[0, 0x00FF, 0x0100, 0xABCD], [0x8000, 0xFFFF, 0x1234, 0x7FFF]], dtype=dtype)
     mode = "I;16B" if dtype == ">u2" else "I;16"
     Image.frombytes(mode, (4, 2), arr.tobytes()).save(tmp_path / f"x.{ext}")
     assert Image.open(tmp_path / f"x.{ext}").mode.startswith("I;16")
     out = read_image(tmp_path / f"x.{ext}")
     assert np.array_equal(out[..., 0], (arr.astype(np.uint16) >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("ext", ["png", "tiff"])
+@pytest.mark.parametrize("top,shift", [(235, 0), (4095, 4), (1023, 2)])
+def test_16_bit_camera_data_keeps_its_picture(tmp_path: Path, ext: str, top: int, shift: int) -> None:
+    """16-bit files holding 8-, 10- or 12-bit data are scaled by the bits they use, not shifted to black."""
+    ramp = np.linspace(0, top, 64 * 48).round().astype("<u2").reshape(48, 64)
+    Image.frombytes("I;16", (64, 48), ramp.tobytes()).save(tmp_path / f"cam.{ext}")
+    out = read_image(tmp_path / f"cam.{ext}")
+    assert np.array_equal(out[..., 1], (ramp >> shift).astype(np.uint8))
+    assert out.max() >= 127  # a picture, not black
+
+
+def test_constant_image_warns_in_one_line(tmp_path: Path, capsys) -> None:
+    Image.frombytes("I;16", (8, 4), np.full((4, 8), 300, "<u2").tobytes()).save(tmp_path / "flat.tiff")
+    read_image(tmp_path / "flat.tiff")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: {tmp_path / 'flat.tiff'}: decodes to a constant image (every pixel 150)"]
 
 
 def test_int32_and_float_modes(tmp_path: Path) -> None:

@@ -6,10 +6,11 @@ orientation, and converts every Pillow mode to 8-bit RGB:
 * RGBA / LA / PA / RGBa: the alpha channel is dropped (no compositing), as most viewers show the colour data.
 * P (palette, with or without transparency), 1-bit, L, CMYK (Adobe-inverted CMYK JPEGs are handled by Pillow),
   YCbCr, LAB, HSV: Pillow's conversion to RGB.
-* 16-bit integer (``I;16``, ``I;16B``, ``I;16L``...): shifted right by 8 bits, i.e. the full 0..65535 range maps
-  onto 0..255 (a 12-bit image stored in 16 bits therefore looks dark, as in other viewers).
-* 32-bit integer ``I``: values within 0..255 are kept, within 0..65535 are treated as 16-bit (>> 8), anything else
-  is min-max scaled.
+* 16-bit integer (``I;16``, ``I;16B``, ``I;16L``...) and 32-bit integer ``I`` within 0..65535: by the bit depth the
+  data really uses (`used_bits_to_uint8`): when the largest value needs b > 8 bits, values are shifted right by b - 8
+  (12-bit camera data 0..4095 → >> 4; values up to 255 are kept; the full 16-bit range → >> 8), so the picture is
+  kept and images of one sensor share one scale; other ``I`` values are min-max scaled.
+* an image that decodes to a single value prints a one-line warning naming the file.
 * 32-bit float ``F``: values within [0, 1] are scaled by 255, within [0, 255] are kept, anything else is min-max
   scaled; NaN becomes 0.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import struct
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -175,9 +177,12 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ex
             except PIL_ERRORS:  # a broken EXIF block should not lose the picture
                 pass
         try:
-            return _pil_to_rgb(img)
+            out = _pil_to_rgb(img)
         except ValueError as e:
             raise ImageReadError(f"{p}: {e}") from None
+    if out.size and out.min() == out.max():  # e.g. a 16-bit file whose data is all at one value
+        print(f"warning: {p}: decodes to a constant image (every pixel {int(out.flat[0])})", file=sys.stderr)
+    return out
 
 
 def _one_line(e: BaseException) -> str:
@@ -205,16 +210,24 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8).copy()
 
 
+def used_bits_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Non-negative integers of up to 16 bits → uint8 by the bit depth the data really uses: with the largest value
+    needing b bits (at least 8), shift right by b - 8. Camera data in 16-bit files keeps its picture (12-bit values
+    0..4095 → >> 4, values up to 255 unchanged, full 16-bit → >> 8), and images of one sensor keep one scale."""
+    top = int(arr.max(initial=0))
+    shift = max(0, top.bit_length() - 8)
+    return (arr.astype(np.uint32) >> shift).astype(np.uint8)
+
+
 def _scale_to_uint8(arr: np.ndarray, sixteen_bit: bool = False) -> np.ndarray:
-    """High bit-depth or float gray values → uint8 (16-bit: >> 8; float 0..1: ×255; otherwise min-max)."""
+    """High bit-depth or float gray values → uint8 (integers up to 16 bits: `used_bits_to_uint8`; float 0..1: ×255;
+    otherwise min-max)."""
     if sixteen_bit or arr.dtype == np.uint16:
-        return (arr.astype(np.uint16) >> 8).astype(np.uint8)
+        return used_bits_to_uint8(arr.astype(np.uint16))
     if arr.dtype.kind in "iu":
         lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0 and hi <= 255:
-            return arr.astype(np.uint8)
         if lo >= 0 and hi <= 65535:
-            return (arr.astype(np.uint32) >> 8).astype(np.uint8)
+            return used_bits_to_uint8(arr)
         return _minmax(arr.astype(np.float64))
     x = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     xlo, xhi = float(x.min()), float(x.max())
@@ -298,7 +311,7 @@ def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
     elif kind == "b":
         out = arr.astype(np.uint8) * 255
     elif arr.dtype == np.uint16:
-        out = (arr >> 8).astype(np.uint8)
+        out = used_bits_to_uint8(arr)
     elif kind in "iu":
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
