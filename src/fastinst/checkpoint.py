@@ -171,9 +171,9 @@ def guess_variant(keys) -> str:
     return f"{name} ({official})" if official else name
 
 
-def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:
+def load_checkpoint(model: nn.Module, source, strict: bool = True, label: str | None = None) -> dict:
     """Load a FastInst checkpoint (path or state dict) into `model`; returns the file's extra entries (iteration...)."""
-    label = str(source) if isinstance(source, (str, Path)) else "state dict"
+    label = label or (str(source) if isinstance(source, (str, Path)) else "state dict")
     raw = read_checkpoint(source) if isinstance(source, (str, Path)) else dict(source)
     sd = to_state_dict(raw)
     if not sd:
@@ -203,6 +203,33 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True) -> dict:
         usable[k] = own[k]
     model.load_state_dict(usable, strict=strict)
     return {k: v for k, v in raw.items() if k not in ("model", "state_dict")} if isinstance(raw, dict) else {}
+
+
+_CLASS_SIZED = ("class_embed_layers", "proposal_cls_logits", "empty_weight")
+
+
+def transfer_checkpoint(model: nn.Module, path: str | Path) -> str:
+    """Initialise `model` for fine-tuning from a FastInst checkpoint of the same variant; -> the line to print.
+
+    Every tensor is copied except the class-sized ones (class heads, proposal classifier, `empty_weight`) when the
+    checkpoint has another class count: those keep their fresh initialisation and the line names them. A checkpoint
+    of another variant is refused with the same one-line message as `load_checkpoint` (eval, predict)."""
+    sd = to_state_dict(read_checkpoint(path))
+    own = model.state_dict()
+    heads = [
+        k
+        for k in own
+        if k in sd
+        and sd[k].shape != own[k].shape
+        and any(part in k for part in _CLASS_SIZED)
+        and sd[k].shape[1:] == own[k].shape[1:]
+    ]
+    load_checkpoint(model, {**sd, **{k: own[k] for k in heads}}, strict=True, label=str(path))
+    line = f"transferred {len(own) - len(heads)}/{len(own)} tensors from {path}"
+    if heads:
+        classes = getattr(model, "num_classes", "?")
+        line += f"; re-initialised for {classes} classes: {len(heads)} class-head tensors ({', '.join(heads[:3])}, ...)"
+    return line
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -74,3 +74,36 @@ def test_a_stop_signal_saves_last_pth_and_resume_continues(data, tmp_path, sig):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from iteration {stopped}" in resumed.stderr
     assert int(torch.load(out / "last.pth", weights_only=True)["iteration"]) == stopped + 1
+
+
+def test_fine_tuning_says_what_it_transferred_and_refuses_another_variant(data, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["train", "--data", str(data), "--output", str(base), *TINY, "solver.max_iter=1"]) == 0
+    three = coco_dict()
+    three["categories"].append({"id": 9, "name": "bird"})  # another class count: the class heads cannot transfer
+    make_coco(tmp_path / "three", "train2017", three)
+    capsys.readouterr()
+    weights = ["--weights", str(base / "last.pth")]
+    args = [
+        "--data",
+        str(tmp_path / "three"),
+        "--output",
+        str(tmp_path / "tuned"),
+        *weights,
+        *TINY,
+        "solver.max_iter=1",
+    ]
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("transferred "))
+    total = len(torch.load(base / "last.pth", weights_only=True)["model"])
+    assert line.startswith(f"transferred {total - 8}/{total} tensors from {base / 'last.pth'}; re-initialised for 3")
+    assert "class_embed_layers" in line
+
+    assert (
+        main(["train", "--model", "fastinst-d1-r50", "--data", str(data), "--output", str(tmp_path / "d1"), *weights])
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": does not fit " in err[0] and "it looks like" in err[0]
+    assert not (tmp_path / "d1" / "last.pth").exists()

@@ -43,7 +43,7 @@ def build_training(args: argparse.Namespace):
     """-> (cfg, model, train dataset, val dataset | None) with the class count taken from the data."""
     import torch
 
-    from ..checkpoint import load_backbone, load_checkpoint, read_state_dict
+    from ..checkpoint import load_backbone, read_state_dict, transfer_checkpoint
     from ..config import apply_overrides, get_config
     from ..data.datasets import load_dataset
     from ..errors import FastInstError
@@ -67,7 +67,7 @@ def build_training(args: argparse.Namespace):
     if args.weights:
         sd = read_state_dict(args.weights)
         if any(k.startswith("sem_seg_head.") for k in sd):
-            load_checkpoint(model, sd, strict=False)  # class heads of another dataset are skipped by shape
+            print(transfer_checkpoint(model, args.weights))  # refuses another variant; names re-initialised heads
         else:
             load_backbone(model, args.weights)
     return cfg, model, train, val
