@@ -44,8 +44,9 @@ def inference_dtype(name: str, device: torch.device | str) -> str:
 
     * CUDA: fp16 (tensor cores; FastInst's logits and masks are well inside fp16's range);
     * CPU with AMX: bf16 (a bf16 matmul ~6x an fp32 one; accuracy measured in benchmarks/README.md);
-    * other CPUs: fp32. Without bf16 matrix units (AVX-512 alone, or AVX-512-BF16 dot products only) oneDNN's bf16
-      convs are not faster than fp32 in our measurements (3.5x slower on Cascade Lake), and fp32 is exact.
+    * other CPUs: fp32, exact. Without any bf16 hardware bf16 is emulated (D1-R50 network 2.7x slower than fp32 on
+      Cascade Lake); with AVX-512-BF16 dot products but no AMX (AMD Zen 4) inference has not been measured yet, so
+      fp32 stays the default there.
     fp16 asked for on a CPU runs as bf16 (CPU autocast's half type).
     """
     if name not in DTYPE_CHOICES:
