@@ -91,3 +91,40 @@ def test_plot_training_curves(tmp_path: Path) -> None:
         plot_training_curves(tmp_path / "bad.jsonl", tmp_path / "x.png")
     with pytest.raises(FastInstError, match="not found"):
         plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
+
+
+def test_best_instance_on_top_and_labels_do_not_cover_each_other(monkeypatch) -> None:
+    """Three masks sharing a top-left corner: the best-scoring one is drawn last (its colour wins where they
+    overlap), its label keeps its place and is drawn last, and no two label boxes overlap."""
+    from PIL import ImageDraw
+
+    from fastinst.visualize import draw_instances, instance_colour
+
+    image = np.zeros((120, 160, 3), np.uint8)
+    masks = np.zeros((3, 120, 160), bool)
+    masks[0, 40:100, 30:120] = True
+    masks[1, 40:80, 30:90] = True
+    masks[2, 40:70, 30:70] = True
+    scores = [0.4, 0.9, 0.6]  # instance 1 is the best
+    boxes: list[tuple[tuple[int, int, int, int], tuple]] = []
+    rectangle = ImageDraw.ImageDraw.rectangle
+    monkeypatch.setattr(
+        ImageDraw.ImageDraw,
+        "rectangle",
+        lambda self, xy, fill=None, **k: boxes.append((xy, fill)) or rectangle(self, xy, fill=fill, **k),
+    )
+    out = draw_instances(image, masks, [0, 1, 2], scores, ["a", "b", "c"], alpha=1.0, contour_width=0)
+    rects = [xy for xy, _ in boxes]
+    inside_all = [
+        (y, x)
+        for y in range(40, 70)
+        for x in range(30, 70)
+        if not any(r[0] <= x <= r[2] and r[1] <= y <= r[3] for r in rects)
+    ]
+    assert inside_all and all(tuple(out[y, x]) == instance_colour(1) for y, x in inside_all)  # the best one on top
+    assert [fill for _, fill in boxes][-1] == instance_colour(1)  # the best label is drawn last
+    best = rects[-1]
+    assert best[1] in (40 - (best[3] - best[1] + 1), 40)  # above the mask (or just inside): its own place
+    for a_i, a in enumerate(rects):
+        for b in rects[a_i + 1 :]:
+            assert not (a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]), (a, b)

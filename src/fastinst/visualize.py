@@ -101,7 +101,8 @@ def draw_instances(
 
     `masks` is bool (N, H, W) (numpy or torch); `labels` contiguous class ids and `scores` floats, both
     length N or None; `names[label]` is shown when given (else ``"class <id>"``). Instances scoring below
-    `score_threshold` are skipped; instance i is drawn in `instance_colour(i)`, in order, later on top.
+    `score_threshold` are skipped; instance i is drawn in `instance_colour(i)`, the best-scoring one last (on top),
+    and labels that would cover one another slide below the labels of better instances.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -118,9 +119,10 @@ def draw_instances(
         if seq is not None and len(seq) != n:
             raise ValueError(f"{len(seq)} {what} for {n} masks")
     keep = [i for i in range(n) if sco is None or sco[i] >= score_threshold]
+    ranked = sorted(keep, key=lambda i: -sco[i]) if sco is not None else keep  # best first
 
     out = img.astype(np.float32)
-    for i in keep:
+    for i in reversed(ranked):  # the best instance is drawn last, on top
         rgb = np.array(instance_colour(i), np.float32)
         out[m[i]] = out[m[i]] * (1.0 - alpha) + rgb * alpha
         out[mask_edges(m[i], contour_width)] = rgb * 0.6  # darker, opaque outline
@@ -129,7 +131,8 @@ def draw_instances(
     draw = ImageDraw.Draw(canvas)
     h, w = img.shape[:2]
     font = _font(max(10, min(24, round(min(h, w) / 40))))
-    for i in keep:
+    placed: list[tuple[int, int, int, int, int, str, int, int]] = []  # x0, y0, x1, y1, i, text, left, top
+    for i in ranked:  # the best label gets its place first; the others slide below labels already placed
         text = _label_text(None if lab is None else lab[i], None if sco is None else sco[i], names)
         ys, xs = np.nonzero(m[i])
         if not text or ys.size == 0:
@@ -140,9 +143,16 @@ def draw_instances(
         y0 = int(ys.min()) - th  # above the mask when there is room, else just inside it
         y0 = int(ys.min()) if y0 < 0 else y0
         y0 = min(y0, max(h - th, 0))
+        for _ in range(len(placed)):
+            hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + tw and y0 < b[3] and b[1] < y0 + th), None)
+            if hit is None or hit[3] + th > h:
+                break
+            y0 = hit[3]
+        placed.append((x0, int(y0), int(x0 + tw), int(y0 + th), i, text, int(left), int(top)))
+    for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
         colour = instance_colour(i)
         luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        draw.rectangle((x0, y0, x0 + tw - 1, y0 + th - 1), fill=colour)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
         draw.text(
             (x0 + 2 - left, y0 + 2 - top), text, font=font, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255)
         )
