@@ -208,13 +208,13 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True, label: str | 
 _CLASS_SIZED = ("class_embed_layers", "proposal_cls_logits", "empty_weight")
 
 
-def transfer_checkpoint(model: nn.Module, path: str | Path) -> str:
-    """Initialise `model` for fine-tuning from a FastInst checkpoint of the same variant; -> the line to print.
+def transfer_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) -> str:
+    """Initialise `model` for fine-tuning from the state dict `sd` of a FastInst checkpoint of the same variant (read
+    from `path`, named in messages); -> the line to print.
 
     Every tensor is copied except the class-sized ones (class heads, proposal classifier, `empty_weight`) when the
     checkpoint has another class count: those keep their fresh initialisation and the line names them. A checkpoint
     of another variant is refused with the same one-line message as `load_checkpoint` (eval, predict)."""
-    sd = to_state_dict(read_checkpoint(path))
     own = model.state_dict()
     heads = [
         k

@@ -67,7 +67,7 @@ def build_training(args: argparse.Namespace):
     if args.weights:
         sd = read_state_dict(args.weights)
         if any(k.startswith("sem_seg_head.") for k in sd):
-            print(transfer_checkpoint(model, args.weights))  # refuses another variant; names re-initialised heads
+            print(transfer_checkpoint(model, sd, args.weights))  # refuses another variant; names re-initialised heads
         else:
             load_backbone(model, args.weights)
     return cfg, model, train, val
