@@ -25,10 +25,8 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +38,17 @@ FIXTURE = ROOT / "tests" / "parity" / "data" / "fastinst_R50_ppm-fpn_x1_576-s0"
 
 
 def median_ms(fn, iters: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """Median milliseconds of `fn` on the CPU (`fastinst benchmark`'s timer)."""
+    from fastinst.commands.benchmark import time_fn
+
+    return time_fn(fn, iters, warmup, lambda: None)["median_ms"]
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, iters: int = 8) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n**3 / (median_ms(lambda: a @ b, iters, 2) * 1e-3) / 1e9
+def matmul_gflops(dtype: torch.dtype) -> float:
+    """The 2048^2 CPU matmul rate in `dtype` (`fastinst benchmark`'s peak)."""
+    from fastinst.commands.benchmark import matmul_peak
+
+    return matmul_peak(torch.device("cpu"), dtype, lambda: None, n=2048, iters=8)["gflops_per_s"]
 
 
 def cpu_flags() -> tuple[str, str]:
