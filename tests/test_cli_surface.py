@@ -15,7 +15,7 @@ import fastinst
 from fastinst.cli import COMMANDS, EXTRAS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_COMMANDS = ["train", "eval", "predict", "benchmark"]  # the commands that run a model on a device
+MODEL_COMMANDS = ["train", "eval", "predict", "benchmark", "app"]  # the commands that run a model on a device
 # the smallest valid argument list of each command, to which a test adds the option under test
 BASE_ARGS = {
     "demo": [],
@@ -26,6 +26,7 @@ BASE_ARGS = {
     "benchmark": [],
     "info": [],
     "convert": ["--data", "d", "--output", "o.json"],
+    "app": [],
 }
 
 

@@ -14,6 +14,7 @@ LAYERS = {
     "errors": 0,
     "files": 0,
     "config": 1,
+    "official_config": 1,  # the official YAML configs -> Config (imports config only)
     "checkpoint": 2,
     "data": 3,
     "losses": 4,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -58,8 +60,65 @@ def _load_pkl(path: Path) -> dict:
         return _NumpyOnlyUnpickler(f, encoding="latin1").load()
 
 
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why the file cannot be a `torch.save` file, judged from its first bytes; None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK") or head[:1] == b"\x80":  # a zip archive (torch >= 1.6) or a binary pickle (legacy)
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer file, not the weights (fetch them with `git lfs pull`)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not a checkpoint (a failed download?)"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file, not a checkpoint"
+    return "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
+
+
+_READ_ERRORS = (
+    pickle.UnpicklingError,  # forbidden globals, unknown opcodes
+    RuntimeError,  # torch: bad zip records, "Invalid magic number"
+    EOFError,
+    zipfile.BadZipFile,
+    ValueError,
+    OSError,
+    KeyError,  # the weights-only unpickler's memo lookups on garbage ("hello" -> KeyError 101)
+    IndexError,  # ... and its stack pops ("pop from empty list")
+    TypeError,
+    AttributeError,
+    struct.error,
+)
+
+
+def _read_error(path: Path, e: Exception) -> CheckpointError:
+    """The one-line error for a weights file that `torch.load` / the unpicklers could not read."""
+    text = str(e)
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    forbidden = re.search(r"GLOBAL ([\w.]+)", text)
+    if not forbidden and "Unsupported operand" in text:  # the weights-only unpickler meets an opcode torch never writes
+        return CheckpointError(f"{path}: not a PyTorch checkpoint (a pickle that torch.save did not write)")
+    if forbidden or "Weights only load failed" in text or "weights_only" in text:
+        what = f" ({forbidden.group(1)})" if forbidden else ""
+        return CheckpointError(
+            f"{path}: refused to load: the file holds a Python object{what} other than tensors (unpickling it "
+            "could run code)"
+        )
+    if isinstance(e, pickle.UnpicklingError) and text.startswith("refusing to load"):  # the numpy-only unpickler
+        return CheckpointError(f"{path}: refused to unpickle ({first})")
+    zipped = isinstance(e, (EOFError, zipfile.BadZipFile)) or any(
+        part in first.lower() for part in ("zip", "central directory", "failed finding", "failed reading")
+    )
+    if zipped:
+        return CheckpointError(f"{path}: truncated or corrupt ({first.split('. ')[0][:160]})")
+    return CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first[:120]})")
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw object stored in a weights file (a dict), read without executing anything from the file."""
+    """The raw object stored in a weights file (a dict), read without executing anything from the file.
+
+    Every failure is one `CheckpointError` line naming the file: missing, empty, text (or an HTML page, a Git LFS
+    pointer) instead of weights, truncated or corrupt, or holding Python objects besides tensors (refused, never run).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -73,25 +132,18 @@ def read_checkpoint(path: str | Path) -> dict:
             with np.load(path, allow_pickle=False) as z:
                 obj = {k: z[k] for k in z.files}
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused to unpickle ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Weights only load failed" in msg or "weights_only" in str(e):
-            raise CheckpointError(
-                f"{path}: refused to load: the file contains Python objects other than tensors "
-                "(loading it could run code)"
-            ) from None
-        kind = (
-            "truncated or corrupt"
-            if isinstance(e, (EOFError, zipfile.BadZipFile))
-            or "zip" in msg.lower()
-            or "central directory" in msg
-            or "failed finding" in msg
-            else "not a readable checkpoint"
-        )
-        raise CheckpointError(f"{path}: {kind} ({msg[:160]})") from None
+            problem = _not_a_torch_file(path)
+            if problem:
+                raise CheckpointError(f"{path}: {problem}")
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except MemoryError:
+        raise CheckpointError(f"{path}: too large to load in memory") from None
+    except _READ_ERRORS as e:  # torch.load and the unpicklers raise all of these for a bad file: one line each
+        raise _read_error(path, e) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
@@ -158,8 +210,30 @@ def published_variant(keys) -> str | None:
     return None
 
 
+def _known_variant(sd) -> str | None:
+    """The variant (published or the demo) whose architecture a full FastInst state dict has, from its keys and the
+    widths of its backbone stem and decoder (class count aside), or None."""
+    from .config import VARIANTS, get_config
+
+    keys = set(sd)
+    stem = sd.get("backbone.stem.conv1.weight")
+    hidden = sd.get("sem_seg_head.predictor.class_embed_layers.0.layers.0.weight")
+    if stem is None or hidden is None or not hasattr(stem, "shape") or not hasattr(hidden, "shape"):
+        return None
+    vd, depth, layers = _architecture(keys)
+    for name in VARIANTS:
+        c = get_config(name).model
+        same = (c.backbone == "resnet_vd") == vd and c.depth == depth and c.dec_layers == layers
+        if same and c.hidden_dim == hidden.shape[-1] and c.backbone_width == stem.shape[0]:
+            return name
+    return None
+
+
 def guess_variant(keys) -> str:
-    """Describe which FastInst variant a set of state-dict keys belongs to (for error messages)."""
+    """Describe which FastInst variant a set of state-dict keys (or a state dict: then the demo is told apart by its
+    widths) belongs to (for error messages)."""
+    full = isinstance(keys, dict) and any(k.startswith("sem_seg_head.") for k in keys)
+    known = _known_variant(keys) if full else None
     keys = set(keys)
     if not any(k.startswith("sem_seg_head.") for k in keys):
         if any(k.startswith(("layer1.", "conv1.", "res2.", "stem.", "backbone.")) for k in keys):
@@ -168,7 +242,7 @@ def guess_variant(keys) -> str:
     vd, depth, layers = _architecture(keys)
     name = f"FastInst-D{layers} {f'R{depth}-vd-DCN' if vd else f'R{depth}'}"
     official = published_variant(keys)
-    return f"{name} ({official})" if official else name
+    return f"{name} ({known or official})" if known or official else name
 
 
 def load_checkpoint(model: nn.Module, source, strict: bool = True, label: str | None = None) -> dict:
@@ -183,9 +257,13 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True, label: str | 
     unexpected = [k for k in sd if k not in own]
     # the criterion buffer is a loss constant: files without it (or with only one copy) are fine
     missing = [k for k in missing if not k.endswith("criterion.empty_weight")]
-    shape = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
-    ]
+    misshaped = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in misshaped]
+    classes_only = not missing and not unexpected and all(_class_sized(k, sd[k], own[k]) for k in misshaped)
+    if strict and misshaped and classes_only:  # the same network for another class count: say just that
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        theirs, ours = checkpoint_classes(sd), checkpoint_classes(own)
+        raise CheckpointError(f"{label}: this checkpoint has {theirs} classes, the model ({name}) {ours}")
     if strict and (missing or unexpected or shape):
         problems = []
         if missing:
@@ -205,7 +283,40 @@ def load_checkpoint(model: nn.Module, source, strict: bool = True, label: str | 
     return {k: v for k, v in raw.items() if k not in ("model", "state_dict")} if isinstance(raw, dict) else {}
 
 
+def architecture_changes(stored, cfg) -> list[str]:
+    """`model.<key> <checkpoint's> -> <cfg's>` for every model setting (class names and ids aside) in which the
+    config stored in a training checkpoint (`stored`, a `to_dict` dict; anything else: no changes known) and the
+    `Config` `cfg` differ: what a resumed run cannot change."""
+    from .config import to_dict
+
+    if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        return []
+
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    now = to_dict(cfg)["model"]
+    return [
+        f"model.{key} {plain(old)} -> {plain(now[key])}"
+        for key, old in stored["model"].items()
+        if key in now and key not in ("class_names", "category_ids") and plain(old) != plain(now[key])
+    ]
+
+
 _CLASS_SIZED = ("class_embed_layers", "proposal_cls_logits", "empty_weight")
+CLASS_BIAS = "sem_seg_head.predictor.class_embed_layers.0.layers.2.bias"
+"""The bias of the first class head: num_classes + 1 rows (the last one is "no object")."""
+
+
+def _class_sized(key: str, theirs: torch.Tensor, ours: torch.Tensor) -> bool:
+    """Whether a shape difference is only the class count (class heads, proposal classifier, `empty_weight`)."""
+    return any(part in key for part in _CLASS_SIZED) and theirs.shape[1:] == ours.shape[1:]
+
+
+def checkpoint_classes(sd) -> int | None:
+    """The class count of a full FastInst state dict (its class head's rows less "no object"), or None."""
+    bias = sd.get(CLASS_BIAS)
+    return int(bias.shape[0]) - 1 if isinstance(bias, torch.Tensor) and bias.ndim == 1 else None
 
 
 def transfer_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) -> str:
@@ -216,14 +327,7 @@ def transfer_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], path: str
     checkpoint has another class count: those keep their fresh initialisation and the line names them. A checkpoint
     of another variant is refused with the same one-line message as `load_checkpoint` (eval, predict)."""
     own = model.state_dict()
-    heads = [
-        k
-        for k in own
-        if k in sd
-        and sd[k].shape != own[k].shape
-        and any(part in k for part in _CLASS_SIZED)
-        and sd[k].shape[1:] == own[k].shape[1:]
-    ]
+    heads = [k for k in own if k in sd and sd[k].shape != own[k].shape and _class_sized(k, sd[k], own[k])]
     load_checkpoint(model, {**sd, **{k: own[k] for k in heads}}, strict=True, label=str(path))
     line = f"transferred {len(own) - len(heads)}/{len(own)} tensors from {path}"
     if heads:
@@ -256,19 +360,60 @@ def torchvision_to_detectron2(name: str) -> str | None:
     return f"res{stage}.{block}.{rest}"
 
 
+_CAFFE2_BN = {"s": "weight", "b": "bias", "rm": "running_mean", "riv": "running_var"}
+_CAFFE2_CONV = {"branch1": "shortcut", "branch2a": "conv1", "branch2b": "conv2", "branch2c": "conv3"}
+
+
+def is_caffe2_names(keys) -> bool:
+    """Whether state-dict keys use the Caffe2 / Detectron1 blob names of detectron2's MSRA ImageNet files
+    (`R-50.pkl`, `R-101.pkl`: `conv1_w`, `res_conv1_bn_s`, `res2_0_branch2a_w`, ...)."""
+    return any(re.match(r"res\d_\d+_branch", k) for k in keys) or "res_conv1_bn_s" in keys
+
+
+def caffe2_to_detectron2(name: str) -> str | None:
+    """`res2_0_branch2a_bn_s` -> `res2.0.conv1.norm.weight`, `conv1_w` -> `stem.conv1.weight`, etc.; None for the
+    classifier (`fc1000_*`, `pred_*`) and optimizer state (`*_momentum`)."""
+    if name.endswith("_momentum") or name.startswith(("fc1000_", "pred_", "fc_")):
+        return None
+    if name == "conv1_w":
+        return "stem.conv1.weight"
+    m = re.fullmatch(r"res_conv1_bn_(s|b|rm|riv)", name)
+    if m:
+        return "stem.conv1.norm." + _CAFFE2_BN[m.group(1)]
+    m = re.fullmatch(r"res(\d)_(\d+)_(branch1|branch2[abc])_(w|bn_s|bn_b|bn_rm|bn_riv)", name)
+    if not m:
+        return name
+    stage, block, conv, leaf = m.groups()
+    prefix = f"res{stage}.{block}.{_CAFFE2_CONV[conv]}"
+    return f"{prefix}.weight" if leaf == "w" else f"{prefix}.norm.{_CAFFE2_BN[leaf[3:]]}"
+
+
 def backbone_state_dict(sd: dict, backbone: nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """Rename an ImageNet state dict (torchvision, timm or detectron2 names, with or without `backbone.`) to ours."""
+    """Rename an ImageNet state dict (torchvision, timm, detectron2 or Caffe2/MSRA names, with or without
+    `backbone.`) to ours.
+
+    Caffe2 files hold each frozen BN as scale and bias only (`_bn_s`, `_bn_b`): their running statistics become
+    mean 0 and variance 1 - eps, so the normalisation is exactly `x * scale + bias`, as in detectron2."""
     own = backbone.state_dict()
     sd = OrderedDict((k.removeprefix("backbone."), v) for k, v in sd.items())
     torchvision_names = "conv1.weight" in sd or any(k.startswith("layer1.") for k in sd)
-    if "stem.conv1.weight" in own and torchvision_names:
+    if "stem.conv1.weight" in own and is_caffe2_names(sd):
+        sd = OrderedDict((n, v) for k, v in sd.items() if (n := caffe2_to_detectron2(k)) is not None)
+        for key in list(sd):
+            if key.endswith(".norm.weight"):
+                norm = key.removesuffix(".weight")
+                eps = float(getattr(backbone.get_submodule(norm), "eps", 1e-5))
+                sd.setdefault(f"{norm}.running_mean", torch.zeros_like(sd[key]))
+                sd.setdefault(f"{norm}.running_var", torch.ones_like(sd[key]) - eps)
+    elif "stem.conv1.weight" in own and torchvision_names:
         sd = OrderedDict((n, v) for k, v in sd.items() if (n := torchvision_to_detectron2(k)) is not None)
     return OrderedDict((k, v) for k, v in sd.items() if not (k.endswith("num_batches_tracked") or k.startswith("fc.")))
 
 
-def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
-    """Initialise `model.backbone` from an ImageNet file; DCN offsets stay zero. Returns (missing, unexpected)."""
-    label = str(source)
+def load_backbone(model: nn.Module, source, label: str | None = None) -> tuple[list[str], list[str]]:
+    """Initialise `model.backbone` from an ImageNet file (or its state dict, named `label` in messages); DCN offsets
+    stay zero. Returns (missing, unexpected)."""
+    label = label or (str(source) if isinstance(source, (str, Path)) else "state dict")
     sd = read_state_dict(source) if isinstance(source, (str, Path)) else to_state_dict(dict(source))
     backbone = model.get_submodule("backbone")
     own = backbone.state_dict()
@@ -292,6 +437,19 @@ def load_backbone(model: nn.Module, source) -> tuple[list[str], list[str]]:
     if missing:
         raise CheckpointError(f"{label}: backbone file lacks {len(missing)} tensors (first: {', '.join(missing[:3])})")
     return result.missing_keys, extra
+
+
+def transfer_backbone(model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) -> str:
+    """`load_backbone` from the state dict `sd` of the ImageNet file `path` (as `read_state_dict` returns it), -> the
+    line to print: "transferred N/M backbone tensors from PATH" (M counts the backbone's parameters and buffers; the
+    rest, DCN offsets, start at zero)."""
+    missing, _ = load_backbone(model, sd, label=str(path))
+    total = len(model.get_submodule("backbone").state_dict())
+    kind = " (Caffe2/MSRA names)" if is_caffe2_names(set(sd)) else ""
+    line = f"transferred {total - len(missing)}/{total} backbone tensors from {path}{kind}"
+    if missing:
+        line += f"; {len(missing)} DCN offset tensors start at zero"
+    return line
 
 
 def _depth(backbone: nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from . import __version__
 
-COMMANDS = ["demo", "train", "eval", "predict", "export", "benchmark", "info", "convert"]
+COMMANDS = ["demo", "train", "eval", "predict", "export", "benchmark", "info", "convert", "app"]
 _MODULES = {"eval": "evaluate"}
 # optional dependencies (imported only where used) -> the extra that installs them, pyproject.toml
 EXTRAS = {
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except FastInstError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
         missing = (e.name or "").partition(".")[0]
@@ -80,6 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: Exception) -> str:
+    """The user's message: an error raised in a DataLoader worker arrives wrapped in torch's "Caught X in DataLoader
+    worker process N. Original Traceback ..." text, whose last line is the original `X: message`."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    head, _, rest = last.partition(": ")  # "fastinst.errors.DatasetError: <message>"
+    return rest if head.rpartition(".")[2] == type(e).__name__ else last
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import re
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,9 @@ class InputConfig:
     random_flip: bool = True
     min_size_test: int = 640
     max_size_test: int = 853
+    # drop training images without an instance (detectron2's FILTER_EMPTY_ANNOTATIONS); by default they are kept as
+    # negatives (background images teach the model what is not an object, as Ultralytics users expect)
+    filter_empty: bool = False
 
 
 @dataclass
@@ -90,6 +94,7 @@ class SolverConfig:
     backbone_multiplier: float = 0.1
     ims_per_batch: int = 16  # global batch (split over processes)
     max_iter: int = 368750  # ~50 COCO epochs at batch 16
+    epochs: float = 0.0  # > 0: train this many passes over the training images instead (sets max_iter; see schedule)
     steps: tuple[int, ...] = (327778, 355092)
     gamma: float = 0.1
     warmup_iters: int = 0
@@ -355,6 +360,125 @@ def _coerce(value, tp, key: str):
     return value
 
 
+# Ranges of the numeric settings: (lowest, highest, whether the lowest itself is allowed). Checked after every change
+# (`apply_overrides`, YAML files), so `solver.ims_per_batch=0` is refused instead of silently training with 1.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "model.depth": (18, 152, True),
+    "model.backbone_width": (1, 1 << 16, True),
+    "model.num_classes": (1, 1 << 20, True),
+    "model.hidden_dim": (1, 1 << 16, True),
+    "model.num_queries": (1, 1 << 16, True),
+    "model.num_aux_queries": (0, 1 << 16, True),
+    "model.nheads": (1, 1024, True),
+    "model.dim_feedforward": (1, 1 << 20, True),
+    "model.dec_layers": (1, 64, True),
+    "model.size_divisibility": (1, 1024, True),
+    "loss.class_weight": (0, float("inf"), True),
+    "loss.mask_weight": (0, float("inf"), True),
+    "loss.dice_weight": (0, float("inf"), True),
+    "loss.location_weight": (0, float("inf"), True),
+    "loss.proposal_weight": (0, float("inf"), True),
+    "loss.no_object_weight": (0, float("inf"), True),
+    "loss.num_points": (1, 1 << 24, True),
+    "loss.oversample_ratio": (1, 1000, True),
+    "loss.importance_sample_ratio": (0, 1, True),
+    "input.min_size_train": (1, 1 << 15, True),
+    "input.max_size_train": (1, 1 << 15, True),
+    "input.crop_resize_sizes": (1, 1 << 15, True),
+    "input.crop_size": (0, 1 << 15, False),
+    "input.min_size_test": (1, 1 << 15, True),
+    "input.max_size_test": (1, 1 << 15, True),
+    "solver.base_lr": (0, 10, False),
+    "solver.weight_decay": (0, 10, True),
+    "solver.backbone_multiplier": (0, 100, True),
+    "solver.ims_per_batch": (1, 1 << 16, True),
+    "solver.max_iter": (1, 1 << 40, True),
+    "solver.epochs": (0, 1 << 20, True),
+    "solver.steps": (1, 1 << 40, True),
+    "solver.gamma": (0, 1, False),
+    "solver.warmup_iters": (0, 1 << 40, True),
+    "solver.clip_grad_norm": (0, float("inf"), True),
+    "solver.ema_decay": (0, 1, True),
+    "solver.checkpoint_period": (0, 1 << 40, True),  # 0 = only at the end
+    "solver.eval_period": (0, 1 << 40, True),  # 0 = only at the end
+    "solver.log_period": (1, 1 << 40, True),
+    "solver.num_workers": (0, 1024, True),
+    "solver.max_nonfinite_steps": (0, 1 << 20, True),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg`, or `ConfigError` naming the first setting outside its range (`_RANGES`)."""
+    for key, (low, high, low_ok) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if not (low <= v <= high) or (v == low and not low_ok):
+                bound = f"at least {low:g}" if low_ok else f"above {low:g}"
+                top = f" and at most {high:g}" if high < 1e6 else ""
+                shown = _yaml_scalar(list(value) if isinstance(value, tuple) else value)
+                raise ConfigError(f"{key}={shown}: must be {bound}{top}")
+    if list(cfg.solver.steps) != sorted(cfg.solver.steps):
+        raise ConfigError(f"solver.steps={list(cfg.solver.steps)}: must be in increasing order")
+    return cfg
+
+
+def schedule(cfg: Config, num_images: int, explicit: Collection[str] = ()) -> tuple[Config, list[str]]:
+    """The training length and LR schedule for a dataset of `num_images` images -> (a copy of `cfg`, notes).
+
+    `solver.epochs=E` (> 0) sets `max_iter = ceil(E * num_images / ims_per_batch)`. When `max_iter` then differs from
+    the one the recipe's `steps` and `warmup_iters` were made for, those scale with it (same fractions of the run),
+    unless the user set them (`explicit`: the keys given as overrides); user-set values that no longer fit the run
+    (a warm-up as long as the run, a step after its end) are kept and named in a note.
+    """
+    import math
+
+    out = copy.deepcopy(cfg)
+    s, notes = out.solver, []
+    if s.epochs > 0:
+        per_epoch = max(1, math.ceil(num_images / s.ims_per_batch))
+        s.max_iter = max(1, math.ceil(s.epochs * num_images / s.ims_per_batch))
+        notes.append(
+            f"solver.epochs={s.epochs:g}: {s.max_iter} iterations ({per_epoch} per epoch of {num_images} images at "
+            f"batch {s.ims_per_batch})"
+        )
+    recipe = cfg.solver.max_iter if s.epochs <= 0 and "solver.max_iter" not in explicit else None
+    base = _recipe_max_iter(cfg) if recipe is None else recipe
+    scaled_steps = scaled_warmup = False
+    if base and base != s.max_iter:
+        ratio = s.max_iter / base
+        if "solver.steps" not in explicit and s.steps:
+            old = s.steps
+            s.steps, scaled_steps = tuple(max(1, round(x * ratio)) for x in old), True
+            notes.append(f"solver.steps scaled with the run length: {list(old)} -> {list(s.steps)}")
+        if "solver.warmup_iters" not in explicit and s.warmup_iters:
+            old_w = s.warmup_iters
+            s.warmup_iters, scaled_warmup = min(max(1, round(old_w * ratio)), s.max_iter - 1), True
+            notes.append(f"solver.warmup_iters scaled with the run length: {old_w} -> {s.warmup_iters}")
+    if s.warmup_iters >= s.max_iter and not scaled_warmup:
+        notes.append(
+            f"solver.warmup_iters={s.warmup_iters} is not shorter than the run (max_iter {s.max_iter}): the base LR "
+            "is never reached"
+        )
+    late = [x for x in s.steps if x >= s.max_iter]
+    if late and not scaled_steps:
+        notes.append(f"solver.steps {late} fall at or after the end of the run (max_iter {s.max_iter}): no decay there")
+    return out, notes
+
+
+def _recipe_max_iter(cfg: Config) -> int:
+    """The max_iter the variant's recipe (its steps and warm-up) was made for: the variant's default."""
+    try:
+        return VARIANTS[canonical_name(cfg.name)]().solver.max_iter
+    except (ConfigError, KeyError):
+        return cfg.solver.max_iter
+
+
+def override_keys(overrides: list[str]) -> set[str]:
+    """The `section.key` names a list of `section.key=value` overrides sets."""
+    return {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Return a copy of `cfg` with `section.key=value` overrides applied (values parsed as YAML)."""
     cfg = copy.deepcopy(cfg)
@@ -386,4 +510,4 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             hint = f" (did you mean {parts[0]}.{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}; {parts[0]} has: {', '.join(names)}")
         setattr(sub, parts[1], _coerce(value, _field_type(type(sub), parts[1]), key))
-    return cfg
+    return validate(cfg)

@@ -1,4 +1,15 @@
-"""User-facing errors: each carries a one-line message naming the file or key and the problem."""
+"""User-facing errors and notes: each carries one line naming the file or key and the problem."""
+
+import os
+import sys
+
+
+def note(message: str, *, level: str = "note") -> None:
+    """Print `level: message` as one line on stderr, in the main process only (`$RANK` unset or 0), so a run under
+    torchrun says each thing once. For what the user should know about their data or options but that does not stop
+    the run (`level="warning"` when results may suffer)."""
+    if os.environ.get("RANK", "0") in ("0", ""):
+        print(f"{level}: {message}", file=sys.stderr, flush=True)
 
 
 class FastInstError(Exception):

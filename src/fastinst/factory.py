@@ -43,13 +43,21 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise FastInstError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+            raise FastInstError(f"device {device!r}: CUDA is not available on this machine; use {_usable(mps_ok)}")
         index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise FastInstError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        count = torch.cuda.device_count()
+        if index >= count:
+            usable = _usable(mps_ok, count)
+            raise FastInstError(f"device {device!r}: this machine has {count} CUDA device(s); use {usable}")
     if name == "mps" and not mps_ok:
-        raise FastInstError(f"device {device!r}: MPS is not available on this machine (use --device cpu)")
+        raise FastInstError(f"device {device!r}: MPS is not available on this machine; use {_usable(mps_ok)}")
     return torch.device(name)
+
+
+def _usable(mps: bool, cuda: int = 0) -> str:
+    """The device names that work on this machine, for messages."""
+    names = ["auto", "cpu"] + (["cuda", f"cuda:N (N < {cuda})"] if cuda else []) + (["mps"] if mps else [])
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def build_model(name_or_cfg: str | Path | Config, overrides: list[str] | None = None) -> FastInst:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["atomic_path", "temp_path", "write_json", "write_text"]
+from .errors import FastInstError
+
+__all__ = ["atomic_path", "check_output", "temp_path", "write_json", "write_text"]
 
 
 def temp_path(path: str | Path) -> Path:
@@ -46,3 +48,53 @@ def write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
     return write_text(path, json.dumps(obj, indent=indent))
+
+
+def check_output(
+    path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), kind: Literal["dir", "file"] = "dir"
+) -> Path:
+    """The one guard every command runs on where it will write, before any work: -> `path` as a `Path`, or a
+    `FastInstError` naming it and the problem.
+
+    Refused: an output that is one of `inputs` (or, for `kind="file"`, an existing folder; for `kind="dir"`, an
+    existing file); a file output whose folder is an existing file; a place that cannot be written (the nearest
+    existing folder is checked with `os.access`). `inputs` may be files or folders; an output folder that holds input
+    files is allowed (commands must then never write onto an input's path: see `same_file`).
+    """
+    out = Path(path)
+    for item in inputs:
+        if same_file(out, item):
+            raise FastInstError(f"{out}: --output is also an input; choose another path so the input is not replaced")
+    if kind == "dir":
+        if out.exists() and not out.is_dir():
+            raise FastInstError(f"{out}: --output must be a folder, but this is an existing file")
+    else:
+        if out.is_dir():
+            raise FastInstError(f"{out}: --output must be a file path, but this is an existing folder")
+        if out.name == "" or out.name in (".", ".."):
+            raise FastInstError(f"{out}: --output must name a file")
+    folder = out if kind == "dir" else out.parent
+    existing = folder if str(folder) else Path(".")
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise FastInstError(f"{out}: cannot write here: {existing} is a file, not a folder")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise FastInstError(f"{out}: cannot write here: no permission to write in {existing}")
+    if kind == "file" and out.exists() and not os.access(out, os.W_OK):
+        raise FastInstError(f"{out}: cannot write here: the file is read-only")
+    return out
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file or folder (symlinks and `..` resolved; a missing path compares by its
+    resolved name)."""
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()

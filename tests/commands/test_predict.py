@@ -196,3 +196,21 @@ def test_onnxruntime_backend_matches_torch(demo_weights, tmp_path):
     assert len(ort) == len(pt) == 64
     np.testing.assert_allclose(sorted(e["score"] for e in ort), sorted(e["score"] for e in pt), atol=1e-3)
     assert sum(key(a) == key(b) for a, b in zip(sorted(ort, key=key), sorted(pt, key=key), strict=True)) >= 60
+
+
+def test_output_folder_holding_the_inputs_never_replaces_one(demo_weights, tmp_path, capsys):
+    """Issue #17: `--output DIR` where DIR holds the inputs writes overlays beside them under names no input has."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for n, name in enumerate(("photo.png", "photo_1.png", "photo.jpg")):
+        Image.fromarray(_image(n)).save(photos / name)
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    assert _predict(demo_weights, photos, photos) == 0
+    assert {name: (photos / name).read_bytes() for name in before} == before  # every input untouched
+    overlays = sorted(p.name for p in photos.iterdir() if p.name not in before)
+    assert overlays == ["photo_1_1.png", "photo_2.png", "photo_3.png"]  # photo.png and photo_1.png are inputs
+    capsys.readouterr()
+    assert _predict(demo_weights, photos / "photo.png", photos / "photo.png") == 2  # an input as --output
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "photo.png" in err and len(err.strip().splitlines()) == 1
+    assert (photos / "photo.png").read_bytes() == before["photo.png"]

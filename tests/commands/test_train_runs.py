@@ -81,6 +81,7 @@ def test_fine_tuning_says_what_it_transferred_and_refuses_another_variant(data, 
     assert main(["train", "--data", str(data), "--output", str(base), *TINY, "solver.max_iter=1"]) == 0
     three = coco_dict()
     three["categories"].append({"id": 9, "name": "bird"})  # another class count: the class heads cannot transfer
+    three["annotations"].append(dict(three["annotations"][0], id=99, category_id=9))  # (a used category)
     make_coco(tmp_path / "three", "train2017", three)
     capsys.readouterr()
     weights = ["--weights", str(base / "last.pth")]
@@ -105,5 +106,6 @@ def test_fine_tuning_says_what_it_transferred_and_refuses_another_variant(data, 
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ": does not fit " in err[0] and "it looks like" in err[0]
+    assert ": does not fit " in err[-1] and "it looks like" in err[-1]
+    assert all(line.startswith("note: ") for line in err[:-1])  # the data notes before it, one line each
     assert not (tmp_path / "d1" / "last.pth").exists()

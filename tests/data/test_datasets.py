@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +90,16 @@ def test_yolo_yaml_and_folder(tmp_path):
     assert len(load_dataset(yaml, "train")) == 1
 
 
-def test_yolo_list_names_txt_split_and_bbox_lines(tmp_path):
+def test_yolo_list_names_txt_split_and_bbox_lines(tmp_path, capsys):
     root = tmp_path / "y"
     yaml, _ = makers.make_yolo(root)
     (root / "val.txt").write_text("./images/val/p.jpg\n./images/val/q.jpg\n")
     with open(root / "labels" / "val" / "q.txt", "a") as f:
         f.write("0 0.5 0.5 0.2 0.2\n")  # a detection line: no polygon
     yaml.write_text("train: images/train\nval: val.txt\nnames: [person, car]\n")  # no `path`: the YAML's folder
-    with pytest.warns(UserWarning, match=r"without a segmentation \(bbox only\): 1"):
-        ds = load_dataset(yaml, "val")
+    ds = load_dataset(yaml, "val")
+    expected = f"note: {yaml}: skipped annotations without a segmentation (bbox only): 1"
+    assert capsys.readouterr().err.splitlines() == [expected]
     assert sorted(Path(r["file_name"]).name for r in ds.records) == ["p.jpg", "q.jpg"]
 
 
@@ -161,7 +161,7 @@ def test_short_names(tmp_path, monkeypatch):
 # -- COCO loading rules -----------------------------------------------------------------------------------------------
 
 
-def test_bad_polygons_bbox_only_and_clipping(tmp_path):
+def test_bad_polygons_bbox_only_and_clipping(tmp_path, capsys):
     data = coco_dict()
     anns = data["annotations"]
     anns[0]["segmentation"] = [box_polygon(2, 2, 12, 10), [1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7]]  # two bad parts
@@ -170,11 +170,9 @@ def test_bad_polygons_bbox_only_and_clipping(tmp_path):
     anns.append(
         {"id": 6, "image_id": 11, "category_id": 3, "segmentation": [box_polygon(-5, 20, 50, 40)], "iscrowd": 0}
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = load_dataset(_json_only(tmp_path, data))
-    text = "\n".join(str(w.message) for w in caught)
-    assert "ann.json" in text
+    ds = load_dataset(_json_only(tmp_path, data))
+    text = capsys.readouterr().err
+    assert all(line.startswith("note: ") and "ann.json: " in line for line in text.splitlines())  # one line each
     assert "fewer than 6 coordinates: 3" in text and "without a valid polygon: 1" in text
     assert "(bbox only): 1" in text and "clipped polygons reaching outside their image: 1" in text
     assert len(ds.records[0]["annotations"][0]["segmentation"]) == 1
@@ -185,12 +183,12 @@ def test_bad_polygons_bbox_only_and_clipping(tmp_path):
     assert {a["id"] for a in ds.coco["annotations"]} == {1, 2, 3, 6}
 
 
-def test_missing_area_and_ids_are_filled(tmp_path):
+def test_missing_area_and_ids_are_filled(tmp_path, capsys):
     data = coco_dict()
     for a in data["annotations"]:
         del a["area"], a["bbox"], a["id"]
-    with pytest.warns(UserWarning, match="renumbered annotation ids"):
-        ds = load_dataset(_json_only(tmp_path, data))
+    ds = load_dataset(_json_only(tmp_path, data))
+    assert "renumbered annotation ids (missing, repeated or not positive): 3" in capsys.readouterr().err
     assert [a["area"] for a in ds.coco["annotations"]] == [80.0, 256.0, 64.0]
     assert [a["id"] for a in ds.coco["annotations"]] == [1, 2, 3]
     assert ds.coco["annotations"][0]["bbox"] == [2.0, 2.0, 10.0, 8.0]

@@ -4,6 +4,7 @@ the parsers and the standard library, so it answers at once."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..config import DEVICE_CHOICES, DEVICE_PATTERN
 
@@ -24,6 +25,44 @@ def positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type of counts where 0 means "none" or "the default" (`--threads 0`, `--warmup 0`, `--seed`)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value!r}")
+    return number
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """argparse type of durations and budgets (seconds): a finite number above 0."""
+    number = _finite(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value!r}")
+    return number
+
+
+def probability(value: str) -> float:
+    """argparse type of score thresholds: a number from 0 to 1 (a percentage such as 30 is refused, not guessed)."""
+    number = _finite(value)
+    if not 0.0 <= number <= 1.0:
+        hint = f" (for {number:g}% write {number / 100:g})" if 1 < number <= 100 else ""
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value!r}{hint}")
     return number
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FastInstError
-from ._options import add_device, add_size
+from ._options import add_device, add_size, non_negative_int, positive_int
 
 BACKENDS = ("torch", "compile", "onnxruntime")
 DTYPES = ("fp32", "fp16", "bf16")
@@ -50,10 +50,10 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile or onnxruntime")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms into convs first (model.fuse)")
     p.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--iters", type=positive_int, default=20, help="timed runs per measurement (default 20)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed runs first (default 3)")
     p.add_argument("--json", help="write the results to this JSON file")
 
 

@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ._options import non_negative_int, positive_float, positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -24,13 +26,13 @@ def add_parser(sub) -> None:
     p.add_argument("--output", default="runs/demo", help="output folder")
     p.add_argument(
         "--budget",
-        type=float,
+        type=positive_float,
         default=480.0,
         help="training ends this many seconds after the start, data generation included (default 480)",
     )
-    p.add_argument("--iters", type=int, help="train exactly this many iterations (ignores --budget)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iters", type=positive_int, help="train exactly this many iterations (ignores --budget)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. solver.base_lr=3e-4")
 
 

@@ -8,7 +8,6 @@ Use the file with `fastinst predict --backend onnxruntime --onnx FILE`.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import FastInstError
 from ._options import add_size
@@ -43,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..export import check_size, default_size, export_onnx, verify_onnx
     from ..factory import load_model
+    from ..files import check_output
 
+    if args.output:  # before the (slow) load and export: never onto the weights or an image, never into a folder
+        check_output(args.output, inputs=[p for p in (args.weights, args.model, args.image) if p], kind="file")
     # a checkpoint from `fastinst train` brings its own config (classes, names, ids); no weights: random init, warned
     model = load_model(args.model, args.weights, device="cpu")
     cfg = model.cfg
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data.images import read_image
 
         image = read_image(args.image)
-    output = Path(args.output or f"{cfg.name}.onnx")
+    output = check_output(args.output or f"{cfg.name}.onnx", kind="file")
     size = (int(args.size[0]), int(args.size[1])) if args.size else None
     with torch.no_grad():
         export_onnx(model, output, size=size, dynamic=args.dynamic, opset=args.opset)

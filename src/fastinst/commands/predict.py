@@ -1,37 +1,84 @@
-"""`fastinst predict --model NAME --weights PATH SOURCE ...`: instance masks on images, folders, globs and videos.
+"""`fastinst predict --model NAME --weights PATH SOURCE ...`: instance masks on images, folders, globs, videos, cameras
+and network streams.
 
-Writes one overlay PNG per image (same stem) and one overlay MP4 per video into `--output`, and with `--save-json` a
-COCO results file `predictions.json`. Every file appears under its final name only once complete (temporary name, then
-rename). In a folder or glob run an unreadable file is reported (`skipped <file>: <reason>`) and counted; a bad file
-named directly on the command line is an error.
+Writes one overlay PNG per image (same stem) and one overlay MP4 per video, camera or stream into `--output`, and with
+`--save-json` a COCO results file `predictions.json` whose entries carry `file_name` (the path as predicted; for a
+video or stream frame also `frame`). Every file appears under its final name only once complete (temporary name, then
+rename), and no overlay is ever written onto an input, even when `--output` is the inputs' folder. In a folder or glob
+run an unreadable file is reported (`skipped <file>: <reason>`) and counted; a bad file named directly on the command
+line is an error.
+
+Image ids: with `--data DATA` (or `--classes` naming a COCO json that lists images) each image takes the dataset's id,
+matched by file name (`fastinst.engine.evaluator.ImageIndex`); other images and video frames get fresh ids above the
+dataset's largest. Without one, numeric stems are the ids (000000397133.jpg -> 397133), else 1, 2, 3... in order.
+
+Live sources (`parse_source`): a camera index (`0`, or `--webcam [N]`), a camera device (`/dev/video0`) or a stream
+URL (rtsp, rtmp, http(s), udp, tcp) is read with PyAV frame by frame as frames arrive; `--max-frames`, Ctrl-C,
+SIGTERM or the end of the stream finish the overlay video (complete, under its final name) and the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
+import re
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ..errors import FastInstError
-from ._options import add_device, add_dtype
+from ._options import add_device, add_dtype, positive_int, probability
 
 THRESHOLD_HELP = (
-    "keep instances scoring at least this (default 0.3). FastInst always returns its 100 best "
-    "(query, class) pairs and most of them score near zero, so some threshold is needed for readable "
-    "overlays; use 0 with --save-json for COCO evaluation"
+    "keep instances scoring at least this (default 0.3; --confidence-threshold is the official demo's name for it). "
+    "FastInst always returns its 100 best (query, class) pairs and most of them score near zero, so some threshold "
+    "is needed for readable overlays; use 0 with --save-json for COCO evaluation"
 )
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp")
+STREAM_TIMEOUT = (20.0, 20.0)  # seconds PyAV waits to open a URL / for the next packet before giving up
+
+
+def _camera_index(value: str) -> int:
+    """argparse type of `--webcam`: a camera index >= 0."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"camera index must be a whole number >= 0, got {value!r}")
+    return int(value)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "predict",
-        help="segment instances in images, folders, globs or videos",
-        description="Segment instances in images, folders, globs and videos: overlay PNGs/MP4s and, "
-        "with --save-json, COCO results in --output.",
+        help="segment instances in images, folders, globs, videos, cameras or streams",
+        description="Segment instances in images, folders, globs, videos, cameras and network streams: overlay "
+        "PNGs/MP4s and, with --save-json, COCO results in --output.",
     )
     p.add_argument(
-        "sources", nargs="+", metavar="SOURCE", help="image file, folder, glob pattern or video (mp4/avi/mov)"
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="image file, folder, glob pattern, video (mp4/avi/mov/ts...), camera index (0), camera device "
+        "(/dev/video0) or stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://)",
+    )
+    p.add_argument(
+        "--webcam",
+        nargs="?",
+        const=0,
+        type=_camera_index,
+        metavar="N",
+        help="read camera N (default 0), the same as SOURCE N; stop with Ctrl-C or --max-frames",
+    )
+    p.add_argument(
+        "--max-frames",
+        type=positive_int,
+        metavar="N",
+        help="stop each video, camera or stream after N frames (a live source otherwise runs until Ctrl-C, "
+        "SIGTERM or its end)",
     )
     p.add_argument(
         "--model", default="fastinst-d1-r50", help="variant name, alias or YAML config (default fastinst-d1-r50)"
@@ -42,16 +89,25 @@ def add_parser(sub) -> None:
         "(cached in $FASTINST_CACHE or ~/.cache/fastinst)",
     )
     p.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
-    p.add_argument("--score-threshold", type=float, default=0.3, help=THRESHOLD_HELP)
-    p.add_argument("--max-dets", type=int, default=100, help="at most this many instances per image (default 100)")
+    p.add_argument("--score-threshold", "--confidence-threshold", type=probability, default=0.3, help=THRESHOLD_HELP)
+    p.add_argument(
+        "--max-dets", type=positive_int, default=100, help="at most this many instances per image (default 100)"
+    )
     add_device(p)
     add_dtype(p, "auto", "precision (default auto); results are float32 either way")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
     p.add_argument(
         "--classes",
-        help="class names: a text file (one a line), a COCO json (its categories) or a "
-        "comma-separated list (default: the 80 COCO classes)",
+        help="class names: a text file (one a line), a COCO json (its categories; its images give --save-json "
+        "their ids, as --data does) or a comma-separated list (default: the 80 COCO classes)",
     )
+    p.add_argument(
+        "--data",
+        help="dataset the images belong to (folder, COCO json, Ultralytics YAML or short name, as in `fastinst "
+        "eval`): --save-json entries take its image ids, matched by file name, and (without --classes) its classes, "
+        "so `fastinst eval --results` scores each prediction against its own image",
+    )
+    p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--save-json", action="store_true", help="also write predictions.json (COCO results format)")
     p.add_argument(
         "--backend",
@@ -67,8 +123,11 @@ def add_parser(sub) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def build_predictor(args: argparse.Namespace):
-    """The one loader (`fastinst.factory.load_model`) for PyTorch, or an exported ONNX file, in a `Predictor`."""
+def build_predictor(args: argparse.Namespace, dataset: Any = None):
+    """The one loader (`fastinst.factory.load_model`) for PyTorch, or an exported ONNX file, in a `Predictor`.
+
+    With `dataset` (from `--data`) and no `--classes` the model's classes map to the dataset's category ids exactly
+    as `fastinst eval --model` maps them (`fastinst.engine.evaluator.model_category_ids`)."""
     from ..engine.predictor import Predictor
 
     if args.batch_size < 1 or args.max_dets < 1:
@@ -80,7 +139,19 @@ def build_predictor(args: argparse.Namespace):
 
         if args.weights is None:
             raise FastInstError("pass --weights PATH (a checkpoint) or --weights official (download the release)")
-        return Predictor(load_model(args.model, args.weights, args.device, args.classes), dtype=args.dtype)
+        model = load_model(args.model, args.weights, args.device, args.classes)
+    else:
+        model = _onnx_model(args)
+    if dataset is not None and not args.classes:
+        from ..engine.evaluator import model_category_ids
+
+        ids = model_category_ids(model, dataset)
+        name_of = dict(zip(dataset.category_ids, dataset.names, strict=True))
+        model.names, model.category_ids = [name_of[c] for c in ids], ids
+    return Predictor(model, dtype=args.dtype)
+
+
+def _onnx_model(args: argparse.Namespace):
     if not args.onnx:
         raise FastInstError("--backend onnxruntime needs --onnx FILE (made by `fastinst export`)")
     try:
@@ -95,21 +166,125 @@ def build_predictor(args: argparse.Namespace):
         if names is not None and len(names) != model.num_classes:
             raise FastInstError(f"{len(names)} class names given, but {args.onnx} has {model.num_classes} classes")
         model.names, model.category_ids = list(names or model.names), list(ids or range(1, model.num_classes + 1))
-    return Predictor(model, dtype=args.dtype)
+    return model
+
+
+def _identity(args: argparse.Namespace) -> tuple[Any, Any]:
+    """-> (the `--data` dataset or None, an `ImageIndex` of the images whose ids predictions take, or None)."""
+    from ..engine.evaluator import ImageIndex
+
+    if args.data:
+        from ..data.datasets import load_dataset
+
+        ds = load_dataset(args.data, split=args.split)
+        return ds, ImageIndex(ds.coco["images"], ds.image_root)
+    spec = Path(args.classes) if args.classes else None
+    if spec is None or spec.suffix.lower() != ".json" or not spec.is_file():
+        return None, None
+    from ..data.datasets import read_json
+
+    data = read_json(spec)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images:
+        return None, None  # a categories-only json names classes and nothing else
+    if not all(isinstance(im, dict) and isinstance(im.get("id"), int) and "file_name" in im for im in images):
+        raise FastInstError(f"{spec}: its 'images' need integer 'id' and 'file_name' to give predictions their ids")
+    return None, ImageIndex(images)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Inputs and outputs
+# Sources
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def collect_sources(sources: list[str]) -> list[tuple[Path, bool]]:
-    """SOURCE arguments -> [(file, lenient)]: files found in folders/globs are lenient (skipped when unreadable)."""
+@dataclass(frozen=True)
+class LiveSource:
+    """A camera or a network stream: what PyAV opens (`url`, `format`, `options`, `timeout`), what messages call it
+    (`name`: the URL without its password) and the stem of its overlay video (`stem`)."""
+
+    kind: str  # "camera" (an index), "device" (/dev/videoN) or "url"
+    url: str
+    name: str
+    stem: str
+    format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    timeout: tuple[float, float] | None = None
+
+
+def camera_source(index: int, platform: str = sys.platform) -> LiveSource:
+    """Camera `index` on this system: v4l2 `/dev/video<index>` on Linux, AVFoundation device `<index>` on macOS.
+    DirectShow (Windows) opens cameras by name, so there an index is refused with the way to name the camera."""
+    if platform.startswith("linux"):
+        device = f"/dev/video{index}"
+        return LiveSource("camera", device, f"camera {index} ({device})", f"camera{index}", "v4l2")
+    if platform == "darwin":  # AVFoundation's default 29.97 fps is refused by many cameras; 30 is what they offer
+        return LiveSource(
+            "camera", str(index), f"camera {index}", f"camera{index}", "avfoundation", {"framerate": "30"}
+        )
+    if platform in ("win32", "cygwin"):
+        raise FastInstError(
+            f"camera {index}: DirectShow opens cameras by name; pass SOURCE 'video=NAME' (`ffmpeg -list_devices "
+            "true -f dshow -i dummy` lists the names)"
+        )
+    raise FastInstError(f"camera {index}: no camera input known for platform {platform!r}; pass a device or URL")
+
+
+def parse_source(text: str, platform: str = sys.platform) -> LiveSource | None:
+    """What kind of SOURCE `text` is: a `LiveSource` for a camera index (`0`, when no file or folder of that name
+    exists), a camera device (`/dev/video0` on Linux, `video=NAME` on Windows) or a stream URL (rtsp, rtsps, rtmp,
+    rtmps, http, https, udp, tcp); None for a file, folder or glob. Any other `scheme://` is refused."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if match:
+        scheme = match.group(1).lower()
+        name = _redact(text)
+        if scheme not in STREAM_SCHEMES:
+            raise FastInstError(f"{name}: unsupported URL scheme {scheme!r} (use {', '.join(STREAM_SCHEMES)})")
+        return LiveSource("url", text, name, _url_stem(text), timeout=STREAM_TIMEOUT)
+    if text.isascii() and text.isdigit() and not Path(text).exists():
+        return camera_source(int(text), platform)
+    if platform.startswith("linux") and re.fullmatch(r"/dev/video\d+", text):
+        return LiveSource("device", text, text, Path(text).name, "v4l2")
+    if platform in ("win32", "cygwin") and text.startswith("video="):
+        return LiveSource("device", text, text, _safe_stem(text.removeprefix("video=")), "dshow")
+    return None
+
+
+def _redact(url: str) -> str:
+    """The URL with its password (`user:secret@host`) replaced by `***`, for messages and JSON."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _url_stem(url: str) -> str:
+    """A file stem for a stream's overlay: the last path component's stem, else the host (`rtsp://cam/live/1` -> 1)."""
+    parts = urlsplit(url)
+    last = parts.path.rstrip("/").rpartition("/")[2]
+    return _safe_stem(Path(last).stem or parts.hostname or "stream")
+
+
+def _safe_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "stream"
+
+
+def collect_sources(sources: list[str]) -> tuple[list[tuple[Path, bool]], list[LiveSource]]:
+    """SOURCE arguments -> ([(file, lenient)], [live sources]): files found in folders/globs are lenient (skipped when
+    unreadable); cameras and URLs (`parse_source`) are read live."""
     from ..data.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_images
 
     media = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
     out: list[tuple[Path, bool]] = []
+    live: list[LiveSource] = []
     for source in sources:
+        stream = parse_source(source)
+        if stream is not None:
+            live.append(stream)
+            continue
         path = Path(source)
         if path.is_file():
             out.append((path, False))
@@ -125,17 +300,7 @@ def collect_sources(sources: list[str]) -> list[tuple[Path, bool]]:
             if not found:
                 raise FastInstError(f"{source}: the pattern matches no image or video file")
             out += [(p, True) for p in found]
-    return out
-
-
-def _unique(path: Path, used: set[Path]) -> Path:
-    """`path`, or `stem_1`, `stem_2`... when an earlier input of this run already produced that name."""
-    candidate, n = path, 0
-    while candidate in used:
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    used.add(candidate)
-    return candidate
+    return out, live
 
 
 def _image_ids(paths: list[Path]) -> dict[Path, int] | None:
@@ -145,20 +310,124 @@ def _image_ids(paths: list[Path]) -> dict[Path, int] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Stopping a live source
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM end a live source cleanly instead of killing the run: the handler only
+    keeps the signal's name in `received`, and the frame loop, which waits for frames in short slices
+    (`_FrameFeed.next`), stops and finishes the overlay. A second Ctrl-C interrupts at once (no overlay kept). Only
+    the main thread can install handlers; elsewhere this does nothing (signals go to the main thread)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the overlay
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+_END, _FAILED = object(), object()
+
+
+class _FrameFeed:
+    """A live source's frames, decoded in a daemon thread into a queue of at most `depth` frames.
+
+    PyAV's blocking reads do not return for Python signals, so a stalled stream would hold Ctrl-C until its read
+    timeout; here the main thread only ever waits on the queue, in 0.1 s slices, and sees a stop at once. The thread
+    closes the reader when it ends (at the source's end, on an error, or at the first frame after `close`)."""
+
+    def __init__(self, reader, depth: int):
+        self.reader = reader
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="fastinst-live-reader", daemon=True)
+        self.thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self.closing.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        outcome: object = _FAILED  # what the main thread gets last: the end, the reader's error, or a failure
+        try:
+            with self.reader:
+                for frame in self.reader:
+                    if not self._put(frame):
+                        return
+            outcome = _END
+        except (FastInstError, OSError, ValueError, RuntimeError, MemoryError) as e:
+            outcome = e  # raised in the main thread
+        finally:
+            self._put(outcome)
+
+    def next(self, stop: _StopSignals) -> np.ndarray | None:
+        """The next frame; None at the source's end or once a stop signal has arrived. Reader errors are raised."""
+        while not stop.received:
+            try:
+                item = self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return None
+            if item is _FAILED:
+                raise FastInstError(f"{self.reader.name}: the reading thread failed (see the traceback above)")
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return None
+
+    def close(self) -> None:
+        self.closing.set()
+        self.thread.join(timeout=1.0)  # a read stalled in the network ends at its own timeout, in the thread
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 class _Run:
-    """State of one `fastinst predict` call: counters, output names, COCO entries."""
+    """State of one `fastinst predict` call: counters, output names, COCO entries, image ids."""
 
-    def __init__(self, args: argparse.Namespace, predictor, out: Path, progress: bool):
+    def __init__(self, args: argparse.Namespace, predictor, out: Path, progress: bool, index: Any, inputs: list[Path]):
         self.args, self.predictor, self.out = args, predictor, out
-        self.used: set[Path] = set()
+        self.used: set[Path] = {p.resolve() for p in inputs}  # overlays never take an input's path
         self.entries: list[dict] = []
         self.images = self.frames = self.instances = self.skipped = 0
-        self.next_id = 1
+        self.index = index  # ImageIndex of --data / a COCO --classes json, or None
+        self.next_id = index.max_id + 1 if index is not None else 1
+        self.unmatched: list[Path] = []
+        self.taken: dict[int, Path] = {}  # dataset image id -> the file that took it
         self.progress = progress
+
+    def output(self, name: str) -> Path:
+        """`out/name`, or `stem_1`, `stem_2`... when an input or an earlier output of this run has that path."""
+        path = self.out / name
+        candidate, n = path, 0
+        while candidate.resolve() in self.used:
+            n += 1
+            candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        self.used.add(candidate.resolve())
+        return candidate
 
     def skip(self, path: Path, reason: str, bar=None) -> None:
         line = f"skipped {path}: {reason}"
@@ -168,30 +437,38 @@ class _Run:
             print(line, flush=True)
         self.skipped += 1
 
-    def images_batch(self, batch: list[tuple[np.ndarray, Path]], ids: dict[Path, int] | None) -> None:
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def image_id(self, path: Path, stems: dict[Path, int] | None) -> int:
+        if self.index is None:
+            return stems[path] if stems else self._new_id()
+        found = self.index.find(str(path))
+        if found is not None and self.taken.setdefault(found, path) == path:
+            return found
+        self.unmatched.append(path)  # not in the dataset, or its image was already taken by another file
+        return self._new_id()
+
+    def images_batch(self, batch: list[tuple[np.ndarray, Path]], stems: dict[Path, int] | None) -> None:
         a = self.args
         images, paths = [im for im, _ in batch], [p for _, p in batch]
         results = self.predictor.predict_batch(images, paths, a.score_threshold, a.max_dets)
         for r, path in zip(results, paths, strict=True):
-            r.save(_unique(self.out / f"{path.stem}.png", self.used))
+            r.save(self.output(f"{path.stem}.png"))
             if a.save_json:
-                image_id = ids[path] if ids else self._new_id()
-                self.entries += r.to_coco(image_id)
+                self.entries += r.to_coco(self.image_id(path, stems))
             self.images += 1
             self.instances += len(r)
-
-    def _new_id(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
 
     def run_images(self, files: list[tuple[Path, bool]]) -> None:
         from tqdm import tqdm
 
         from ..data.images import read_image
 
-        ids = _image_ids([p for p, _ in files]) if self.args.save_json else None
-        if ids:
-            self.next_id = max(ids.values()) + 1
+        stems = _image_ids([p for p, _ in files]) if self.args.save_json and self.index is None else None
+        if stems:
+            self.next_id = max(stems.values()) + 1
         bar = tqdm(total=len(files), unit="img", desc="predict", disable=not self.progress)
         batch: list[tuple[np.ndarray, Path]] = []
         for path, lenient in files:
@@ -202,72 +479,145 @@ class _Run:
                     raise
                 self.skip(path, str(e).removeprefix(f"{path}: "), bar)
             if len(batch) == self.args.batch_size:
-                self.images_batch(batch, ids)
+                self.images_batch(batch, stems)
                 batch = []
             bar.update(1)
         if batch:
-            self.images_batch(batch, ids)
+            self.images_batch(batch, stems)
         bar.close()
 
     def run_video(self, path: Path, lenient: bool) -> None:
-        import av
+        from ..engine.predictor import VideoReader
+
+        try:
+            reader = VideoReader(path)
+        except FastInstError as e:
+            if not lenient:
+                raise
+            return self.skip(path, str(e).removeprefix(f"{path}: "))
+        try:
+            self.frames_of(reader, str(path), f"{path.stem}.mp4", live=False)
+        except FastInstError as e:
+            if not lenient:
+                raise
+            self.skip(path, str(e).removeprefix(f"{path}: "))
+
+    def run_live(self, source: LiveSource) -> None:
+        from ..engine.predictor import VideoReader
+
+        reader = VideoReader(
+            source.url, format=source.format, options=source.options, timeout=source.timeout, name=source.name
+        )
+        self.frames_of(reader, source.name, f"{source.stem}.mp4", live=True)
+
+    def frames_of(self, reader, name: str, overlay: str, live: bool) -> None:
+        """Predict the frames of an opened `VideoReader` (up to --max-frames) into an overlay video, each batch going
+        through the model as soon as it is read. For a file, a decoding error or an interrupt discards the overlay.
+        A live source ends at its end, on Ctrl-C / SIGTERM, or on a read error after some frames; its overlay (and
+        JSON entries) then hold every frame read, and the overlay is complete under its final name."""
         from tqdm import tqdm
 
-        from ..engine.predictor import video_rate
         from ..engine.writers import VideoWriter
 
         a = self.args
         try:
-            fps = video_rate(path)
-            with av.open(str(path)) as c:
-                total = c.streams.video[0].frames or None
-        except (av.FFmpegError, OSError, IndexError) as e:
-            if not lenient:
-                raise FastInstError(f"{path}: cannot open the video ({e})") from None
-            return self.skip(path, f"cannot open the video ({e})")
-        writer = VideoWriter(_unique(self.out / f"{path.stem}.mp4", self.used), fps)
-        bar = tqdm(total=total, unit="frame", desc=path.name, disable=not self.progress)
-        try:
-            for n, r in enumerate(self.predictor.predict_video(path, a.batch_size, a.score_threshold, a.max_dets)):
+            writer = VideoWriter(self.output(overlay), reader.rate)
+        except BaseException:
+            reader.close()
+            raise
+        bar = tqdm(total=reader.frames, unit="frame", desc=Path(overlay).stem, disable=not self.progress)
+        batch: list[np.ndarray] = []
+        count = 0
+        ended: str | None = None
+
+        def flush() -> None:
+            nonlocal count
+            for r in self.predictor.predict_batch(batch, None, a.score_threshold, a.max_dets):
                 writer.write(r.plot())
                 if a.save_json:
-                    self.entries += [dict(e, frame=n) for e in r.to_coco(self._new_id())]
+                    self.entries += [dict(e, file_name=name, frame=count) for e in r.to_coco(self._new_id())]
+                count += 1
                 self.frames += 1
                 self.instances += len(r)
                 bar.update(1)
-        except FastInstError as e:
-            writer.abort()
-            bar.close()
-            if not lenient:
-                raise
-            return self.skip(path, str(e).removeprefix(f"{path}: "))
+            batch.clear()
+
+        def wanted() -> bool:
+            return a.max_frames is None or count + len(batch) < a.max_frames
+
+        try:
+            if live:
+                with _StopSignals() as stop:
+                    feed = _FrameFeed(reader, a.batch_size)
+                    try:
+                        while wanted() and (frame := feed.next(stop)) is not None:
+                            batch.append(frame)
+                            if len(batch) == a.batch_size:
+                                flush()
+                    except FastInstError as e:
+                        if count + len(batch) == 0:
+                            raise
+                        ended = f"ended with an error: {str(e).removeprefix(f'{name}: ')}"
+                    finally:
+                        feed.close()
+                    if batch:
+                        flush()  # the frames already read are written too
+                    if stop.received:
+                        ended = f"stopped by {stop.received}"
+            else:
+                with reader:
+                    for frame in reader:
+                        if not wanted():
+                            break
+                        batch.append(frame)
+                        if len(batch) == a.batch_size:
+                            flush()
+                    if batch:
+                        flush()
         except BaseException:
             writer.abort()
+            bar.close()
             raise
         writer.close()
         bar.close()
+        if ended:
+            print(f"{name}: {ended} after {count} frames; {writer.path} is complete", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.images import is_video
-    from ..files import write_json
+    from ..files import check_output, write_json
 
-    files = collect_sources(args.sources)
-    predictor = build_predictor(args)
-    out = Path(args.output)
+    files, live = collect_sources(args.sources)
+    if args.webcam is not None:
+        live.append(camera_source(args.webcam))
+    if not files and not live:
+        raise FastInstError("name a SOURCE (image, folder, glob, video, camera index or stream URL) or --webcam N")
+    out = check_output(args.output, inputs=[p for p, _ in files], kind="dir")
+    dataset, index = _identity(args)
+    predictor = build_predictor(args, dataset)
     out.mkdir(parents=True, exist_ok=True)
     images = [(p, lenient) for p, lenient in files if not is_video(p)]
     videos = [(p, lenient) for p, lenient in files if is_video(p)]
-    progress = any(lenient for _, lenient in files) or bool(videos)
-    state = _Run(args, predictor, out, progress)
+    progress = any(lenient for _, lenient in files) or bool(videos) or bool(live)
+    state = _Run(args, predictor, out, progress, index, [p for p, _ in files])
     if images:
         state.run_images(images)
     for path, lenient in videos:
         state.run_video(path, lenient)
+    for source in live:
+        state.run_live(source)
     if args.save_json:
+        if state.unmatched:
+            where = dataset.name if dataset is not None else args.classes
+            print(
+                f"note: {len(state.unmatched)} image(s) are not in {where} (e.g. {state.unmatched[0]}); they got new "
+                f"ids above its largest, {index.max_id}",
+                file=sys.stderr,
+            )
         write_json(out / "predictions.json", state.entries)
     parts = [f"{state.images} image{'s' * (state.images != 1)}"]
-    if videos:
+    if videos or live:
         parts.append(f"{state.frames} video frames")
     parts.append(f"{state.instances} instances (score >= {args.score_threshold:g})")
     if state.skipped:

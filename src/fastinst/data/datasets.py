@@ -1,12 +1,13 @@
 """Instance-segmentation datasets in five layouts, all loaded into one COCO-shaped `InstanceDataset`.
 
 `load_dataset(spec, split)` accepts a COCO folder or annotation json, an Ultralytics segmentation YAML, a Cityscapes
-root, an ADE20K `ADEChallengeData2016` folder, or a short name (`coco`, `cityscapes`, `ade20k`) looked up under
-`$FASTINST_DATASETS` (default `./datasets`). Every loader first builds a COCO instances dict; `from_coco` then checks it
-and turns it into records (see docs/DEVELOPING.md). Category ids become contiguous indices in the order of the dataset's
-own ids (the COCO rule). Problems that leave the data usable (bad polygon parts, bbox-only annotations, coordinates
-outside the image) are fixed or skipped and reported in one warning per kind with a count; anything else raises
-`DatasetError` naming the file and the entry. The layouts are documented in docs/datasets.md.
+root, an ADE20K `ADEChallengeData2016` folder, a short name (`coco`, `cityscapes`, `ade20k`) or an official name
+(`coco_2017_val`, `OFFICIAL_NAMES`) looked up under `datasets_root()`. Every loader first builds a COCO instances
+dict; `from_coco` then checks it and turns it into records (see docs/DEVELOPING.md). Category ids become contiguous
+indices in the order of the dataset's own ids (the COCO rule). Problems that leave the data usable (bad polygon
+parts, bbox-only annotations, coordinates outside the image) are fixed or skipped and reported in one warning per kind
+with a count; anything else raises `DatasetError` naming the file and the entry. The layouts are documented in
+docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_util
 
-from ..errors import DatasetError
+from ..errors import DatasetError, note
 from .images import PIL_ERRORS, is_image_file
 
 SHORT_NAMES = {"coco": "coco", "cityscapes": "cityscapes", "ade20k": "ADEChallengeData2016"}
@@ -174,9 +174,54 @@ class InstanceDataset:
     names: list[str]
     category_ids: list[int]
     coco: dict
+    # what loading skipped or fixed, by kind (keys of `_ISSUES`, plus "no_annotations_key"): used to explain an
+    # unusable training split
+    issues: Counter = field(default_factory=Counter)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def background_images(self) -> int:
+        """Images without a non-crowd instance (negatives in training)."""
+        return sum(not any(a["iscrowd"] == 0 for a in r["annotations"]) for r in self.records)
+
+
+def drop_unused_categories(ds: InstanceDataset) -> list[str]:
+    """Remove, in place, the categories no annotation of `ds` uses (labelme's `_background_`, a category list copied
+    from another dataset) so they do not become classes; -> their names. Class indices stay in category-id order."""
+    used = {a["category_id"] for a in ds.coco["annotations"]}
+    keep = [i for i, cid in enumerate(ds.category_ids) if cid in used]
+    if len(keep) == len(ds.category_ids) or not keep:
+        return []
+    dropped = [ds.names[i] for i in range(len(ds.names)) if i not in set(keep)]
+    new_index = {old: new for new, old in enumerate(keep)}
+    for r in ds.records:
+        for a in r["annotations"]:
+            a["category_id"] = new_index[a["category_id"]]
+    ds.names = [ds.names[i] for i in keep]
+    ds.category_ids = [ds.category_ids[i] for i in keep]
+    ds.coco = dict(ds.coco, categories=[c for c in ds.coco["categories"] if c["id"] in used])
+    return dropped
+
+
+def unusable_for_training(ds: InstanceDataset, source: str) -> str | None:
+    """Why `ds` has nothing to learn from (no image with a non-crowd instance), naming `source` and the cause; None
+    when it can be trained on."""
+    if any(a["iscrowd"] == 0 for r in ds.records for a in r["annotations"]):
+        return None
+    n = len(ds.records)
+    if ds.issues.get("no_annotations_key"):
+        cause = "the file has no 'annotations' list"
+    elif not ds.coco["annotations"] and not any(ds.issues.get(k) for k in ("bbox_only", "no_polygon")):
+        cause = "it has no annotations"
+    elif ds.issues.get("bbox_only") or ds.issues.get("no_polygon"):
+        skipped = ds.issues.get("bbox_only", 0) + ds.issues.get("no_polygon", 0)
+        crowd = len(ds.coco["annotations"])
+        rest = f" and the other {crowd} are crowd regions" if crowd else ""
+        cause = f"{skipped} annotations lack a usable segmentation (bounding boxes only?){rest}; masks are needed"
+    else:
+        cause = "every annotation is a crowd region (iscrowd=1), which training ignores"
+    return f"{source}: no instance to train on in {n} images: {cause}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,8 +230,38 @@ class InstanceDataset:
 
 
 def datasets_root() -> Path:
-    """Where short dataset names live: `$FASTINST_DATASETS`, default `./datasets`."""
-    return Path(os.environ.get("FASTINST_DATASETS", "datasets"))
+    """Where short and official dataset names live: `$FASTINST_DATASETS`, else `$DETECTRON2_DATASETS` (the official
+    repository's variable), else `./datasets`."""
+    return Path(os.environ.get("FASTINST_DATASETS") or os.environ.get("DETECTRON2_DATASETS") or "datasets")
+
+
+# The dataset names of the official configs (DATASETS.TRAIN / TEST) -> (folder under `datasets_root()`, split), in the
+# layout of the official datasets/README.md: coco/{annotations,train2017,val2017}, ADEChallengeData2016 with the
+# prepared ade20k_instance_{train,val}.json, cityscapes/{gtFine,leftImg8bit}.
+OFFICIAL_NAMES: dict[str, tuple[str, str]] = {
+    "coco_2017_train": ("coco", "train"),
+    "coco_2017_val": ("coco", "val"),
+    "ade20k_instance_train": ("ADEChallengeData2016", "train"),
+    "ade20k_instance_val": ("ADEChallengeData2016", "val"),
+    "cityscapes_fine_instance_seg_train": ("cityscapes", "train"),
+    "cityscapes_fine_instance_seg_val": ("cityscapes", "val"),
+}
+
+
+def official_dataset(spec: str | os.PathLike) -> tuple[Path, str] | None:
+    """(dataset folder, split) for an official dataset name (`coco_2017_val`), or None for anything else (an
+    existing path wins over a name). `DatasetError` when the name's folder is missing under the datasets root."""
+    name = str(spec)
+    if name not in OFFICIAL_NAMES or Path(name).exists():
+        return None
+    folder, split = OFFICIAL_NAMES[name]
+    path = datasets_root() / folder
+    if not path.is_dir():
+        raise DatasetError(
+            f"{name}: expected its data in {path} (the official datasets/README.md layout, see docs/datasets.md); "
+            "set $FASTINST_DATASETS or $DETECTRON2_DATASETS to the folder that holds it"
+        )
+    return path, split
 
 
 def load_dataset(
@@ -199,11 +274,13 @@ def load_dataset(
 ) -> InstanceDataset:
     """Load split `split` of the dataset `spec` (a folder, a .json / .yaml file or a short name).
 
+    An official dataset name (`coco_2017_train`, see `OFFICIAL_NAMES`) names its split itself; `split` is then unused.
     `filter_empty` drops images without a non-crowd annotation (for training). `image_root` overrides where the
     images of a COCO json are. `ade_labels`: how to read the R channel of ADE20K instance PNGs: `"instance"` (the
     released data: instance-track class 1..100) or `"semantic"` (a 150-class scene-parsing id; non-thing ids ignored).
     """
-    path = _resolve(spec)
+    named = official_dataset(spec)  # an official name fixes its split: coco_2017_val is coco's val
+    path, split = named if named is not None else (_resolve(spec), split)
     root = Path(image_root) if image_root is not None else None
     if path.is_file():
         suffix = path.suffix.lower()
@@ -221,6 +298,10 @@ def load_dataset(
             ds = load_ade20k(base, split, image_root=root, labels=ade_labels)
         elif kind == "coco":
             ds = load_coco_folder(base, split, image_root=root)
+        elif kind == "labelme":
+            from .labelme import load_labelme  # labelme.py builds on this module
+
+            ds = load_labelme(base, split)
         else:
             ds = load_yolo(base, split)
     if filter_empty:
@@ -238,12 +319,13 @@ def _resolve(spec: str | os.PathLike) -> Path:
         return candidate
     raise DatasetError(
         f"{spec}: no such file or folder (nor {candidate}); the short names "
-        f"{', '.join(SHORT_NAMES)} are looked up under $FASTINST_DATASETS (now {base})"
+        f"{', '.join(SHORT_NAMES)} are looked up under $FASTINST_DATASETS or $DETECTRON2_DATASETS (now {base})"
     )
 
 
 def detect_layout(folder: Path) -> tuple[str, Path]:
-    """-> (`cityscapes` | `ade20k` | `coco` | `yolo`, the folder or YAML file to load) for a dataset folder."""
+    """-> (`cityscapes` | `ade20k` | `coco` | `yolo` | `labelme`, the folder or YAML file to load) for a dataset
+    folder. A labelme folder: its json files (or those of its train/val sub-folders) have a `shapes` list."""
     if (folder / "gtFine").is_dir():
         return "cityscapes", folder
     for base in (folder / "ADEChallengeData2016", folder):
@@ -254,9 +336,14 @@ def detect_layout(folder: Path) -> tuple[str, Path]:
     yamls = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
     if len(yamls) == 1:
         return "yolo", yamls[0]
+    from .labelme import find_labelme
+
+    if find_labelme(folder):
+        return "labelme", folder
     raise DatasetError(
         f"{folder}: not a dataset layout fastinst knows (COCO annotations/instances_*.json, "
-        "Cityscapes gtFine/, ADE20K annotations_instance/ or one Ultralytics .yaml); see docs/datasets.md"
+        "Cityscapes gtFine/, ADE20K annotations_instance/, one Ultralytics .yaml or labelme *.json files); "
+        "see docs/datasets.md"
     )
 
 
@@ -355,8 +442,12 @@ def from_coco(
     name: str | None = None,
     root: Path | None = None,
     check_files: bool = True,
+    check_rle: bool = False,
 ) -> InstanceDataset:
-    """Check a COCO instances dict and build the dataset; `source` names the file in messages."""
+    """Check a COCO instances dict and build the dataset; `source` names the file in messages. `check_files` also
+    compares each image file's size with its entry (from the file header; for splits up to `SIZE_CHECK_LIMIT` images,
+    larger ones are checked as images are read); `check_rle` checks that RLE run lengths cover exactly their image
+    (for files written by other tools)."""
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("images"), list)
@@ -364,13 +455,15 @@ def from_coco(
     ):
         raise DatasetError(f"{source}: not a COCO instances file (needs 'images' and 'categories' lists)")
     anns_in = data.get("annotations") or []
+    issues: Counter = Counter()
+    if "annotations" not in data:
+        issues["no_annotations_key"] += 1
     if not isinstance(anns_in, list):
         raise DatasetError(f"{source}: 'annotations' is not a list")
     cats = _categories(data["categories"], source)
     category_ids = sorted(cats)
     contiguous = {cid: i for i, cid in enumerate(category_ids)}
     images, id_map = _images(data["images"], source)
-    issues: Counter = Counter()
     records = [
         {
             "file_name": str(image_root / im["file_name"]),
@@ -394,7 +487,7 @@ def from_coco(
         if cid not in contiguous or isinstance(cid, bool):
             raise DatasetError(f"{label} refers to unknown category id {cid!r}")
         rec = by_id[image_id]
-        seg = _clean_segmentation(a.get("segmentation"), rec["height"], rec["width"], label, issues)
+        seg = _clean_segmentation(a.get("segmentation"), rec["height"], rec["width"], label, issues, check_rle)
         if seg is None:
             continue
         iscrowd = int(bool(a.get("iscrowd", 0)))
@@ -416,7 +509,8 @@ def from_coco(
     if check_files:
         _check_files(records, image_root, source)
     for kind, count in issues.items():
-        warnings.warn(f"{source}: {_ISSUES[kind]}: {count}", stacklevel=3)
+        if kind in _ISSUES:
+            note(f"{source}: {_ISSUES[kind]}: {count}")
     coco = {
         "info": data.get("info", {}),
         "licenses": data.get("licenses", []),
@@ -433,6 +527,7 @@ def from_coco(
         names=[str(cats[c].get("name", c)) for c in category_ids],
         category_ids=category_ids,
         coco=coco,
+        issues=issues,
     )
 
 
@@ -477,7 +572,9 @@ def _images(entries: list, source) -> tuple[list[dict], dict]:
     return images, id_map
 
 
-def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -> list | dict | None:
+def _clean_segmentation(
+    seg: Any, h: int, w: int, label: str, issues: Counter, check_rle: bool = False
+) -> list | dict | None:
     """Valid polygons (clipped to the image) or compressed RLE; None (counted) when nothing usable is left."""
     if not seg:
         issues["bbox_only"] += 1
@@ -488,7 +585,17 @@ def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -
         if list(seg["size"]) != [h, w]:
             raise DatasetError(f"{label}: RLE size {list(seg['size'])} does not match its image ({h}x{w})")
         if isinstance(seg["counts"], str):
+            if check_rle:
+                total = rle_string_total(seg["counts"], label)
+                if total != h * w:
+                    raise DatasetError(f"{label}: RLE run lengths add up to {total} pixels, its image has {h}x{w}")
             return {"size": [h, w], "counts": seg["counts"]}
+        counts = seg["counts"]
+        if isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            if any(c < 0 for c in counts):
+                raise DatasetError(f"{label}: RLE has a negative run length")
+            if sum(counts) != h * w:
+                raise DatasetError(f"{label}: RLE run lengths add up to {sum(counts)} pixels, its image has {h}x{w}")
         try:
             rle = mask_util.frPyObjects(seg, h, w)
         except (TypeError, ValueError, OverflowError) as e:  # counts not a list of non-negative integers
@@ -520,6 +627,34 @@ def _clean_segmentation(seg: Any, h: int, w: int, label: str, issues: Counter) -
     return parts
 
 
+def rle_string_total(counts: str, label: str) -> int:
+    """Sum of the run lengths in a compressed COCO RLE string. The format: each run length is stored as a signed
+    number in 5-bit groups (least significant first), one character `48 + group` each, bit 0x20 = more groups follow;
+    from the third run on, the stored number is the difference to the run two places before."""
+    runs: list[int] = []
+    pos, n = 0, len(counts)
+    while pos < n:
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= n:
+                raise DatasetError(f"{label}: compressed RLE string ends in the middle of a run length")
+            c = ord(counts[pos]) - 48
+            if not 0 <= c < 64:
+                raise DatasetError(f"{label}: compressed RLE string has a character {counts[pos]!r} outside the format")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value -= 1 << shift  # sign-extend
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise DatasetError(f"{label}: compressed RLE string decodes to a negative run length")
+        runs.append(value)
+    return sum(runs)
+
+
 def _to_rle(seg: list | dict, h: int, w: int) -> dict:
     if isinstance(seg, dict):
         return seg
@@ -533,6 +668,27 @@ def _check_files(records: list[dict], image_root: Path, source) -> None:
         raise DatasetError(
             f"{source}: image id {missing[0]['image_id']}: {missing[0]['file_name']} not found{more}; "
             f"images are looked up under {image_root} (pass image_root= to change)"
+        )
+    if len(records) <= SIZE_CHECK_LIMIT:
+        for r in records:
+            check_image_size(r, image_size(Path(r["file_name"])), source)
+
+
+# Splits up to this many images have every image's size checked against the annotation file when loaded (from the
+# headers: ~1 s per 5,000 images); larger ones (COCO train) are checked image by image as they are read.
+SIZE_CHECK_LIMIT = 5000
+
+
+def check_image_size(record: dict, size: tuple[int, int], source: str | Path | None = None) -> None:
+    """`DatasetError` when an image's real (height, width) differs from its annotation entry: masks drawn for another
+    size would be scored or trained against the wrong pixels."""
+    h, w = size
+    if (h, w) != (record["height"], record["width"]):
+        hint = " (EXIF rotation? the entry has them swapped)" if (w, h) == (record["height"], record["width"]) else ""
+        where = f"{source}: image id {record['image_id']}" if source else f"image id {record['image_id']}"
+        raise DatasetError(
+            f"{where}: {record['file_name']} is {w}x{h} pixels but the annotations say "
+            f"{record['width']}x{record['height']}{hint}"
         )
 
 
@@ -549,7 +705,7 @@ def load_coco_json(
     data = read_json(path)
     if image_root is None:
         image_root = _guess_image_root(path, data)
-    return from_coco(data, Path(image_root), path, root=root)
+    return from_coco(data, Path(image_root), path, root=root, check_rle=True)
 
 
 def _guess_image_root(path: Path, data: Any) -> Path:
@@ -610,6 +766,9 @@ def load_yolo(yaml_path: Path, split: str) -> InstanceDataset:
     """
     cfg = read_yaml(yaml_path)
     names = _yolo_names(cfg.get("names"), yaml_path)
+    nc = cfg.get("nc")
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc != len(names)):
+        raise DatasetError(f"{yaml_path}: 'nc: {nc}' disagrees with 'names', which lists {len(names)} classes")
     root = _yolo_root(cfg, yaml_path)
     entry = cfg.get(split)
     if entry is None:
@@ -704,10 +863,20 @@ def _yolo_labels(path: Path, num_classes: int) -> list[tuple[int, list[float]]]:
             values = [float(v) for v in fields]
         except ValueError:
             raise DatasetError(f"{path}:{n}: expected numbers 'cls x1 y1 x2 y2 ...', got {line.strip()!r}") from None
-        cls = values[0]
-        if cls != int(cls) or not 0 <= cls < num_classes:
+        cls, coords = values[0], values[1:]
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
             raise DatasetError(f"{path}:{n}: class {fields[0]} is not an index into the {num_classes} names")
-        out.append((int(cls), values[1:]))
+        if len(coords) % 2:
+            raise DatasetError(f"{path}:{n}: odd number of coordinates ({len(coords)}); expected 'cls x1 y1 x2 y2 ...'")
+        if len(coords) != 4 and len(coords) < 6:
+            raise DatasetError(f"{path}:{n}: a polygon needs at least 3 points, got {len(coords) // 2}")
+        bad = [v for v in coords if not (-0.01 <= v <= 1.01)]  # a little slack for rounding, then clipped
+        if bad:
+            hint = "; these look like pixel coordinates" if max(abs(v) for v in bad) > 1.5 else ""
+            raise DatasetError(
+                f"{path}:{n}: coordinate {bad[0]:g} is outside 0..1 (YOLO labels are normalised to the image{hint})"
+            )
+        out.append((int(cls), [min(max(v, 0.0), 1.0) for v in coords]))
     return out
 
 
@@ -814,7 +983,7 @@ def load_ade20k(root: Path, split: str, image_root: Path | None = None, labels: 
             anns.append(_rle_annotation(mask, len(anns) + 1, image_id, cid, 0))
         images.append({"id": image_id, "file_name": _relative(img, img_dir), "height": h, "width": w})
     for kind, count in issues.items():
-        warnings.warn(f"{ann_dir}: {_ISSUES[kind]}: {count}", stacklevel=3)
+        note(f"{ann_dir}: {_ISSUES[kind]}: {count}")
     cats = [{"id": i, "name": n} for i, n in ADE20K_THINGS]
     ds = from_coco(
         {"images": images, "annotations": anns, "categories": cats}, img_dir, ann_dir, root=root, check_files=False

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, InputConfig
 from ..errors import DatasetError
+from .datasets import check_image_size
 from .images import read_image
 from .transforms import to_tensor_image, train_transform
 
@@ -77,10 +78,8 @@ class TrainDataset(Dataset):
         rec = self.records[index]
         image = self.reader(rec["file_name"])
         h0, w0 = image.shape[:2]
-        if (rec.get("height", h0), rec.get("width", w0)) != (h0, w0):
-            raise DatasetError(
-                f"{rec['file_name']}: image is {w0}x{h0} but its record says {rec['width']}x{rec['height']}"
-            )
+        if "height" in rec and "width" in rec:
+            check_image_size(rec, (h0, w0))
         img, labels, masks = train_transform(image, rec.get("annotations", []), self.cfg, np.random.default_rng(seed))
         return {
             "image": to_tensor_image(img),
@@ -109,7 +108,7 @@ class GroupedInfiniteSampler:
         start_iter: int = 0,
     ) -> None:
         if len(landscape) == 0:
-            raise DatasetError("cannot sample training batches from an empty dataset")
+            raise DatasetError("no training images to sample batches from (an empty split)")
         if batch_size < 1 or world < 1 or not 0 <= rank < world:
             raise ValueError(f"bad sampler setup: batch_size={batch_size}, rank={rank}, world={world}")
         self.groups = np.asarray(landscape, dtype=bool)
@@ -225,7 +224,7 @@ def build_train_loader(
     reader: Callable[[str], np.ndarray] = read_image,
 ) -> DataLoader:
     """Infinite iterable of training batches (lists of `TrainDataset` dicts) for `rank`, from global batch
-    `start_iter` on. Records should already be filtered (`load_dataset(..., filter_empty=True)`).
+    `start_iter` on. Records without an instance train as negatives (background images).
 
     The batches do not depend on `num_workers`; the DataLoader gets its own torch generator so that iterating it
     leaves the process's global torch RNG untouched.
@@ -252,7 +251,11 @@ class _TestDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[dict, np.ndarray]:
-        return self.records[i], self.reader(self.records[i]["file_name"])
+        rec = self.records[i]
+        image = self.reader(rec["file_name"])
+        if "height" in rec and "width" in rec:  # predictions at another size would be scored against wrong pixels
+            check_image_size(rec, image.shape[:2])
+        return rec, image
 
 
 def build_test_loader(

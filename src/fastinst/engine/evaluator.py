@@ -13,8 +13,9 @@ import io
 import json
 import math
 import os
+import sys
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -142,7 +143,7 @@ def predict_dataset(
     from . import distributed as dist_utils
 
     records = dataset.records[:max_images] if max_images else dataset.records
-    evaluator = COCOEvaluator(dataset.coco, dataset.category_ids)
+    evaluator = COCOEvaluator(dataset.coco, model_category_ids(model, dataset))
     mine = records[dist_utils.rank() :: dist_utils.world_size()]
     loader = build_test_loader(mine, num_workers=num_workers)  # (record, (H, W, 3) uint8 RGB) in order
     bar = tqdm(loader, total=len(mine), desc="eval", unit="img", disable=not progress or not dist_utils.is_main())
@@ -153,6 +154,21 @@ def predict_dataset(
             visit(n, rec, image, out)
     evaluator.gather()
     return evaluator
+
+
+def model_category_ids(model, dataset) -> list[int]:
+    """The dataset category id of each of the model's classes: the model's own (saved in its checkpoint) when the
+    dataset has them all, so a model trained without unused categories scores on the full split; else, for a model
+    without stored ids, the dataset's ids in class order (the class counts must then agree)."""
+    own = [int(c) for c in getattr(model, "category_ids", None) or []]
+    if own and set(own) <= set(dataset.category_ids):
+        return own
+    if getattr(model, "num_classes", len(dataset.category_ids)) != len(dataset.category_ids):
+        raise DatasetError(
+            f"{dataset.name}: the model has {model.num_classes} classes (category ids {own[:5]}...), the dataset "
+            f"{len(dataset.category_ids)} ({dataset.category_ids[:5]}...)"
+        )
+    return list(dataset.category_ids)
 
 
 def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
@@ -171,20 +187,124 @@ def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], 
     return data, label
 
 
+class ImageIndex:
+    """A dataset's images by file name: the one rule by which `fastinst predict --data` gives predictions the
+    dataset's image ids and `fastinst eval --results` checks them.
+
+    A path names the image whose file it is (`image_root / file_name`, compared as absolute normalised paths);
+    else the image whose `file_name` (relative to the image root) is the longest trailing part of the path, when that
+    part has two or more components (`val2017/a.jpg` in `/elsewhere/val2017/a.jpg`); else the image with the same
+    base name when exactly one image has it. `find` -> the image id, or None. `max_id`: the largest image id.
+    """
+
+    def __init__(self, images: list[dict], image_root: str | os.PathLike | None = None):
+        self.by_parts: dict[tuple[str, ...], int] = {}
+        self.by_path: dict[str, int] = {}
+        bases: dict[str, list[int]] = {}
+        for im in images:
+            image_id, name = int(im["id"]), str(im["file_name"])
+            parts = _name_parts(name)
+            self.by_parts.setdefault(parts, image_id)
+            bases.setdefault(parts[-1] if parts else "", []).append(image_id)
+            if image_root is not None:
+                self.by_path.setdefault(_abs_name(Path(image_root) / name), image_id)
+        self.by_base = {base: ids[0] for base, ids in bases.items() if len(ids) == 1 and base}
+        self.max_id = max((int(im["id"]) for im in images), default=0)
+        self._found: dict[str, int | None] = {}
+
+    def find(self, path: str | os.PathLike) -> int | None:
+        key = str(path)
+        if key not in self._found:
+            self._found[key] = self._find(key)
+        return self._found[key]
+
+    def _find(self, path: str) -> int | None:
+        if self.by_path and path:
+            hit = self.by_path.get(_abs_name(Path(path)))
+            if hit is not None:
+                return hit
+        parts = _name_parts(path)
+        for start in range(len(parts) - 1):  # longest trailing part first, two components at least
+            hit = self.by_parts.get(parts[start:])
+            if hit is not None:
+                return hit
+        return self.by_base.get(parts[-1]) if parts else None
+
+
+def _name_parts(name: str) -> tuple[str, ...]:
+    """`a/./b\\c.jpg` -> ("a", "b", "c.jpg"): a file name's components, whichever separator it was written with."""
+    return tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "."))
+
+
+def _abs_name(path: Path) -> str:
+    return os.path.normcase(os.path.normpath(os.path.abspath(path)))
+
+
+def match_image_ids(
+    dets: list[dict], gt: COCO, label: str = "results", image_root: str | os.PathLike | None = None
+) -> list[dict]:
+    """Results entries with the ground truth's image ids, or a one-line `DatasetError`; never a silent mismatch.
+
+    Entries that carry a `file_name` (what `fastinst predict --save-json` writes) are matched to the GT images by it
+    (`ImageIndex`) and get that image's id, whatever `image_id` they had (one note on stderr says how many changed);
+    a file name that matches no image is refused. Entries without one must already use GT image ids.
+    """
+    named = [r for r in dets if _has_file_name(r)]
+    if named:
+        index = ImageIndex(gt.dataset.get("images") or [], image_root)
+        ids = {name: index.find(name) for name in dict.fromkeys(r["file_name"] for r in named)}
+        missing = [name for name, image_id in ids.items() if image_id is None]
+        if missing:
+            raise DatasetError(
+                f"{label}: {len(missing)} file name(s) match no ground-truth image, e.g. {missing[0]!r} "
+                "(matched by path under the image root, then by unique base name)"
+            )
+        first: dict[int | None, str] = {}
+        for name, image_id in ids.items():
+            other = first.setdefault(image_id, name)
+            if other != name:
+                raise DatasetError(
+                    f"{label}: file names {other!r} and {name!r} both match ground-truth image {image_id}; "
+                    "predict each image once"
+                )
+        changed = sum(ids[r["file_name"]] != r["image_id"] for r in named)
+        if changed:
+            print(
+                f"note: matched {len(named)} predictions to ground-truth images by file_name "
+                f"({changed} had another image_id)",
+                file=sys.stderr,
+            )
+            dets = [dict(r, image_id=ids[r["file_name"]]) if _has_file_name(r) else r for r in dets]
+    unknown_images = sorted({r["image_id"] for r in dets if not _has_file_name(r)} - set(gt.imgs), key=str)
+    if unknown_images:
+        raise DatasetError(
+            f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. {unknown_images[:5]}, and "
+            "the entries carry no file_name to match them by; write the predictions with `fastinst predict "
+            "--save-json --data DATA` so they carry the dataset's image ids and file names"
+        )
+    return dets
+
+
+def _has_file_name(entry: dict) -> bool:
+    return isinstance(entry.get("file_name"), str) and bool(entry["file_name"])
+
+
 def evaluate_results(
     results: list[dict] | str | os.PathLike,
     coco_gt: dict | str | os.PathLike | COCO,
     image_ids: list[int] | None = None,
     verbose: bool = True,
+    boundary: bool = False,
+    image_root: str | os.PathLike | None = None,
 ) -> dict:
-    """Score COCO segm results (a list or a results json) against a GT dict/json; prints the 12-line table."""
+    """Score COCO segm results (a list or a results json) against a GT dict/json; prints the 12-line table.
+
+    `boundary`: also boundary AP (`fastinst.engine.boundary`) on the same detections, as the `"boundary"` block.
+    Image identity: `match_image_ids` (entries with a `file_name` are matched to the GT images by it; `image_root`,
+    where the GT's file names are, lets absolute paths match too)."""
     gt = coco_api(coco_gt)
     dets, label = _load_results(results)
-    unknown_images = sorted({r["image_id"] for r in dets} - set(gt.imgs), key=str)
-    if unknown_images:
-        raise DatasetError(
-            f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. {unknown_images[:5]}"
-        )
+    dets = match_image_ids(dets, gt, label, image_root)  # file_name -> the GT's image id; unknown ids refused
     unknown_cats = sorted({r["category_id"] for r in dets} - set(gt.cats), key=str)
     if unknown_cats:
         raise DatasetError(f"{label}: category id(s) {unknown_cats[:5]} not in the ground truth")
@@ -203,7 +323,12 @@ def evaluate_results(
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             ev.summarize()
-    return _metrics(ev, gt)
+    metrics = _metrics(ev, gt)
+    if boundary:
+        from .boundary import boundary_metrics
+
+        metrics["boundary"] = boundary_metrics(gt, dt, image_ids=image_ids, verbose=verbose)
+    return metrics
 
 
 def _pct(v: float) -> float:

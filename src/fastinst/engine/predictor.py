@@ -297,22 +297,69 @@ def _np(t) -> np.ndarray:
     return np.asarray(t)
 
 
-def video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """uint8 RGB frames of a video file (PyAV)."""
-    import av
+def _reason(e: BaseException) -> str:
+    """An FFmpeg / OS error's own words, without the file name or URL it repeats (a URL may hold a password)."""
+    text = str(getattr(e, "strerror", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as e:
-        raise FastInstError(f"{path}: cannot open the video ({e})") from None
-    with container:
-        if not container.streams.video:
-            raise FastInstError(f"{path}: has no video stream")
+
+class VideoReader:
+    """A video file, camera device or network stream opened with PyAV, read frame by frame as frames arrive.
+
+    `source` is what `av.open` takes (a path, `/dev/video0`, a URL); `format` forces a demuxer (`v4l2`,
+    `avfoundation`, `dshow` for cameras), `options` are its options, `timeout` is PyAV's (open, read) timeout in
+    seconds, `name` is what messages call the source (default `str(source)`). Attributes: `rate` (frames per second,
+    25 when unknown) and `frames` (the container's count, or None). Iterating yields uint8 (H, W, 3) RGB frames, one
+    decoded at a time (nothing is buffered beyond the decoder's own queue). A missing file or device, a refused
+    connection, a source without a video stream and a decoding error raise `FastInstError` naming `name`.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        *,
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        name: str | None = None,
+    ):
+        import av
+
+        self.name = name or str(source)
         try:
-            for frame in container.decode(video=0):
+            self.container = av.open(str(source), format=format, options=options or {}, timeout=timeout)
+        except (av.FFmpegError, OSError, ValueError) as e:
+            raise FastInstError(f"{self.name}: cannot open the video ({_reason(e)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise FastInstError(f"{self.name}: has no video stream")
+        stream = self.container.streams.video[0]
+        self.rate = float(stream.average_rate or stream.guessed_rate or 25)
+        self.frames: int | None = stream.frames or None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import av
+
+        try:
+            for frame in self.container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as e:
-            raise FastInstError(f"{path}: cannot decode the video ({e})") from None
+        except (av.FFmpegError, OSError) as e:
+            raise FastInstError(f"{self.name}: cannot decode the video ({_reason(e)})") from None
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """uint8 RGB frames of a video file (PyAV), decoded one at a time."""
+    with VideoReader(path) as reader:
+        yield from reader
 
 
 def video_rate(path: str | Path) -> float:

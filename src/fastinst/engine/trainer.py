@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import architecture_changes, load_checkpoint
 from ..config import Config, to_dict
-from ..errors import FastInstError
+from ..errors import CheckpointError, FastInstError
 from ..files import atomic_path
 from . import distributed as dist_utils
 
@@ -220,7 +221,16 @@ class Trainer:
             raise FastInstError(
                 f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})"
             ) from None
-        self.model.load_state_dict(ckpt["model"])
+        changes = architecture_changes(ckpt.get("config"), self.cfg)
+        if changes:  # e.g. an override that resizes the network: one line, not a page of size mismatches
+            raise CheckpointError(
+                f"{path}: cannot resume: the run's model differs from this one ({'; '.join(changes[:3])}); resume "
+                "with the run's settings or train into a new --output"
+            )
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError:  # shapes or names differ: the one-line message of loading any checkpoint
+            load_checkpoint(self.model, {"model": ckpt["model"]}, label=f"{path}: cannot resume")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema and ckpt.get("ema"):

@@ -1,0 +1,466 @@
+"""labelme annotation folders (labelme 5.x per-image JSON files) as one COCO-shaped `InstanceDataset`.
+
+A labelme file holds `version, flags, shapes, imagePath, imageData, imageHeight, imageWidth`; each shape `label,
+points, group_id, shape_type, flags, description` (and `mask` for `shape_type: "mask"`). The rules (docs/datasets.md,
+"labelme"):
+
+* Shapes: `polygon` (also a missing `shape_type`), `rectangle` (two corners), `circle` (centre and a point on the
+  rim, stored as a polygon whose vertices are at most ~1 px apart) and `mask` (a base64 PNG whose top-left pixel is
+  the box's first corner, as labelme pastes it: `mask[y1:y2+1, x1:x2+1]`) give instance masks. `line`, `linestrip`,
+  `point`, `points` and unknown types are skipped, as are polygons under 3 points; each kind is counted in one note.
+* Shapes sharing `(label, group_id)` with a non-null `group_id` are one instance of several parts; polygons-only
+  instances stay polygons (COCO's rasterisation), any `mask` part makes the instance an RLE.
+* `__ignore__` shapes are crowd regions (`iscrowd=1`), one per category so that COCO evaluation ignores detections of
+  any class there; training drops crowd regions. `_background_` shapes are skipped. Neither becomes a category.
+* Categories (ids 1..K): the order of `labels.txt` (labelme's convention: one name a line, `__ignore__` and
+  `_background_` first) in the folder or its parent, else the sorted label names of every file in the folder (all
+  splits, so that every split has the same classes). A label missing from `labels.txt` is a `DatasetError`.
+* Images: `imagePath` relative to the json (also with Windows separators, or the bare file name next to the json, or
+  `<json stem>.<image extension>`). When no file is found but `imageData` is embedded, `read_labelme(...,
+  embedded_dir=)` decodes it into that folder (what `fastinst convert` does); `load_labelme` raises a `DatasetError`
+  naming the json and the missing path. `imageHeight`/`imageWidth` must match the image.
+* Splits: `train/`, `val/`, `test/` (or `training/`, `validation/`, `testing/`) sub-folders holding json files are the
+  splits; a folder without them is one split used whatever `split` is asked (one note says so).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_util
+
+from ..errors import DatasetError, note
+from ..files import atomic_path
+from .datasets import InstanceDataset, _relative, from_coco, image_size, mask_to_rle, read_json
+from .images import IMAGE_EXTENSIONS, PIL_ERRORS
+
+__all__ = ["EmbeddedImage", "find_labelme", "is_labelme", "load_labelme", "read_labelme", "write_embedded_images"]
+
+IGNORE = "__ignore__"
+BACKGROUND = "_background_"
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "validation"), "test": ("test", "testing")}
+POLYGON_TYPES = ("polygon", "rectangle", "circle")
+
+_ISSUES = {
+    "not_labelme": "skipped json files that are not labelme annotations (no 'shapes' list)",
+    "short_polygon": "skipped polygons with fewer than 3 points",
+    "bad_points": "skipped rectangles/circles/masks without exactly 2 points",
+    "unsupported": "skipped shapes that are not areas (line, linestrip, point, ...)",
+    "background": "skipped _background_ shapes",
+    "empty": "skipped shapes covering no area",
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image that exists only as a labelme file's `imageData`: `write_embedded_images` writes it to `target`."""
+
+    json_path: Path
+    target: Path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Finding labelme files and splits
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def is_labelme(path: Path) -> bool:
+    """Whether `path` is a readable json object with a `shapes` list (a labelme file)."""
+    try:
+        data = read_json(path)
+    except DatasetError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("shapes"), list)
+
+
+def _split_folders(folder: Path) -> dict[str, Path]:
+    """{split name: sub-folder} for the split sub-folders of `folder` that hold json files."""
+    out = {}
+    for split, names in SPLIT_FOLDERS.items():
+        for name in names:
+            sub = folder / name
+            if sub.is_dir() and any(sub.rglob("*.json")):
+                out[split] = sub
+                break
+    return out
+
+
+def find_labelme(folder: Path, limit: int = 20) -> bool:
+    """Whether `folder` (or one of its split sub-folders) is a labelme folder: one of its first `limit` json files
+    (in name order) is a labelme file. Used by `detect_layout`."""
+    places = [*_split_folders(folder).values(), folder]
+    for place in places:
+        for n, path in enumerate(sorted(place.rglob("*.json") if place is not folder else place.glob("*.json"))):
+            if n >= limit:
+                break
+            if is_labelme(path):
+                return True
+    return False
+
+
+def _json_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.json") if p.is_file())
+
+
+def _labels_txt(root: Path) -> Path | None:
+    for place in (root, root.parent):
+        if (place / "labels.txt").is_file():
+            return place / "labels.txt"
+    return None
+
+
+def _read_labels_txt(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from None
+    names: list[str] = []
+    for n, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name or name in (IGNORE, BACKGROUND):
+            continue
+        if name in names:
+            raise DatasetError(f"{path}:{n}: label {name!r} is listed twice")
+        names.append(name)
+    if not names:
+        raise DatasetError(f"{path}: lists no labels besides {IGNORE} and {BACKGROUND}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_labelme(source: str | os.PathLike | Iterable[str | os.PathLike], split: str = "val") -> InstanceDataset:
+    """Split `split` of a labelme folder (or the given labelme json files) as an `InstanceDataset`; every image must
+    exist as a file (see the module docstring for the rules). Raises `DatasetError` naming the file and the problem."""
+    dataset, _ = read_labelme(source, split)
+    return dataset
+
+
+def read_labelme(
+    source: str | os.PathLike | Iterable[str | os.PathLike],
+    split: str = "val",
+    *,
+    embedded_dir: str | os.PathLike | None = None,
+) -> tuple[InstanceDataset, list[EmbeddedImage]]:
+    """`load_labelme`, except that an image found only as embedded `imageData` is given the path
+    `embedded_dir/<its file name>` (renamed `<json stem>_<name>` when two files share a name) instead of raising;
+    -> (the dataset, the embedded images still to write with `write_embedded_images`). Nothing is written here."""
+    files, root, label_files = _select(source, split)
+    listed = _labels_txt(root)
+    if listed is not None:
+        names = _read_labels_txt(listed)
+    else:
+        names = sorted(_scan_labels(label_files))
+        if not names:
+            raise DatasetError(f"{root}: the labelme files hold no labels (only {IGNORE}/{BACKGROUND} or no shapes)")
+    category = {n: i for i, n in enumerate(names, 1)}
+    issues: Counter[str] = Counter()
+    images: list[dict] = []
+    anns: list[dict] = []
+    pending: list[EmbeddedImage] = []
+    used_names: set[str] = set()
+    target_dir = Path(embedded_dir) if embedded_dir is not None else None
+    for path in files:
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+            issues["not_labelme"] += 1
+            continue
+        image_id = len(images) + 1
+        image, (h, w), embedded = _image(path, data, target_dir, used_names)
+        if embedded:
+            pending.append(EmbeddedImage(path, image))
+        images.append({"id": image_id, "file_name": _relative(image, root), "height": h, "width": w})
+        for label, seg in _instances(path, data["shapes"], h, w, issues):
+            if label == IGNORE:
+                rle = seg if isinstance(seg, dict) else _polygons_to_rle(seg, h, w)
+                for cid in category.values():
+                    anns.append(_annotation(len(anns) + 1, image_id, cid, rle, 1))
+                continue
+            if label not in category:
+                where = f"in {listed}" if listed is not None else "among the labels"
+                raise DatasetError(f"{path}: label {label!r} is not listed {where}")
+            anns.append(_annotation(len(anns) + 1, image_id, category[label], seg, 0))
+    if not images:
+        raise DatasetError(f"{root}: no labelme json files (with a 'shapes' list) for split {split!r}")
+    for kind, count in issues.items():
+        note(f"{root}: {_ISSUES[kind]}: {count}")
+    cats = [{"id": i, "name": n} for n, i in category.items()]
+    ds = from_coco(
+        {"images": images, "annotations": anns, "categories": cats}, root, root, root=root, check_files=False
+    )
+    ds.name = f"{root.name}_{split}"
+    return ds, pending
+
+
+def write_embedded_images(pending: Iterable[EmbeddedImage]) -> list[Path]:
+    """Decode each pending image's `imageData` (re-read from its json) and write the bytes as they are to its target
+    (atomically; the folder is created). -> the written paths."""
+    out = []
+    for item in pending:
+        data = read_json(item.json_path)
+        raw = _decode_b64(data.get("imageData"), item.json_path, "imageData")
+        item.target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(item.target) as tmp:
+            tmp.write_bytes(raw)
+        out.append(item.target)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files of a split
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _select(source: Any, split: str) -> tuple[list[Path], Path, list[Path]]:
+    """-> (json files of the split, the dataset root, every json file whose labels count for the category list)."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        root = Path(source)
+        splits = _split_folders(root)
+        if not splits:
+            files = _json_files(root)
+            note(
+                f"{root}: a flat labelme folder (no train/ or val/ sub-folders): its files are one split, used for "
+                f"split {split!r}"
+            )
+            return files, root, files
+        if split not in splits:
+            have = ", ".join(f"{k} ({v.name}/)" for k, v in splits.items())
+            raise DatasetError(f"{root}: no labelme sub-folder for split {split!r} (found: {have})")
+        every = [f for sub in splits.values() for f in _json_files(sub)]
+        return _json_files(splits[split]), root, every
+    paths = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
+    if not paths:
+        raise DatasetError("no labelme json files given")
+    for p in paths:
+        if not p.is_file():
+            raise DatasetError(f"{p}: labelme file not found")
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    return sorted(paths), root, paths
+
+
+def _scan_labels(files: list[Path]) -> set[str]:
+    labels = set()
+    for path in files:
+        data = read_json(path)
+        shapes = data.get("shapes") if isinstance(data, dict) else None
+        if not isinstance(shapes, list):
+            continue
+        for i, s in enumerate(shapes):
+            labels.add(_label(path, i, s))
+    labels.discard(IGNORE)
+    labels.discard(BACKGROUND)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> tuple[Path, tuple[int, int], bool]:
+    """-> (image path, (height, width), whether it is embedded data still to write), checking the stated size."""
+    stated = str(data.get("imagePath") or "")
+    here = path.parent
+    candidates = []
+    if stated:
+        candidates += [here / stated, here / stated.replace("\\", "/"), here / PureWindowsPath(stated).name]
+    candidates += [here / f"{path.stem}{ext}" for ext in sorted(IMAGE_EXTENSIONS)]
+    found = next((c for c in candidates if c.is_file()), None)
+    wanted = here / stated if stated else here / f"{path.stem}.<image>"
+    if found is not None:
+        size = image_size(found)
+        embedded = False
+        image = found
+    elif data.get("imageData"):
+        if target_dir is None:
+            raise DatasetError(
+                f"{path}: image {wanted} not found (its imageData is embedded: `fastinst convert --data "
+                f"{here} --output OUT.json` writes it out next to OUT.json)"
+            )
+        raw = _decode_b64(data["imageData"], path, "imageData")
+        size, fmt = _bytes_size(raw, path)
+        name = PureWindowsPath(stated).name if stated else ""
+        if not name or "." not in name:
+            name = f"{path.stem}.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
+        if name in used:
+            name = f"{path.stem}_{name}"
+        k = 1
+        base = name
+        while name in used:
+            name = f"{Path(base).stem}_{k}{Path(base).suffix}"
+            k += 1
+        used.add(name)
+        image = target_dir / name
+        embedded = True
+    else:
+        raise DatasetError(f"{path}: image {wanted} not found (and the file embeds no imageData)")
+    h, w = size
+    sh, sw = data.get("imageHeight"), data.get("imageWidth")
+    if (isinstance(sh, int) and sh != h) or (isinstance(sw, int) and sw != w):
+        raise DatasetError(
+            f"{path}: imageHeight/imageWidth say {sw}x{sh} (width x height) but the image "
+            f"{'embedded in it' if embedded else image} is {w}x{h}"
+        )
+    return image, size, embedded
+
+
+def _decode_b64(value: Any, path: Path, key: str) -> bytes:
+    if not isinstance(value, str):
+        raise DatasetError(f"{path}: {key} is not a base64 string")
+    try:
+        return base64.b64decode(value)
+    except (binascii.Error, ValueError) as e:
+        raise DatasetError(f"{path}: {key} is not valid base64 ({e})") from None
+
+
+def _bytes_size(raw: bytes, path: Path) -> tuple[tuple[int, int], str]:
+    """((height, width) with EXIF rotation applied, PIL format name) of an encoded image."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+            fmt = im.format or "png"
+    except PIL_ERRORS as e:
+        raise DatasetError(f"{path}: imageData is not a readable image ({e})") from None
+    return ((w, h) if orientation in (5, 6, 7, 8) else (h, w)), fmt
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shapes -> instances
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _instances(path: Path, shapes: list, h: int, w: int, issues: Counter) -> list[tuple[str, list | dict]]:
+    """-> [(label, segmentation)] in order of first appearance: polygons (flat xy lists) or an RLE dict."""
+    groups: dict[Any, tuple[str, list]] = {}
+    for i, s in enumerate(shapes):
+        label = _label(path, i, s)
+        if label == BACKGROUND:
+            issues["background"] += 1
+            continue
+        part = _part(path, i, s, h, w, issues)
+        if part is None:
+            continue
+        group = s.get("group_id")
+        key = (label, group) if group is not None else ("#", i)
+        groups.setdefault(key, (label, []))[1].append(part)
+    out: list[tuple[str, list | dict]] = []
+    for label, parts in groups.values():
+        polygons = [p for p in parts if isinstance(p, list)]
+        bitmaps = [p for p in parts if not isinstance(p, list)]
+        if not bitmaps:
+            out.append((label, polygons))
+            continue
+        mask = np.zeros((h, w), bool)
+        for b in bitmaps:
+            mask |= b
+        if polygons:
+            mask |= mask_util.decode(_polygons_to_rle(polygons, h, w)).astype(bool)
+        out.append((label, mask_to_rle(mask)))
+    return out
+
+
+def _label(path: Path, i: int, s: Any) -> str:
+    if not isinstance(s, dict):
+        raise DatasetError(f"{path}: shapes[{i}] is not an object")
+    label = s.get("label")
+    if not isinstance(label, str) or not label:
+        raise DatasetError(f"{path}: shapes[{i}] has no label")
+    return label
+
+
+def _part(path: Path, i: int, s: dict, h: int, w: int, issues: Counter) -> list | np.ndarray | None:
+    """One shape as a flat polygon or a full-size bool mask; None (counted) when it is skipped."""
+    kind = s.get("shape_type") or "polygon"
+    if kind not in (*POLYGON_TYPES, "mask"):
+        issues["unsupported"] += 1
+        return None
+    points = _points(path, i, s.get("points"))
+    if kind == "polygon":
+        if len(points) < 3:
+            issues["short_polygon"] += 1
+            return None
+        poly = [v for xy in points for v in xy]
+    elif len(points) != 2:
+        issues["bad_points"] += 1
+        return None
+    elif kind == "rectangle":
+        (x0, y0), (x1, y1) = points
+        x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        poly = [x0, y0, x1, y0, x1, y1, x0, y1]
+    elif kind == "circle":
+        (cx, cy), (px, py) = points
+        r = math.hypot(px - cx, py - cy)
+        n = max(16, min(1440, math.ceil(2 * math.pi * r)))  # neighbouring vertices ~1 px apart
+        angles = np.arange(n) * (2 * math.pi / n)
+        poly = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).ravel().tolist()
+    else:
+        return _mask_part(path, i, s, points, h, w, issues)
+    if _flat(poly):
+        issues["empty"] += 1
+        return None
+    return poly
+
+
+def _points(path: Path, i: int, points: Any) -> list[tuple[float, float]]:
+    ok = isinstance(points, list) and all(
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+        for p in points
+    )
+    if not ok:
+        raise DatasetError(f"{path}: shapes[{i}] 'points' is not a list of [x, y] number pairs")
+    return [(float(x), float(y)) for x, y in points]
+
+
+def _flat(poly: list[float]) -> bool:
+    """Whether all the points share one x or one y (no area; a crossing polygon's cancelling area does not count)."""
+    xs, ys = poly[0::2], poly[1::2]
+    return min(xs) == max(xs) or min(ys) == max(ys)
+
+
+def _mask_part(
+    path: Path, i: int, s: dict, points: list[tuple[float, float]], h: int, w: int, issues: Counter
+) -> np.ndarray | None:
+    from PIL import Image
+
+    raw = _decode_b64(s.get("mask"), path, f"shapes[{i}] mask")
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            small = np.asarray(im.convert("L")) > 0
+    except PIL_ERRORS as e:
+        raise DatasetError(f"{path}: shapes[{i}] mask is not a readable PNG ({e})") from None
+    x0 = max(int(min(points[0][0], points[1][0])), 0)
+    y0 = max(int(min(points[0][1], points[1][1])), 0)
+    mask = np.zeros((h, w), bool)
+    part = small[: max(h - y0, 0), : max(w - x0, 0)]
+    mask[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]] = part
+    if not mask.any():
+        issues["empty"] += 1
+        return None
+    return mask
+
+
+def _polygons_to_rle(polygons: list[list[float]], h: int, w: int) -> dict:
+    merged = mask_util.merge(mask_util.frPyObjects(polygons, h, w))
+    return {"size": [h, w], "counts": merged["counts"].decode("ascii")}
+
+
+def _annotation(ann_id: int, image_id: int, category_id: int, seg: list | dict, iscrowd: int) -> dict:
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": seg, "iscrowd": iscrowd}
