@@ -96,8 +96,7 @@ def test_plot_training_curves(tmp_path: Path) -> None:
 def test_best_instance_on_top_and_labels_do_not_cover_each_other(monkeypatch) -> None:
     """Three masks sharing a top-left corner: the best-scoring one is drawn last (its colour wins where they
     overlap), its label keeps its place and is drawn last, and no two label boxes overlap."""
-    from PIL import ImageDraw
-
+    import fastinst.visualize as vis
     from fastinst.visualize import draw_instances, instance_colour
 
     image = np.zeros((120, 160, 3), np.uint8)
@@ -107,11 +106,9 @@ def test_best_instance_on_top_and_labels_do_not_cover_each_other(monkeypatch) ->
     masks[2, 40:70, 30:70] = True
     scores = [0.4, 0.9, 0.6]  # instance 1 is the best
     boxes: list[tuple[tuple[int, int, int, int], tuple]] = []
-    rectangle = ImageDraw.ImageDraw.rectangle
+    draw_label = vis._draw_label
     monkeypatch.setattr(
-        ImageDraw.ImageDraw,
-        "rectangle",
-        lambda self, xy, fill=None, **k: boxes.append((xy, fill)) or rectangle(self, xy, fill=fill, **k),
+        vis, "_draw_label", lambda out, box, colour, *a: boxes.append((box, colour)) or draw_label(out, box, colour, *a)
     )
     out = draw_instances(image, masks, [0, 1, 2], scores, ["a", "b", "c"], alpha=1.0, contour_width=0)
     rects = [xy for xy, _ in boxes]
@@ -128,3 +125,27 @@ def test_best_instance_on_top_and_labels_do_not_cover_each_other(monkeypatch) ->
     for a_i, a in enumerate(rects):
         for b in rects[a_i + 1 :]:
             assert not (a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]), (a, b)
+
+
+def test_band_wise_blending_equals_whole_image_blending(monkeypatch):
+    """Huge images are blended a band of rows at a time (bounded memory): bands of 1-4 rows give exactly the pixels
+    of one band covering the whole image, outlines across band borders included."""
+    import fastinst.visualize as vis
+
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        h, w = (int(v) for v in rng.integers(5, 120, 2))
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        n = int(rng.integers(1, 6))
+        masks = np.zeros((n, h, w), bool)
+        for k in range(n):
+            y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+            masks[k, y0 : y0 + int(rng.integers(1, h)), x0 : x0 + int(rng.integers(1, w))] = True
+            masks[k] &= rng.random((h, w)) < 0.95
+        labels, scores = rng.integers(0, 3, n), rng.random(n)
+        width = int(rng.integers(1, 4))
+        monkeypatch.setattr(vis, "_BAND_BYTES", 1 << 40)
+        whole = vis.draw_instances(img, masks, labels, scores, ["a", "b", "c"], contour_width=width)
+        monkeypatch.setattr(vis, "_BAND_BYTES", int(rng.integers(1, 5)) * w * 12)
+        banded = vis.draw_instances(img, masks, labels, scores, ["a", "b", "c"], contour_width=width)
+        assert np.array_equal(whole, banded)

@@ -111,7 +111,7 @@ def draw_instances(
     m = m.reshape(0, *img.shape[:2]) if m.size == 0 else m
     if m.ndim != 3 or m.shape[1:] != img.shape[:2]:
         raise ValueError(f"masks must be (N, {img.shape[0]}, {img.shape[1]}), got {tuple(m.shape)}")
-    m = m.astype(bool)
+    m = m if m.dtype == bool else m.astype(bool)  # (no copy of bool masks: 16 masks of 10000² are 1.6 GB)
     n = m.shape[0]
     lab = None if labels is None else [int(v) for v in np.asarray(labels).reshape(-1)]
     sco = None if scores is None else [float(v) for v in np.asarray(scores, dtype=np.float64).reshape(-1)]
@@ -120,28 +120,24 @@ def draw_instances(
             raise ValueError(f"{len(seq)} {what} for {n} masks")
     keep = [i for i in range(n) if sco is None or sco[i] >= score_threshold]
     ranked = sorted(keep, key=lambda i: -sco[i]) if sco is not None else keep  # best first
-
-    out = img.astype(np.float32)
-    for i in reversed(ranked):  # the best instance is drawn last, on top
-        rgb = np.array(instance_colour(i), np.float32)
-        out[m[i]] = out[m[i]] * (1.0 - alpha) + rgb * alpha
-        out[mask_edges(m[i], contour_width)] = rgb * 0.6  # darker, opaque outline
-    canvas = Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
-
-    draw = ImageDraw.Draw(canvas)
     h, w = img.shape[:2]
+    out = img.copy()
+    _blend_masks(out, m, ranked, alpha, contour_width)
+
     font = _font(max(10, min(24, round(min(h, w) / 40))))
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     placed: list[tuple[int, int, int, int, int, str, int, int]] = []  # x0, y0, x1, y1, i, text, left, top
     for i in ranked:  # the best label gets its place first; the others slide below labels already placed
         text = _label_text(None if lab is None else lab[i], None if sco is None else sco[i], names)
-        ys, xs = np.nonzero(m[i])
-        if not text or ys.size == 0:
+        rows, cols = m[i].any(axis=1), m[i].any(axis=0)  # (H,), (W,): the box without listing every pixel
+        if not text or not rows.any():
             continue
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        top_row, left_col = int(rows.argmax()), int(cols.argmax())
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 4
-        x0 = int(min(max(xs.min(), 0), max(w - tw, 0)))
-        y0 = int(ys.min()) - th  # above the mask when there is room, else just inside it
-        y0 = int(ys.min()) if y0 < 0 else y0
+        x0 = int(min(max(left_col, 0), max(w - tw, 0)))
+        y0 = top_row - th  # above the mask when there is room, else just inside it
+        y0 = top_row if y0 < 0 else y0
         y0 = min(y0, max(h - th, 0))
         for _ in range(len(placed)):
             hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + tw and y0 < b[3] and b[1] < y0 + th), None)
@@ -150,13 +146,48 @@ def draw_instances(
             y0 = hit[3]
         placed.append((x0, int(y0), int(x0 + tw), int(y0 + th), i, text, int(left), int(top)))
     for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
-        colour = instance_colour(i)
-        luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=colour)
-        draw.text(
-            (x0 + 2 - left, y0 + 2 - top), text, font=font, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255)
-        )
-    return np.asarray(canvas, dtype=np.uint8).copy()
+        _draw_label(out, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
+    return out
+
+
+def _draw_label(out: np.ndarray, box: tuple[int, int, int, int], colour, text: str, font, offset) -> None:
+    """Fill `box` (x0, y0, x1, y1 inclusive, image coordinates) of `out` with `colour` and write `text` at `offset`
+    from its corner, in black or white by the colour's luminance; drawn on a patch of the box alone (a whole-image
+    PIL copy would cost another H×W×3 bytes on huge images)."""
+    h, w = out.shape[:2]
+    x0, y0, x1, y1 = box
+    patch = Image.fromarray(out[y0 : min(y1 + 1, h), x0 : min(x1 + 1, w)])
+    draw = ImageDraw.Draw(patch)
+    draw.rectangle((0, 0, x1 - x0, y1 - y0), fill=colour)
+    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    draw.text(offset, text, font=font, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255))
+    out[y0 : min(y1 + 1, h), x0 : min(x1 + 1, w)] = np.asarray(patch)
+
+
+# Rows of the image blended at a time: the float working copy of one band stays near 64 MB whatever the image size.
+_BAND_BYTES = 64 << 20
+
+
+def _blend_masks(out: np.ndarray, masks: np.ndarray, ranked: list[int], alpha: float, contour_width: int) -> None:
+    """Blend each mask in `ranked` (worst first, the best on top) into `out` (uint8 H×W×3, in place) with its
+    `contour_width`-pixel outline, band by band: the result is the same as blending the whole image in float32 and
+    rounding once, since every pixel's arithmetic is the same; a band's outlines use `contour_width` rows of context
+    above and below it, which is as far as the erosion in `mask_edges` reaches."""
+    h, w = out.shape[:2]
+    rows = max(1, _BAND_BYTES // max(1, w * 3 * 4))
+    colours = {i: np.array(instance_colour(i), np.float32) for i in ranked}
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        c0, c1 = max(0, r0 - contour_width), min(h, r1 + contour_width)  # rows with context for the outline
+        band = out[r0:r1].astype(np.float32)
+        for i in reversed(ranked):  # the best instance is drawn last, on top
+            inside = masks[i, r0:r1]
+            if not inside.any():
+                continue
+            rgb = colours[i]
+            band[inside] = band[inside] * (1.0 - alpha) + rgb * alpha
+            band[mask_edges(masks[i, c0:c1], contour_width)[r0 - c0 : r1 - c0]] = rgb * 0.6  # darker, opaque outline
+        out[r0:r1] = np.clip(np.round(band), 0, 255).astype(np.uint8)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

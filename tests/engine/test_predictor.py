@@ -182,6 +182,14 @@ def fixture_weights(tmp_path_factory):
     return path, fx, fx.meta
 
 
+# `Predictor` runs the fast path (BN folded into the convs, channels-last): float32 results that differ from the
+# reference network's by float rounding, which the mean mask probability in each score amplifies. The fixtures README
+# suggests 1e-4 for the reference path (tests/model/test_parity.py holds it); measured here for the fast path: up to
+# 1.06e-4 on an AMD EPYC (Zen 4) and under 1e-4 on a Xeon (Cascade Lake), so 3e-4 (still 1/1000 of a typical
+# score) keeps the check meaningful on every CPU.
+FAST_PATH_SCORE_ATOL = 3e-4
+
+
 def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None):
     """Our (label, score) pairs equal the fixture's instances as a set; matched masks agree (IoU >= 0.99)."""
     ref_labels, ref_scores = npz[f"eval.instances.{i}.pred_classes"], npz[f"eval.instances.{i}.scores"]
@@ -189,7 +197,7 @@ def compare_with_fixture(npz, i: int, labels: np.ndarray, scores: np.ndarray, ma
     ours = np.lexsort((-scores, labels))
     ref = np.lexsort((-ref_scores, ref_labels))
     assert np.array_equal(labels[ours], ref_labels[ref])
-    np.testing.assert_allclose(scores[ours], ref_scores[ref], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(scores[ours], ref_scores[ref], atol=FAST_PATH_SCORE_ATOL, rtol=0)
     if masks is not None:
         shape = tuple(npz[f"eval.instances.{i}.pred_masks_shape"])
         packed = npz[f"eval.instances.{i}.pred_masks_packbits"]
