@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,3 +34,14 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 def fixture_id(path: Path) -> str:
     return f"compact:{path.name}" if path == COMPACT_FIXTURE else path.name
+
+
+@pytest.fixture(scope="session")
+def demo_weights(tmp_path_factory) -> str:
+    """A `fastinst-demo` checkpoint with seed-0 random weights (the 80 COCO classes), for the command tests."""
+    import fastinst
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("demo") / "demo.pth"
+    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
+    return str(path)

@@ -11,19 +11,7 @@ from PIL import Image
 
 from fastinst import build_model
 from fastinst.cli import build_parser, main
-
-# the smallest valid argument list of each command, to which a test adds the option under test
-BASE_ARGS = {
-    "demo": [],
-    "train": ["--model", "fastinst-demo", "--data", "d"],
-    "eval": ["--results", "r.json", "--data", "d"],
-    "predict": ["x.jpg"],
-    "export": [],
-    "benchmark": [],
-    "info": [],
-    "convert": ["--data", "d", "--output", "o.json"],
-    "app": [],
-}
+from test_cli_surface import BASE_ARGS  # the smallest valid argument list of each command
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:

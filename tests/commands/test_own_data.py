@@ -262,3 +262,20 @@ def test_sixteen_bit_tiff_photos_train(tmp_path, capsys):
     ann.write_text(json.dumps(data))
     assert main(["train", "--data", str(root), "--output", str(tmp_path / "r"), *TINY, "solver.max_iter=1"]) == 0
     assert "constant image" not in capsys.readouterr().err
+
+
+def test_classes_from_an_ultralytics_data_yaml(tmp_path, capsys):
+    """`--classes data.yaml` reads `names:` (mapping or list, as Ultralytics writes them), not the file's lines."""
+    from fastinst.factory import parse_classes
+
+    yaml = _yolo_set(tmp_path / "y", background=False)  # names as an {index: name} mapping, with nc and path
+    assert parse_classes(yaml) == (["person", "car"], None)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("path: .\ntrain: images\nval: images\nnames: [person, car]\n")
+    assert parse_classes(listed) == (["person", "car"], None)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(yaml), "--output", str(out), *TINY, "solver.max_iter=1"]) == 0
+    image = tmp_path / "y" / "images" / "val" / "img0.jpg"
+    args = ["predict", str(image), "--model", "fastinst-demo", "--weights", str(out / "last.pth"), "--device", "cpu"]
+    assert main([*args, "--classes", str(yaml), "--output", str(tmp_path / "pred"), "--save-json"]) == 0
+    assert (tmp_path / "pred" / "img0.png").is_file()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fastinst.cli import main
@@ -17,16 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from test_predictor import compare_with_fixture, fixture_weights
 
 NAMES = "circle,square,triangle,star"
-
-
-@pytest.fixture(scope="module")
-def demo_weights(tmp_path_factory):
-    import fastinst
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("demo") / "demo.pth"
-    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
-    return str(path)
 
 
 def _image(seed: int, h: int = 48, w: int = 64) -> np.ndarray:

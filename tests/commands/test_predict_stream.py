@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fastinst.cli import build_parser, main
 from fastinst.commands.predict import camera_source, parse_source
@@ -28,16 +27,6 @@ LONG = 30  # /stall.ts sends the first half of a clip this long
 
 def _image(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def demo_weights(tmp_path_factory):
-    import fastinst
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("demo") / "demo.pth"
-    torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

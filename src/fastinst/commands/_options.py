@@ -17,26 +17,24 @@ def device(value: str) -> str:
     return name
 
 
-def positive_int(value: str) -> int:
-    """argparse type of sizes and counts that must be at least 1."""
+def _int_at_least(value: str, least: int, wording: str) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"must be {wording}, got {value!r}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """argparse type of sizes and counts that must be at least 1."""
+    return _int_at_least(value, 1, "a positive integer")
 
 
 def non_negative_int(value: str) -> int:
     """argparse type of counts where 0 means "none" or "the default" (`--threads 0`, `--warmup 0`, `--seed`)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value!r}")
-    return number
+    return _int_at_least(value, 0, "0 or more")
 
 
 def _finite(value: str) -> float:
