@@ -137,3 +137,18 @@ def test_a_cuda_index_past_the_last_gpu_is_one_line(predict_args, monkeypatch, c
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     line = one_line_run([*predict_args, "--device", "cuda:5"], capsys)
     assert "device 'cuda:5': this machine has 2 CUDA device(s); use auto, cpu, cuda or cuda:N (N < 2)" in line, line
+
+
+def test_warnings_print_as_one_line_without_a_source_excerpt():
+    """A Python warning raised under the CLI (here: a model without weights) is one `warning: ...` line, not the
+    `file.py:50: UserWarning: ...` + source line form."""
+    import subprocess
+    import sys
+
+    # a real process: pytest would capture the warning itself
+    cmd = [sys.executable, "-m", "fastinst", "export", "--model", "fastinst-demo", "--size", "7", "9"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert err[0] == "warning: fastinst-demo: no weights given, the model is randomly initialised"
+    assert len(err) == 2 and err[1].startswith("error: export size 7x9:")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import NoReturn
 
 from . import __version__
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
+    if not args.debug:
+        warnings.formatwarning = _warning_line  # warnings (ours and libraries') as one line, no source excerpt
     try:
         return int(runners[args.command](args) or 0)
     except FastInstError as e:
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 def _one_line(e: Exception) -> str:

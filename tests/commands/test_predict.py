@@ -203,3 +203,26 @@ def test_output_folder_holding_the_inputs_never_replaces_one(demo_weights, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "photo.png" in err and len(err.strip().splitlines()) == 1
     assert (photos / "photo.png").read_bytes() == before["photo.png"]
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(demo_weights, tmp_path, capsys):
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing a decoder can use")
+    out = tmp_path / "never_made"
+    args = ["predict", str(broken), "--model", "fastinst-demo", "--weights", demo_weights, "--device", "cpu"]
+    assert main([*args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {broken}: cannot open the video")
+    assert not out.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()  # a folder the user made is left where it is
+    assert main([*args, "--output", str(kept)]) == 2
+    assert kept.is_dir()
+
+
+def test_onnx_file_selects_the_onnxruntime_backend(tmp_path, capsys):
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_text("not a model")
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "a.png"), "--onnx", str(not_onnx), "--output", str(tmp_path / "o")]) == 2
+    assert "onnxruntime cannot load it" in capsys.readouterr().err  # it went to onnxruntime, not the torch model

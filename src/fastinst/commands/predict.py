@@ -134,6 +134,8 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
         raise FastInstError("--batch-size and --max-dets must be at least 1")
     if not 0.0 <= args.score_threshold <= 1.0:
         raise FastInstError(f"--score-threshold {args.score_threshold:g}: must be between 0 and 1")
+    if args.onnx and args.backend == "torch":
+        args.backend = "onnxruntime"  # an ONNX file can only run there
     if args.backend == "torch":
         from ..factory import load_model
 
@@ -585,8 +587,7 @@ class _Run:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.images import is_video
-    from ..files import check_output, write_json
+    from ..files import check_output
 
     files, live = collect_sources(args.sources)
     if args.webcam is not None:
@@ -596,7 +597,20 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.output, inputs=[p for p, _ in files], kind="dir")
     dataset, index = _identity(args)
     predictor = build_predictor(args, dataset)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _predict_into(args, out, files, live, dataset, index, predictor)
+    except BaseException:
+        if created and not any(out.iterdir()):  # a run that failed before writing anything leaves no empty folder
+            out.rmdir()
+        raise
+
+
+def _predict_into(args, out: Path, files, live, dataset, index, predictor) -> int:
+    from ..data.images import is_video
+    from ..files import write_json
+
     images = [(p, lenient) for p, lenient in files if not is_video(p)]
     videos = [(p, lenient) for p, lenient in files if is_video(p)]
     progress = any(lenient for _, lenient in files) or bool(videos) or bool(live)
