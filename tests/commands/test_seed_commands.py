@@ -286,7 +286,7 @@ def test_seed_command_mistakes_are_one_line_errors(seed_env, capsys, extra, mess
 
 def test_both_override_forms_mix_and_the_launched_processes_get_the_same_run(seed_env, d2_root):
     from fastinst.cli import build_parser
-    from fastinst.commands.train import child_argv, prepare_official, rendezvous
+    from fastinst.commands._official import child_argv, prepare_official, rendezvous
     from fastinst.errors import FastInstError
 
     parser, _ = build_parser()
@@ -313,7 +313,7 @@ def test_both_override_forms_mix_and_the_launched_processes_get_the_same_run(see
 
 def test_detectron2_urls_in_model_weights_are_fetched_from_detectron2s_server(monkeypatch, tmp_path):
     import fastinst.hub
-    from fastinst.commands.train import official_weights
+    from fastinst.commands._official import official_weights
 
     asked = []
     monkeypatch.setattr(fastinst.hub, "fetch", lambda url, *a, **k: asked.append(url) or tmp_path / "R-50.pkl")
