@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fastinst.cli import build_parser, main
-from fastinst.commands.predict import camera_source, parse_source
+from fastinst.engine.sources import camera_source, parse_source
 from fastinst.errors import FastInstError
 
 av = pytest.importorskip("av")
