@@ -57,3 +57,33 @@ def test_export_refuses_to_overwrite_its_weights_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {weights}: --output is also an input; choose another path so the input is not replaced"]
     assert weights.read_bytes() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_a_place_the_permission_bits_allow_but_the_system_refuses(tmp_path):
+    """/proc takes no new files even for root: the guard tries a write instead of trusting `os.access`."""
+    with pytest.raises(FastInstError, match=r"/proc/fastinst_out: cannot write here: .* in /proc"):
+        check_output("/proc/fastinst_out", kind="dir")
+    with pytest.raises(FastInstError, match="cannot write here"):
+        check_output("/proc/x.json", kind="file")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_os_error_naming_a_file_is_one_line(monkeypatch, capsys):
+    """A write that fails after the guard (a disk that fills up, a mount turned read-only) is one line naming the
+    file, exit 2; an OSError that names no file is a bug and keeps its traceback."""
+    import fastinst.commands.info as info
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", "/data/run/last.pth")
+
+    monkeypatch.setattr(info, "run", full_disk)
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: /data/run/last.pth: No space left on device"]
+
+    def bug(args):
+        raise OSError("no file involved")
+
+    monkeypatch.setattr(info, "run", bug)
+    with pytest.raises(OSError, match="no file involved"):
+        main(["info"])

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OSError as e:  # ModuleNotFoundError is not one: it is handled above
+        if e.filename is None or args.debug:  # no file or place named: a bug, show the traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)  # a full disk, a read-only mount, ...
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

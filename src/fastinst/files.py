@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,13 @@ def check_output(
         raise FastInstError(f"{out}: cannot write here: {existing} is a file, not a folder")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
         raise FastInstError(f"{out}: cannot write here: no permission to write in {existing}")
+    if existing.is_dir():  # permission bits do not tell everything (root, read-only mounts, /proc): try it
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".fastinst-probe-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise FastInstError(f"{out}: cannot write here: {(e.strerror or str(e)).lower()} in {existing}") from None
     if kind == "file" and out.exists() and not os.access(out, os.W_OK):
         raise FastInstError(f"{out}: cannot write here: the file is read-only")
     return out
