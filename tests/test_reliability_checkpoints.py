@@ -181,3 +181,20 @@ def test_resume_of_a_checkpoint_without_config_names_the_mismatch(run, tmp_path,
     args = ["train", "--data", str(data), "--output", str(bare), "--resume", *TINY, "solver.max_iter=2"]
     line = one_line_error(args, capsys)
     assert str(bare / "last.pth") in line and "cannot resume" in line and "does not fit" in line, line
+
+
+def test_a_checkpoint_as_model_and_weights(tmp_path):
+    """`--model ckpt.pth --weights ckpt.pth` (the same file twice) loads it; two different checkpoints are one line."""
+    import fastinst
+    from fastinst.config import get_config, to_dict
+    from fastinst.errors import FastInstError
+
+    cfg = get_config("fastinst-demo")
+    cfg.model.num_classes = 3
+    state = fastinst.build_model(cfg).state_dict()
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save({"model": state, "config": to_dict(cfg)}, a)
+    torch.save({"model": state, "config": to_dict(cfg)}, b)
+    assert fastinst.load_model(str(a), str(a), device="cpu").num_classes == 3
+    with pytest.raises(FastInstError, match="are two checkpoints; give one"):
+        fastinst.load_model(str(a), str(b), device="cpu")

@@ -23,6 +23,7 @@ import torch
 from .checkpoint import load_checkpoint, published_variant, read_checkpoint, to_state_dict
 from .config import DEVICE_CHOICES, DEVICE_PATTERN, Config, from_dict, get_config
 from .errors import CheckpointError, FastInstError
+from .files import same_file
 from .model.fastinst import FastInst
 
 __all__ = ["build_model", "load_model", "parse_classes", "resolve_device"]
@@ -124,7 +125,12 @@ def load_model(
     or None (random initialisation, with a warning). classes: names to show (list, text file, COCO json, YOLO
     data.yaml or comma list); they must match the model's class count.
     """
-    if not isinstance(model, Config) and _is_checkpoint(model) and weights is None:
+    if not isinstance(model, Config) and _is_checkpoint(model):
+        if weights is not None and str(weights) != "official" and not same_file(str(model), weights):
+            raise FastInstError(
+                f"--model {model} and --weights {weights} are two checkpoints; give one (its config is inside) or "
+                "name the variant with --model"
+            )
         model, weights = None, model
     named = model.name if isinstance(model, Config) else (str(model) if model is not None else None)
     cfg = model if isinstance(model, Config) else (get_config(str(model)) if model is not None else None)
