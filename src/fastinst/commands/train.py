@@ -116,6 +116,11 @@ def build_training(args: argparse.Namespace):
             val = load_dataset(args.data, split=args.val_split)
         except FastInstError as e:  # a missing val split only disables periodic evaluation
             note(f"no evaluation split ({e})")
+    if val is not None and [r["file_name"] for r in val.records] == [r["file_name"] for r in train.records]:
+        note(
+            f"{args.data} has one split: periodic evaluation scores the training images themselves (--val-split '' "
+            "skips it; a separate validation set gives an honest AP)"
+        )
     torch.manual_seed(cfg.solver.seed)
     model = build_model(cfg)
     if args.weights:

@@ -703,6 +703,11 @@ def load_coco_json(
     """A COCO instances json; images under `image_root` or, by default, next to the json, its parent or `images/`."""
     path = Path(path)
     data = read_json(path)
+    if isinstance(data, dict) and "shapes" in data and "images" not in data:
+        raise DatasetError(
+            f"{path}: a labelme file (one image); pass the folder of labelme files (--data {path.parent}) or convert "
+            "it (fastinst convert --data FOLDER --output out.json)"
+        )
     if image_root is None:
         image_root = _guess_image_root(path, data)
     return from_coco(data, Path(image_root), path, root=root, check_rle=True)
