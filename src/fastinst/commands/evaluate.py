@@ -60,6 +60,7 @@ def add_parser(sub) -> None:
 def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int]]:
     """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks."""
     from ..engine import distributed as dist_utils
+    from ..engine.evaluator import model_category_ids
     from ..engine.evaluator import predict_dataset as run_over
     from ..engine.predictor import Predictor
     from ..factory import load_model, resolve_device
@@ -71,12 +72,7 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     if device.type == "cuda" and world > 1:
         device = resolve_device(f"cuda:{local}")
     model = load_model(args.model, args.weights, device)
-    own = set(getattr(model, "category_ids", None) or [])
-    fits = own and own <= set(dataset.category_ids)  # a model trained without a split's unused categories
-    if model.num_classes != len(dataset.names) and not fits:
-        raise FastInstError(
-            f"{args.weights}: the model has {model.num_classes} classes, {dataset.name} has {len(dataset.names)}"
-        )
+    model_category_ids(model, dataset, source=args.weights)  # the classes fit the split, before any image is run
     runner = model if args.dtype == "fp32" else Predictor(model, dtype=args.dtype)  # the same `detect`, its precision
     workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
     evaluator = run_over(runner, dataset, args.max_images, progress=True, num_workers=workers)

@@ -140,7 +140,7 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     if dataset is not None and not args.classes:
         from ..engine.evaluator import model_category_ids
 
-        ids = model_category_ids(model, dataset)
+        ids = model_category_ids(model, dataset, source=args.weights)
         name_of = dict(zip(dataset.category_ids, dataset.names, strict=True))
         model.names, model.category_ids = [name_of[c] for c in ids], ids
     return Predictor(model, dtype=args.dtype)

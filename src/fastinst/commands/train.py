@@ -136,7 +136,7 @@ def prepare_train_split(data, split: str, cfg):
     """The training split of `data` as training uses it: unused categories dropped (so they do not become classes),
     background images (no instance) kept as negatives unless `input.filter_empty`, each said in one note; a split with
     nothing to learn from is a one-line error naming the file and the cause."""
-    from ..data.datasets import drop_unused_categories, load_dataset, unusable_for_training
+    from ..data.datasets import drop_unused_categories, has_instance, load_dataset, unusable_for_training
     from ..errors import DatasetError, note
 
     train = load_dataset(data, split=split)
@@ -150,7 +150,7 @@ def prepare_train_split(data, split: str, cfg):
         note(f"{data}: {len(dropped)} {what} without annotations left out: {shown}")
     background = train.background_images()
     if background and cfg.input.filter_empty:
-        train.records = [r for r in train.records if any(a["iscrowd"] == 0 for a in r["annotations"])]
+        train.records = [r for r in train.records if has_instance(r)]
         note(f"{data}: {background} background image(s) (no instance) left out (input.filter_empty=true)")
     elif background:
         note(

@@ -183,7 +183,12 @@ class InstanceDataset:
 
     def background_images(self) -> int:
         """Images without a non-crowd instance (negatives in training)."""
-        return sum(not any(a["iscrowd"] == 0 for a in r["annotations"]) for r in self.records)
+        return sum(not has_instance(r) for r in self.records)
+
+
+def has_instance(record: dict) -> bool:
+    """Whether a record has an instance to learn from (a non-crowd annotation); the others are background images."""
+    return any(a["iscrowd"] == 0 for a in record["annotations"])
 
 
 def drop_unused_categories(ds: InstanceDataset) -> list[str]:
@@ -207,7 +212,7 @@ def drop_unused_categories(ds: InstanceDataset) -> list[str]:
 def unusable_for_training(ds: InstanceDataset, source: str) -> str | None:
     """Why `ds` has nothing to learn from (no image with a non-crowd instance), naming `source` and the cause; None
     when it can be trained on."""
-    if any(a["iscrowd"] == 0 for r in ds.records for a in r["annotations"]):
+    if any(has_instance(r) for r in ds.records):
         return None
     n = len(ds.records)
     if ds.issues.get("no_annotations_key"):
@@ -305,7 +310,7 @@ def load_dataset(
         else:
             ds = load_yolo(base, split)
     if filter_empty:
-        ds.records = [r for r in ds.records if any(a["iscrowd"] == 0 for a in r["annotations"])]
+        ds.records = [r for r in ds.records if has_instance(r)]
     return ds
 
 

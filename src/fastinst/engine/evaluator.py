@@ -156,17 +156,18 @@ def predict_dataset(
     return evaluator
 
 
-def model_category_ids(model, dataset) -> list[int]:
+def model_category_ids(model, dataset, source: str | os.PathLike | None = None) -> list[int]:
     """The dataset category id of each of the model's classes: the model's own (saved in its checkpoint) when the
     dataset has them all, so a model trained without unused categories scores on the full split; else, for a model
-    without stored ids, the dataset's ids in class order (the class counts must then agree)."""
+    without stored ids, the dataset's ids in class order (the class counts must then agree: else a `DatasetError`
+    naming `source`, the weights, or the dataset)."""
     own = [int(c) for c in getattr(model, "category_ids", None) or []]
     if own and set(own) <= set(dataset.category_ids):
         return own
     if getattr(model, "num_classes", len(dataset.category_ids)) != len(dataset.category_ids):
         raise DatasetError(
-            f"{dataset.name}: the model has {model.num_classes} classes (category ids {own[:5]}...), the dataset "
-            f"{len(dataset.category_ids)} ({dataset.category_ids[:5]}...)"
+            f"{source or dataset.name}: the model has {model.num_classes} classes (category ids {own[:5]}...), "
+            f"{dataset.name} has {len(dataset.category_ids)} ({dataset.category_ids[:5]}...)"
         )
     return list(dataset.category_ids)
 
