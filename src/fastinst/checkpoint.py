@@ -138,8 +138,6 @@ def read_checkpoint(path: str | Path) -> dict:
             with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
     except MemoryError:
         raise CheckpointError(f"{path}: too large to load in memory") from None
     except _READ_ERRORS as e:  # torch.load and the unpicklers raise all of these for a bad file: one line each

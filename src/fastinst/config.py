@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from collections.abc import Collection
@@ -431,8 +432,6 @@ def schedule(cfg: Config, num_images: int, explicit: Collection[str] = ()) -> tu
     unless the user set them (`explicit`: the keys given as overrides); user-set values that no longer fit the run
     (a warm-up as long as the run, a step after its end) are kept and named in a note.
     """
-    import math
-
     out = copy.deepcopy(cfg)
     s, notes = out.solver, []
     if s.epochs > 0:

@@ -319,3 +319,11 @@ def test_detectron2_urls_in_model_weights_are_fetched_from_detectron2s_server(mo
     monkeypatch.setattr(fastinst.hub, "fetch", lambda url, *a, **k: asked.append(url) or tmp_path / "R-50.pkl")
     assert official_weights("detectron2://ImageNetPretrained/torchvision/R-50.pkl") == str(tmp_path / "R-50.pkl")
     assert asked == ["https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl"]
+
+
+def test_convert_takes_the_official_dataset_names(seed_env, capsys):
+    """`fastinst convert --data coco_2017_val` finds the split under $DETECTRON2_DATASETS, as train and eval do."""
+    assert main(["convert", "--data", "coco_2017_val", "--output", "val.json"]) == 0, capsys.readouterr().err
+    converted = json.loads((seed_env / "val.json").read_text())
+    assert [im["id"] for im in converted["images"]] == [im["id"] for im in coco_dict()["images"]]
+    assert len(converted["annotations"]) == len(coco_dict()["annotations"])

@@ -123,10 +123,6 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     as `fastinst eval --model` maps them (`fastinst.engine.evaluator.model_category_ids`)."""
     from ..engine.predictor import Predictor
 
-    if args.batch_size < 1 or args.max_dets < 1:
-        raise FastInstError("--batch-size and --max-dets must be at least 1")
-    if not 0.0 <= args.score_threshold <= 1.0:
-        raise FastInstError(f"--score-threshold {args.score_threshold:g}: must be between 0 and 1")
     if args.onnx and args.backend == "torch":
         args.backend = "onnxruntime"  # an ONNX file can only run there
     if args.backend == "torch":

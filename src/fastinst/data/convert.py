@@ -20,7 +20,7 @@ from pycocotools import mask as mask_util
 
 from ..errors import DatasetError
 from ..files import check_output, same_file, write_json
-from .datasets import InstanceDataset, _resolve, detect_layout, load_dataset
+from .datasets import InstanceDataset, _resolve, detect_layout, load_dataset, official_dataset
 
 
 def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: bool = False) -> Path:
@@ -65,6 +65,9 @@ def convert_dataset(
     """Load split `split` of `spec` (anything `load_dataset` takes) and write it to `output` as a COCO json.
     -> (the dataset, the json path, the embedded labelme images written). The output is checked before any work."""
     out = Path(output)
+    official = official_dataset(spec)  # `coco_2017_val` and the other official names, as load_dataset takes them
+    if official is not None:
+        spec, split = official[0], official[1] or split
     path = _resolve(spec)
     check_output(out, inputs=[path], kind="file")
     layout = detect_layout(path)[0] if path.is_dir() else "file"

@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import sys
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,7 +22,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..errors import DatasetError
+from ..errors import DatasetError, note
 from ..files import atomic_path
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -270,10 +269,8 @@ def match_image_ids(
                 )
         changed = sum(ids[r["file_name"]] != r["image_id"] for r in named)
         if changed:
-            print(
-                f"note: matched {len(named)} predictions to ground-truth images by file_name "
-                f"({changed} had another image_id)",
-                file=sys.stderr,
+            note(
+                f"matched {len(named)} predictions to ground-truth images by file_name ({changed} had another image_id)"
             )
             dets = [dict(r, image_id=ids[r["file_name"]]) if _has_file_name(r) else r for r in dets]
     unknown_images = sorted({r["image_id"] for r in dets if not _has_file_name(r)} - set(gt.imgs), key=str)

@@ -360,13 +360,3 @@ def video_frames(path: str | Path) -> Iterator[np.ndarray]:
     """uint8 RGB frames of a video file (PyAV), decoded one at a time."""
     with VideoReader(path) as reader:
         yield from reader
-
-
-def video_rate(path: str | Path) -> float:
-    """Frames per second of a video's first video stream (25 if unknown)."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or 25
-        return float(rate)
