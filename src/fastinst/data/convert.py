@@ -16,11 +16,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pycocotools import mask as mask_util
-
 from ..errors import DatasetError
 from ..files import check_output, same_file, write_json
-from .datasets import InstanceDataset, _resolve, detect_layout, load_dataset, official_dataset
+from .datasets import InstanceDataset, _resolve, detect_layout, json_rle, load_dataset, official_dataset
 
 
 def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: bool = False) -> Path:
@@ -35,7 +33,7 @@ def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: 
     annotations = dataset.coco["annotations"]
     if rle:
         sizes = {im["id"]: (im["height"], im["width"]) for im in images}
-        annotations = [dict(a, segmentation=_as_rle(a["segmentation"], *sizes[a["image_id"]])) for a in annotations]
+        annotations = [dict(a, segmentation=json_rle(a["segmentation"], *sizes[a["image_id"]])) for a in annotations]
     data = {
         "info": dataset.coco.get("info", {}),
         "licenses": dataset.coco.get("licenses", []),
@@ -44,13 +42,6 @@ def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: 
         "categories": dataset.coco["categories"],
     }
     return write_json(out, data)
-
-
-def _as_rle(seg: list | dict, h: int, w: int) -> dict:
-    if isinstance(seg, dict):
-        return seg
-    merged = mask_util.merge(mask_util.frPyObjects(seg, h, w))
-    return {"size": [h, w], "counts": merged["counts"].decode("ascii")}
 
 
 def embedded_images_dir(output: str | os.PathLike) -> Path:

@@ -660,6 +660,15 @@ def rle_string_total(counts: str, label: str) -> int:
     return sum(runs)
 
 
+def json_rle(seg: list | dict, h: int, w: int) -> dict:
+    """Polygons (merged into one mask) or an RLE dict as compressed COCO RLE with str `counts` (JSON-ready); an RLE
+    dict is returned as it is."""
+    if isinstance(seg, dict):
+        return seg
+    merged = mask_util.merge(mask_util.frPyObjects(seg, h, w))
+    return {"size": [h, w], "counts": merged["counts"].decode("ascii")}
+
+
 def _to_rle(seg: list | dict, h: int, w: int) -> dict:
     if isinstance(seg, dict):
         return seg

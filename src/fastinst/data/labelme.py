@@ -41,7 +41,7 @@ from pycocotools import mask as mask_util
 
 from ..errors import DatasetError, note
 from ..files import atomic_path
-from .datasets import InstanceDataset, _relative, from_coco, image_size, mask_to_rle, read_json
+from .datasets import InstanceDataset, _relative, from_coco, image_size, json_rle, mask_to_rle, read_json
 from .images import IMAGE_EXTENSIONS, PIL_ERRORS
 
 __all__ = ["EmbeddedImage", "find_labelme", "is_labelme", "load_labelme", "read_labelme", "write_embedded_images"]
@@ -185,7 +185,7 @@ def read_labelme(
         images.append({"id": image_id, "file_name": _relative(image, root), "height": h, "width": w})
         for label, seg in _instances(path, data["shapes"], h, w, issues):
             if label == IGNORE:
-                rle = seg if isinstance(seg, dict) else _polygons_to_rle(seg, h, w)
+                rle = json_rle(seg, h, w)
                 for cid in category.values():
                     anns.append(_annotation(len(anns) + 1, image_id, cid, rle, 1))
                 continue
@@ -370,7 +370,7 @@ def _instances(path: Path, shapes: list, h: int, w: int, issues: Counter) -> lis
         for b in bitmaps:
             mask |= b
         if polygons:
-            mask |= mask_util.decode(_polygons_to_rle(polygons, h, w)).astype(bool)
+            mask |= mask_util.decode(json_rle(polygons, h, w)).astype(bool)
         out.append((label, mask_to_rle(mask)))
     return out
 
@@ -455,11 +455,6 @@ def _mask_part(
         issues["empty"] += 1
         return None
     return mask
-
-
-def _polygons_to_rle(polygons: list[list[float]], h: int, w: int) -> dict:
-    merged = mask_util.merge(mask_util.frPyObjects(polygons, h, w))
-    return {"size": [h, w], "counts": merged["counts"].decode("ascii")}
 
 
 def _annotation(ann_id: int, image_id: int, category_id: int, seg: list | dict, iscrowd: int) -> dict:
