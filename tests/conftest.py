@@ -45,3 +45,15 @@ def demo_weights(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("demo") / "demo.pth"
     torch.save({"model": fastinst.build_model("fastinst-demo").state_dict()}, path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def _cache_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fastinst_cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(_cache_folder, monkeypatch) -> None:
+    """No test writes into the user's ~/.cache/fastinst (labelme's embedded images, downloads): `$FASTINST_CACHE`
+    points into the test session's own folder unless a test sets it itself."""
+    monkeypatch.setenv("FASTINST_CACHE", str(_cache_folder))

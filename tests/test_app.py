@@ -311,14 +311,16 @@ def test_cli_serves_until_ctrl_c(checkpoints, tmp_path):
     cmd += ["--port", "0", "--host", "0.0.0.0", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        url = None
+        url, said = None, []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and url is None:
             line = proc.stdout.readline()
             if not line:
                 break
+            said.append(line)
             if m := re.search(r"open (http://\S+)", line):
                 url = m[1]
+        assert any(" · cpu · torch · " in line and "(auto: " in line for line in said), said  # what runs
         assert url is not None, proc.stderr.read() if proc.poll() is not None else "no URL printed"
         assert url.startswith("http://127.0.0.1:")
         status, _, body = request(url)

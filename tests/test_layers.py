@@ -15,6 +15,7 @@ LAYERS = {
     "files": 0,
     "config": 1,
     "official_config": 1,  # the official YAML configs -> Config (imports config only)
+    "classes": 1,  # the one rule for matching classes (imports errors only)
     "checkpoint": 2,
     "data": 3,
     "losses": 4,

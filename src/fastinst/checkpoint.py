@@ -317,21 +317,83 @@ def checkpoint_classes(sd) -> int | None:
     return int(bias.shape[0]) - 1 if isinstance(bias, torch.Tensor) and bias.ndim == 1 else None
 
 
-def transfer_checkpoint(model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) -> str:
-    """Initialise `model` for fine-tuning from the state dict `sd` of a FastInst checkpoint of the same variant (read
-    from `path`, named in messages); -> the line to print.
+def checkpoint_class_names(raw: dict) -> list[str] | None:
+    """The class names a checkpoint was trained with, from its config (`fastinst train` stores them), else None (an
+    official release has none: its 80 classes are COCO's, `fastinst.data.coco_classes`)."""
+    cfg = raw.get("config")
+    names = cfg.get("model", {}).get("class_names") if isinstance(cfg, dict) else None
+    if isinstance(names, (list, tuple)) and names:
+        return [str(n) for n in names]
+    return None
 
-    Every tensor is copied except the class-sized ones (class heads, proposal classifier, `empty_weight`) when the
-    checkpoint has another class count: those keep their fresh initialisation and the line names them. A checkpoint
-    of another variant is refused with the same one-line message as `load_checkpoint` (eval, predict)."""
+
+def _rows_by_name(model: nn.Module, names: list[str] | None) -> list[int | None] | None:
+    """For each of `model`'s classes the checkpoint's class of the same name (its row), or None; None when a side
+    has no names or no name is shared (`fastinst.classes`)."""
+    from .classes import has_names, match_classes
+    from .errors import DatasetError
+
+    own = [str(n) for n in getattr(model, "names", None) or []]
+    if not names or not has_names(names) or not has_names(own):
+        return None
+    try:
+        match = match_classes(own, list(range(len(own))), names, list(range(len(names))))
+    except DatasetError:
+        return None
+    return match.ids
+
+
+def transfer_checkpoint(
+    model: nn.Module, sd: dict[str, torch.Tensor], path: str | Path, names: list[str] | None = None
+) -> str:
+    """Initialise `model` for fine-tuning from the state dict `sd` of a FastInst checkpoint of the same variant (read
+    from `path`, named in messages; `names`: its class names, `checkpoint_class_names`); -> the line to print.
+
+    Every tensor is copied. The class-sized ones (class heads, proposal classifier, `empty_weight`: one row per class
+    plus "no object") are copied row by row by class name when both sides name their classes (the classes of the
+    same name keep what they learnt, whatever their order; new classes keep their fresh rows; `fastinst.classes`
+    compares names); without names they are copied as they are when the class counts agree, else left freshly
+    initialised. The line says which. A checkpoint of another variant is refused with the same one-line message as
+    `load_checkpoint` (eval, predict)."""
     own = model.state_dict()
-    heads = [k for k in own if k in sd and sd[k].shape != own[k].shape and _class_sized(k, sd[k], own[k])]
-    load_checkpoint(model, {**sd, **{k: own[k] for k in heads}}, strict=True, label=str(path))
+    old_k, new_k = checkpoint_classes(sd), int(getattr(model, "num_classes", -1))
+    heads = [
+        k
+        for k in own
+        if k in sd
+        and any(part in k for part in _CLASS_SIZED)
+        and old_k is not None
+        and sd[k].shape[:1] == (old_k + 1,)
+        and own[k].shape[:1] == (new_k + 1,)
+        and sd[k].shape[1:] == own[k].shape[1:]
+    ]
+    rows = _rows_by_name(model, names)
+    if rows is None and old_k == new_k:
+        heads = []  # no names to go by and the same count: the rows as they are
+    merged = dict(sd)
+    for k in heads:
+        fresh = own[k].clone()
+        for i, j in enumerate(rows or []):
+            if j is not None:
+                fresh[i] = sd[k][j]
+        if rows is not None:
+            fresh[-1] = sd[k][-1]  # "no object"
+        merged[k] = fresh
+    load_checkpoint(model, merged, strict=True, label=str(path))
+    kept = [str(n) for n, j in zip(getattr(model, "names", None) or [], rows or [], strict=False) if j is not None]
+    if heads and len(kept) == new_k == old_k:  # every class found by name: everything transferred
+        order = "" if rows == list(range(new_k)) else "; class-head rows reordered by class name"
+        return f"transferred {len(own)}/{len(own)} tensors from {path}{order}"
     line = f"transferred {len(own) - len(heads)}/{len(own)} tensors from {path}"
-    if heads:
-        classes = getattr(model, "num_classes", "?")
-        line += f"; re-initialised for {classes} classes: {len(heads)} class-head tensors ({', '.join(heads[:3])}, ...)"
-    return line
+    if not heads:
+        return line
+    if kept:
+        shown = ", ".join(kept[:8]) + (", ..." if len(kept) > 8 else "")
+        return line + (
+            f"; class heads ({len(heads)} tensors) by class name: {len(kept)} of {new_k} classes kept ({shown}), "
+            f"{new_k - len(kept)} re-initialised"
+        )
+    return line + f"; re-initialised for {new_k} classes: {len(heads)} class-head tensors ({', '.join(heads[:3])}, ...)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -95,7 +95,9 @@ class SolverConfig:
     backbone_multiplier: float = 0.1
     ims_per_batch: int = 16  # global batch (split over processes)
     max_iter: int = 368750  # ~50 COCO epochs at batch 16
-    epochs: float = 0.0  # > 0: train this many passes over the training images instead (sets max_iter; see schedule)
+    # > 0: train this many passes over the training images instead (sets max_iter; see schedule). Giving it with a
+    # max_iter that changes the run length is refused (`apply_overrides`): one of the two would be ignored
+    epochs: float = 0.0
     steps: tuple[int, ...] = (327778, 355092)
     gamma: float = 0.1
     warmup_iters: int = 0
@@ -427,7 +429,9 @@ def validate(cfg: Config) -> Config:
 def schedule(cfg: Config, num_images: int, explicit: Collection[str] = ()) -> tuple[Config, list[str]]:
     """The training length and LR schedule for a dataset of `num_images` images -> (a copy of `cfg`, notes).
 
-    `solver.epochs=E` (> 0) sets `max_iter = ceil(E * num_images / ims_per_batch)`. When `max_iter` then differs from
+    `solver.epochs=E` (> 0) sets `max_iter = ceil(E * num_images / ims_per_batch)`; a `solver.max_iter` among the
+    user's keys can only be one that restates the value it had (`apply_overrides` refuses one that changes it), and the
+    note names it as the value epochs replace. When `max_iter` then differs from
     the one the recipe's `steps` and `warmup_iters` were made for, those scale with it (same fractions of the run),
     unless the user set them (`explicit`: the keys given as overrides); user-set values that no longer fit the run
     (a warm-up as long as the run, a step after its end) are kept and named in a note.
@@ -437,9 +441,10 @@ def schedule(cfg: Config, num_images: int, explicit: Collection[str] = ()) -> tu
     if s.epochs > 0:
         per_epoch = max(1, math.ceil(num_images / s.ims_per_batch))
         s.max_iter = max(1, math.ceil(s.epochs * num_images / s.ims_per_batch))
+        replaced = f", in place of solver.max_iter={cfg.solver.max_iter}" if "solver.max_iter" in explicit else ""
         notes.append(
             f"solver.epochs={s.epochs:g}: {s.max_iter} iterations ({per_epoch} per epoch of {num_images} images at "
-            f"batch {s.ims_per_batch})"
+            f"batch {s.ims_per_batch}){replaced}"
         )
     recipe = cfg.solver.max_iter if s.epochs <= 0 and "solver.max_iter" not in explicit else None
     base = _recipe_max_iter(cfg) if recipe is None else recipe
@@ -479,8 +484,15 @@ def override_keys(overrides: list[str]) -> set[str]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Return a copy of `cfg` with `section.key=value` overrides applied (values parsed as YAML)."""
+    """Return a copy of `cfg` with `section.key=value` overrides applied (values parsed as YAML).
+
+    `solver.epochs` (> 0) and `solver.max_iter` both set the run length, and epochs would win: overrides that set a
+    new `solver.max_iter` while epochs are on (set here or already in `cfg`) are a `ConfigError` asking for one of
+    them, instead of a max_iter silently ignored. A max_iter equal to the one `cfg` had is no choice of length (an
+    official config file restating the recipe, a copied config) and stands aside for epochs (`schedule`'s note
+    names it)."""
     cfg = copy.deepcopy(cfg)
+    max_iter_before, max_iter_set = cfg.solver.max_iter, False
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. solver.max_iter=1000)")
@@ -509,4 +521,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             hint = f" (did you mean {parts[0]}.{close[0]}?)" if close else ""
             raise ConfigError(f"unknown config key {key!r}{hint}; {parts[0]} has: {', '.join(names)}")
         setattr(sub, parts[1], _coerce(value, _field_type(type(sub), parts[1]), key))
+        max_iter_set = max_iter_set or key == "solver.max_iter"
+    s = cfg.solver
+    if max_iter_set and s.epochs > 0 and s.max_iter != max_iter_before:
+        raise ConfigError(
+            f"solver.epochs={s.epochs:g} and solver.max_iter={s.max_iter} both set the run length; give one of them "
+            "(solver.epochs=0 turns epochs off)"
+        )
     return validate(cfg)

@@ -29,10 +29,14 @@ never changed), and only where the exporter needs them:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import logging
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -174,6 +178,35 @@ def check_size(size, div: int) -> tuple[int, int]:
     return h, w
 
 
+# the loggers torch.onnx.export reaches (onnxscript's optimiser logs "Skipping constant folding for op Split ..." as
+# warnings); while exporting they pass only errors
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Around `torch.onnx.export`: its progress prints (stdout), its log records below ERROR and its warnings are
+    held back, since they are about the exporter's own work and not the user's (a clean export says nothing). Errors
+    are kept: records at ERROR and above still reach stderr, and if the export raises, the prints held back are written
+    to stderr before the exception goes on, so a real failure keeps its explanation."""
+    held = io.StringIO()
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(held):
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        if held.getvalue().strip():
+            sys.stderr.write(held.getvalue().rstrip("\n") + "\n")
+        raise
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _export_dynamo(net: nn.Module, example: torch.Tensor, dynamic: bool, div: int, opset: int):
     """`net` as an ONNX ModelProto through `torch.export` + onnxscript (torch.onnx.export(dynamo=True))."""
     shapes = None
@@ -182,19 +215,20 @@ def _export_dynamo(net: nn.Module, example: torch.Tensor, dynamic: bool, div: in
 
         # H and W are free multiples of `div` (at least 2 of them, as `check_size` asks): the graph may rely on it
         shapes = ({0: Dim("batch"), 2: div * Dim("height_div", min=2), 3: div * Dim("width_div", min=2)},)
-    program = torch.onnx.export(
-        net,
-        (example,),
-        None,
-        dynamo=True,
-        opset_version=opset,
-        input_names=[INPUT],
-        output_names=list(OUTPUTS),
-        dynamic_shapes=shapes,
-        external_data=False,
-        optimize=True,
-        verbose=False,
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            net,
+            (example,),
+            None,
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_shapes=shapes,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
     if program is None:  # only the TorchScript exporter returns None
         raise FastInstError("torch.onnx.export(dynamo=True) returned no program")
     return program.model_proto
@@ -211,17 +245,18 @@ def _export_torchscript(net: nn.Module, example: torch.Tensor, dynamic: bool, op
             OUTPUTS[0]: {0: "batch"},
             OUTPUTS[1]: {0: "batch", 2: "height_8", 3: "width_8"},
         }
-    torch.onnx.export(
-        net,
-        (example,),
-        str(path),
-        dynamo=False,
-        opset_version=opset,
-        input_names=[INPUT],
-        output_names=list(OUTPUTS),
-        dynamic_axes=axes,
-        do_constant_folding=True,
-    )
+    with _quiet_exporter():
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     return onnx.load(str(path))
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .checkpoint import load_checkpoint, published_variant, read_checkpoint, to_state_dict
 from .config import DEVICE_CHOICES, DEVICE_PATTERN, Config, from_dict, get_config
-from .errors import CheckpointError, FastInstError
+from .errors import CheckpointError, FastInstError, note
 from .files import same_file
 from .model.fastinst import FastInst
 
@@ -123,7 +123,7 @@ def load_model(
     model: a variant name or alias (`fastinst-d1-r50`), a YAML config, a `Config`, or a checkpoint file (then
     `weights` may be omitted). weights: a checkpoint file, `"official"` (the variant's release, downloaded and cached),
     or None (random initialisation, with a warning). classes: names to show (list, text file, COCO json, YOLO
-    data.yaml or comma list); they must match the model's class count.
+    data.yaml or comma list): see `assign_classes`.
     """
     if not isinstance(model, Config) and _is_checkpoint(model):
         if weights is not None and str(weights) != "official" and not same_file(str(model), weights):
@@ -165,19 +165,52 @@ def load_model(
     elif cfg is None:
         raise FastInstError("name a model (--model NAME) or a checkpoint file")
     names, ids = parse_classes(classes)
-    if names is not None:
-        if raw is None:
-            cfg.model.num_classes = len(names)
-        elif len(names) != cfg.model.num_classes:
-            raise FastInstError(f"{len(names)} class names given, but {weights} has {cfg.model.num_classes} classes")
-        cfg.model.class_names = tuple(names)
-        cfg.model.category_ids = tuple(ids) if ids else ()
+    if names is not None and raw is None:
+        cfg.model.num_classes = len(names)
     net = build_model(cfg)
     if raw is None:
         warnings.warn(f"{cfg.name}: no weights given, the model is randomly initialised", stacklevel=2)
     else:
         _load(net, raw, weights)
+    if names is not None:
+        assign_classes(net, names, ids, str(classes), str(weights or cfg.name))
     return net.to(resolve_device(device)).eval()
+
+
+def assign_classes(model, names: list[str], ids: list[int] | None, spec: str, label: str) -> None:
+    """Give `model` (a FastInst or an exported model: `names`, `category_ids`) the classes of `--classes SPEC`.
+
+    A model that names its classes (a checkpoint from `fastinst train`, an official one: COCO's) keeps them, and a
+    spec with category ids (a COCO json such as the training set's own annotation file, unused categories and all)
+    gives each class the id of the category of the same name (`fastinst.classes`; classes it lacks get None
+    and are left out of COCO results; a note says so). Otherwise the names rename the model's classes in order (a
+    model without names, or a list that matches none of its names), so their count must be the model's."""
+    from .classes import has_names, match_classes
+
+    own_names, own_ids = list(model.names), list(model.category_ids)
+    n = len(own_names)
+    if has_names(own_names, own_ids) and has_names(names, ids):
+        spec_ids = list(ids) if ids else None
+        try:
+            match = match_classes(own_names, own_ids, names, spec_ids or list(range(1, len(names) + 1)), spec)
+        except FastInstError:
+            match = None  # no name in common: a renaming, below
+        if match is not None:
+            for line in match.notes(spec, model_label=label):
+                note(line)
+            if spec_ids:
+                model.category_ids = match.ids
+            return
+    if len(names) != n:
+        raise FastInstError(
+            f"{len(names)} class names given, but {label} has {n} classes"
+            + (f" ({', '.join(own_names[:5])}, ...) and none of them is among the names given" if own_names else "")
+        )
+    model.names = list(names)
+    model.category_ids = list(ids) if ids else list(range(1, n + 1))
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None:  # what an export or a checkpoint of this model then records
+        cfg.model.class_names, cfg.model.category_ids = tuple(model.names), tuple(model.category_ids)
 
 
 def _same_arch(a: Config, b: Config) -> bool:

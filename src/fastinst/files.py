@@ -106,3 +106,10 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     except OSError:
         pass
     return pa.resolve() == pb.resolve()
+
+
+def cache_dir() -> Path:
+    """fastinst's per-user cache (downloaded weights, images labelme files only embed): `$FASTINST_CACHE` or
+    `~/.cache/fastinst`."""
+    env = os.environ.get("FASTINST_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fastinst"

@@ -23,18 +23,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import CheckpointError
-from .files import temp_path, write_text
+from .files import cache_dir, temp_path, write_text
 
 CHECKSUMS: dict[str, str] = {}
 """Release file name -> expected SHA-256 (hex). Empty: the official release does not publish checksums."""
 
 _CHUNK = 1 << 20
-
-
-def cache_dir() -> Path:
-    """Where downloaded weights live: `$FASTINST_CACHE` or `~/.cache/fastinst`."""
-    env = os.environ.get("FASTINST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fastinst"
 
 
 def weights_url(name: str) -> str:

@@ -283,7 +283,7 @@ def test_classes_from_an_ultralytics_data_yaml(tmp_path, capsys):
 
 def test_one_file_datasets_say_what_they_are(tmp_path, capsys):
     """A COCO json has one split (evaluation during training then scores the training images: said once); a single
-    labelme file given as --data says to pass its folder."""
+    labelme file given as --data is read as labelme (here: one without labels, said in one line)."""
     ann = make_coco(tmp_path / "c", "train2017", coco_dict()) / "annotations" / "instances_train2017.json"
     args = ["--model", "fastinst-demo", "--device", "cpu", "solver.ims_per_batch=2", "solver.max_iter=1"]
     assert main(["train", "--data", str(ann), "--output", str(tmp_path / "r"), *args]) == 0
@@ -292,8 +292,7 @@ def test_one_file_datasets_say_what_they_are(tmp_path, capsys):
     labelme.parent.mkdir()
     labelme.write_text(json.dumps({"version": "5.5.0", "flags": {}, "shapes": [], "imagePath": "photo.jpg",
                                    "imageData": None, "imageHeight": 32, "imageWidth": 40}))  # fmt: skip
-    line = _train_error(capsys, labelme, tmp_path)
-    assert line == (
-        f"error: {labelme}: a labelme file (one image); pass the folder of labelme files (--data {labelme.parent}) "
-        "or convert it (fastinst convert --data FOLDER --output out.json)"
+    line = _train_error(capsys, labelme, tmp_path)  # a single labelme file loads as a one-image dataset (#22)
+    assert line == f"error: {labelme.parent}: the labelme files hold no labels (only __ignore__/_background_ or no " + (
+        "shapes)"
     )

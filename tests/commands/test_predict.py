@@ -60,6 +60,8 @@ def test_fixture_instances_from_the_cli(tmp_path, tmp_path_factory):
             "100",
             "--batch-size",
             "2",
+            "--dtype",
+            "fp32",  # parity: the exact path whatever `auto` picks on this CPU
             "--save-json",
             "--output",
             str(out),
@@ -67,7 +69,7 @@ def test_fixture_instances_from_the_cli(tmp_path, tmp_path_factory):
         ]
     )
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "predictions.json", "predictions.run.json"]
     from fastinst.data.coco_classes import COCO_CATEGORY_IDS
 
     contiguous = {cid: i for i, cid in enumerate(COCO_CATEGORY_IDS)}
@@ -175,7 +177,8 @@ def test_onnxruntime_backend_matches_torch(demo_weights, tmp_path):
     Image.fromarray(_image(3)).save(tmp_path / "a.png")
     common = ["predict", "--classes", NAMES, "--score-threshold", "0", "--save-json", str(tmp_path / "a.png")]
     assert main([*common, "--backend", "onnxruntime", "--onnx", str(onnx_file), "--output", str(tmp_path / "ort")]) == 0
-    assert main([*common, "--model", "fastinst-demo", "--weights", demo_weights, "--output", str(tmp_path / "pt")]) == 0
+    torch_run = ["--model", "fastinst-demo", "--weights", demo_weights, "--dtype", "fp32"]  # the export is fp32
+    assert main([*common, *torch_run, "--output", str(tmp_path / "pt")]) == 0
     ort = json.loads((tmp_path / "ort" / "predictions.json").read_text())
     pt = json.loads((tmp_path / "pt" / "predictions.json").read_text())
 
@@ -226,3 +229,19 @@ def test_onnx_file_selects_the_onnxruntime_backend(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(b"")
     assert main(["predict", str(tmp_path / "a.png"), "--onnx", str(not_onnx), "--output", str(tmp_path / "o")]) == 2
     assert "onnxruntime cannot load it" in capsys.readouterr().err  # it went to onnxruntime, not the torch model
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no_amx"])
+def test_predict_says_what_ran(demo_weights, tmp_path, capsys, monkeypatch, amx):
+    """Issue #22: the default precision depends on the CPU (the probe forced here): the first line says what runs
+    and predictions.run.json records it beside predictions.json."""
+    from fastinst.model import fuse
+
+    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: amx)
+    Image.fromarray(_image(1)).save(tmp_path / "a.png")
+    args = ["predict", "--model", "fastinst-demo", "--weights", demo_weights, "--device", "cpu", "--save-json"]
+    assert main([*args, "--output", str(tmp_path / "out"), str(tmp_path / "a.png")]) == 0
+    dtype, why = ("bf16", "auto: AMX") if amx else ("fp32", "auto: no AMX")
+    assert capsys.readouterr().out.splitlines()[0] == f"predict: fastinst-demo · cpu · torch · {dtype} ({why})"
+    run = json.loads((tmp_path / "out" / "predictions.run.json").read_text())["run"]
+    assert (run["dtype"], run["dtype_reason"], run["backend"], run["device"]) == (dtype, why, "torch", "cpu")

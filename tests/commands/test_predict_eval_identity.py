@@ -158,7 +158,10 @@ def test_refusals_are_one_line(setup, tmp_path, capsys):
                          ["1 image id(s) not in the ground truth", "fastinst predict --save-json --data"]),
         "unknown_file.json": ([dict(e, file_name="zzz.jpg") if e["image_id"] == 42 else e for e in entries],
                               ["1 file name(s) match no ground-truth image", "zzz.jpg"]),
-        "unknown_cat.json": ([dict(e, category_id=5) for e in entries], ["category id(s) [5]"]),
+        "unknown_cat.json": ([{k: v for k, v in e.items() if k != "category_name"} | {"category_id": 5}
+                              for e in entries], ["category id(s) [5]"]),
+        "unknown_name.json": ([dict(e, category_name="zebra") for e in entries],
+                              ["none of its 2 classes (dog, cat) is among", "zebra"]),
         "twice.json": ([dict(e, file_name="x/b.jpg") if e["image_id"] == 42 else e for e in entries],
                        ["both match ground-truth image 7"]),
     }  # fmt: skip

@@ -166,13 +166,14 @@ def test_folder_with_every_shape_kind(tmp_path, capsys):
     assert "skipped _background_ shapes: 1" in err
 
 
-def test_embedded_image_is_written_by_read_labelme_and_refused_by_load(tmp_path):
+def test_embedded_image_is_written_by_read_labelme_and_loaded_from_the_cache(tmp_path, monkeypatch):
     root = tmp_path / "lm"
     expected = make_labelme(root)
-    with pytest.raises(DatasetError) as e:
-        load_dataset(root)
-    msg = str(e.value)
-    assert "\n" not in msg and str(root / "b.json") in msg and str(root / "b.png") in msg and "imageData" in msg
+    monkeypatch.setenv("FASTINST_CACHE", str(tmp_path / "cache"))
+    loaded = load_dataset(root)  # as labelme opens it: from imageData, decoded once into the user's cache
+    b = next(r for r in loaded.records if Path(r["file_name"]).name == "b.png")
+    assert Path(b["file_name"]).is_relative_to(tmp_path / "cache") and not (root / "b.png").exists()
+    _check(loaded, expected)
     ds, pending = read_labelme(root, "val", embedded_dir=tmp_path / "out" / "val_images")
     assert [p.target for p in pending] == [tmp_path / "out" / "val_images" / "b.png"]
     assert not (tmp_path / "out").exists()  # nothing written while reading
@@ -255,7 +256,11 @@ POLY = corners(box_polygon(2, 2, 9, 9))
             r"image .*gone\.jpg not found \(and the file embeds no",
         ),
         ([shape("cat", [["x", 1], [2, 3], [4, 5]])], {}, r"a\.json: shapes\[0\] 'points' is not a list"),
-        ([shape("cat", [(1, 1), (4, 4)], "mask", mask="%%%")], {}, r"shapes\[0\] mask is not"),
+        (
+            [shape("cat", [(1, 1), (4, 4)], "mask", mask="%%%")],
+            {},
+            r"a\.json: shapes\[0\] \(label 'cat'\) mask cannot be decoded: the base64 text decodes to no bytes",
+        ),
         ([{"points": POLY}], {}, r"a\.json: shapes\[0\] has no label"),
         ([shape("cat", POLY)], {"labels": "__ignore__\ncat\ncat\n"}, r"labels\.txt:3: label 'cat' is listed twice"),
     ],

@@ -91,6 +91,12 @@ def test_bf16_instances_agree_with_fp32_on_a_photo():
     fast = Predictor(model, dtype="bf16").predict(photo)[0]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert len(exact) >= 10  # the fixture weights spread their class scores: a real test
+    matched = _matched(exact, fast)
+    assert matched >= 0.9 * len(exact), f"{matched} of {len(exact)}"
+
+
+def _matched(exact: Results, fast: Results) -> int:
+    """How many of `exact`'s instances have one of the same class in `fast` with mask IoU >= 0.9."""
     matched = 0
     for mask, label in zip(exact.masks, exact.labels, strict=True):
         same = fast.masks[fast.labels == label]
@@ -98,7 +104,32 @@ def test_bf16_instances_agree_with_fp32_on_a_photo():
             inter = (same & mask).reshape(len(same), -1).sum(1)
             union = (same | mask).reshape(len(same), -1).sum(1)
             matched += float((inter / np.maximum(union, 1)).max()) >= 0.9
-    assert matched >= 0.9 * len(exact), f"{matched} of {len(exact)}"
+    return matched
+
+
+@pytest.mark.parametrize("amx", [True, False], ids=["amx", "no_amx"])
+def test_auto_precision_on_every_cpu_kind(monkeypatch, amx):
+    """Issue #22: both CPU branches of dtype="auto" run on every machine, the hardware probe forced. With AMX the
+    default path (`fastinst.load`, `Predictor(model)`) runs bf16 and keeps bf16's promise (the fp32 instances found
+    again); without, it is the exact fp32 path. Either way it says what it runs."""
+    from fastinst.model import fuse
+    from parity.fixture import fixture_model, open_fixture
+
+    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: amx)
+    fx = open_fixture(FIXTURE)
+    model = fixture_model(fx)
+    photo = fx["input.0.original"]
+    auto = Predictor(model)  # the default every command and fastinst.load use
+    assert auto.dtype == ("bf16" if amx else "fp32")
+    assert auto.describe().endswith(f"cpu · torch · {auto.dtype} (auto: {'AMX' if amx else 'no AMX'})")
+    assert auto.run_info["dtype_reason"] == ("auto: AMX" if amx else "auto: no AMX")
+    exact = Predictor(model, dtype="fp32").predict(photo)[0]
+    got = auto.predict(photo)[0]
+    assert len(exact) >= 10
+    if amx:
+        assert _matched(exact, got) >= 0.9 * len(exact)
+    else:
+        _same(got, exact)
 
 
 def test_boxes_from_masks():
@@ -213,7 +244,7 @@ def test_fixture_instances_through_fastinst_load(tmp_path_factory):
     import fastinst
 
     path, npz, meta = fixture_weights(tmp_path_factory)
-    predictor = fastinst.load(meta["config"], weights=path)
+    predictor = fastinst.load(meta["config"], weights=path, dtype="fp32")  # parity: the exact path on every CPU
     images = [npz["input.0.original"], npz["input.1.original"]]
     results = predictor.predict(images, batch_size=2, score_threshold=0.0, max_dets=100)  # the fixture's batch of 2
     for i, r in enumerate(results):

@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     def ready(server) -> None:
-        print(f"fastinst app: {first.label} on {predictor.device} ({predictor.dtype})", flush=True)
+        print(f"fastinst app: {first.label}: {predictor.describe()}", flush=True)  # what runs, as predict says it
         print(f"open {server.url}  (Ctrl-C stops)", flush=True)
 
     serve(app, args.host, args.port, ready)

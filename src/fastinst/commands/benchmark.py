@@ -259,6 +259,7 @@ def benchmark(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    json_path = _check_json(args)  # before the (minutes-long) benchmark, not after it
     result = benchmark(args)
     h, w = result["size"]
     print(
@@ -281,9 +282,23 @@ def run(args: argparse.Namespace) -> int:
             f"  {key:<10}{s['median_ms']:>10.1f}{s['p90_ms']:>9.1f}{s['fps']:>8.2f}{s['achieved_gflops_per_s']:>9.1f}"
             f"{s['fraction_of_peak']:>9.1%}{s['floor_ms']:>10.1f}{s['goal_ms']:>9.1f}"
         )
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+    if json_path is not None:
+        from ..files import write_text
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(json_path, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}")
     return 0
+
+
+def _check_json(args: argparse.Namespace) -> Path | None:
+    """`--json FILE` as a `Path` once `check_output` found it writable (its folder may still be created), else a
+    one-line `FastInstError`; never onto the weights or a YAML config given."""
+    if not args.json:
+        return None
+    from ..files import check_output
+
+    try:
+        return check_output(args.json, inputs=[p for p in (args.weights, args.model) if p], kind="file")
+    except FastInstError as e:  # check_output speaks of --output, the usual name of the flag
+        raise FastInstError(str(e).replace("--output", "--json")) from None

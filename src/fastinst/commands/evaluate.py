@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Any
 
 from ..errors import FastInstError
 from ._options import add_device, add_dtype, positive_int
@@ -57,12 +58,15 @@ def add_parser(sub) -> None:
     )
 
 
-def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int]]:
-    """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks."""
+def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int], list[int], dict]:
+    """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks, the
+    category ids to score (the classes model and split share) and what ran (`run_info`)."""
+    from ..classes import match_model
     from ..engine import distributed as dist_utils
-    from ..engine.evaluator import model_category_ids
     from ..engine.evaluator import predict_dataset as run_over
-    from ..engine.predictor import Predictor
+    from ..engine.evaluator import warn_crowded_images
+    from ..engine.predictor import Predictor, describe_run, run_info
+    from ..errors import note
     from ..factory import load_model, resolve_device
 
     if not args.weights:
@@ -72,11 +76,36 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     if device.type == "cuda" and world > 1:
         device = resolve_device(f"cuda:{local}")
     model = load_model(args.model, args.weights, device)
-    model_category_ids(model, dataset, source=args.weights)  # the classes fit the split, before any image is run
-    runner = model if args.dtype == "fp32" else Predictor(model, dtype=args.dtype)  # the same `detect`, its precision
+    match = match_model(model, dataset, source=args.weights)  # the classes fit the split, before any image is run
+    for line in match.notes(dataset.name):
+        note(line)
+    cfg = getattr(model, "cfg", None)
+    queries = int(cfg.model.num_queries) if cfg is not None else 100
+    if queries < 100:  # more than 100 is said by the scoring itself (COCO AP's 100 detections)
+        ids = [r["image_id"] for r in dataset.records[: args.max_images]] if args.max_images else None
+        warn_crowded_images(dataset.coco, ids, queries, f"the model's {queries} queries")
+    runner: Any = model  # fp32: the official network; else `fastinst predict`'s fast path in that precision
+    info = run_info(model, "fp32", "")
+    if args.dtype != "fp32":
+        runner = Predictor(model, dtype=args.dtype)  # the same `detect`, its precision
+        info = runner.run_info
+    print(f"eval: {describe_run(info)}", flush=True)
     workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
-    evaluator = run_over(runner, dataset, args.max_images, progress=True, num_workers=workers)
-    return evaluator.results, sorted(set(evaluator.image_ids))  # every rank's images, after the gather
+    evaluator = run_over(runner, dataset, args.max_images, progress=True, num_workers=workers, category_ids=match.ids)
+    return evaluator.results, sorted(set(evaluator.image_ids)), match.shared, info
+
+
+def _run_record(results: str) -> dict:
+    """The side file `fastinst predict` writes beside a results json (`predictions.run.json`), or {}."""
+    from pathlib import Path
+
+    from ..data.datasets import read_json
+
+    side = Path(results).with_name(Path(results).stem + ".run.json")
+    if not side.is_file():
+        return {}
+    data = read_json(side)
+    return data if isinstance(data, dict) else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import distributed as dist_utils
     from ..engine.cityscapes_eval import evaluate_cityscapes, is_cityscapes
     from ..engine.evaluator import evaluate_results, write_report
+    from ..engine.predictor import describe_run
     from ..files import check_output, write_json
 
     if args.max_images is not None and args.max_images < 1:
@@ -94,10 +124,18 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data, split=args.split)
     results: str | list[dict]
     image_ids: list[int] | None
+    category_ids: list[int] | None = None
+    classes: list[dict] | None = None
     if args.results:
         results, image_ids = str(args.results), None
+        record = _run_record(results)
+        info = record.get("run") if isinstance(record.get("run"), dict) else None
+        if isinstance(record.get("classes"), list):
+            classes = [c for c in record["classes"] if isinstance(c, dict) and {"id", "name"} <= c.keys()]
+        if info:
+            print(f"eval: {results} from {describe_run({k: str(v) for k, v in info.items()})}", flush=True)
     else:
-        results, image_ids = predict_dataset(args, dataset)
+        results, image_ids, category_ids, info = predict_dataset(args, dataset)
         if not dist_utils.is_main():
             return 0
         out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +144,16 @@ def run(args: argparse.Namespace) -> int:
             image_ids = None  # the whole split: score against every ground-truth image, as pycocotools does
     # entries with file_name (fastinst predict --save-json) are matched to the split's images by it, never by position
     metrics = evaluate_results(
-        results, dataset.coco, image_ids=image_ids, image_root=dataset.image_root, boundary=args.boundary
+        results,
+        dataset.coco,
+        image_ids=image_ids,
+        image_root=dataset.image_root,
+        boundary=args.boundary,
+        category_ids=category_ids,
+        classes=classes,
     )
+    if info:
+        metrics["run"] = info
     if is_cityscapes(dataset):  # Cityscapes' own AP (its instance PNGs, its rules) beside COCO AP
         metrics["cityscapes"] = evaluate_cityscapes(results, dataset, image_ids=image_ids)
     target = write_report(metrics, out)

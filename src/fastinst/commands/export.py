@@ -2,7 +2,8 @@
 
 Writes an ONNX graph (normalised padded images -> `pred_logits`, `pred_masks`; see `fastinst.export`), then runs it in
 onnxruntime next to PyTorch on one image and prints the max abs difference; exits non-zero if they disagree.
-Use the file with `fastinst predict --backend onnxruntime --onnx FILE`.
+Use the file with `fastinst predict --backend onnxruntime --onnx FILE`. An existing output file is never replaced
+without `--overwrite` (the check runs before the export; the new file replaces the old one only once complete).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
         choices=[17, 18, 19, 20],
         help="ONNX opset (default 18, torch.onnx dynamo exporter; 17 falls back to the legacy exporter)",
     )
-    p.add_argument("--output", help="output file (default <model>.onnx)")
+    p.add_argument("--output", help="output file (default <model>.onnx); an existing file is kept unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--image", help="image for the parity check (default: a synthetic scene)")
 
 
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
         image = read_image(args.image)
     output = check_output(args.output or f"{cfg.name}.onnx", kind="file")
+    if output.exists() and not args.overwrite:  # before the export (the default name is known once loaded)
+        raise FastInstError(f"{output}: already exists; pass --overwrite to replace it, or another --output")
     size = (int(args.size[0]), int(args.size[1])) if args.size else None
     with torch.no_grad():
         export_onnx(model, output, size=size, dynamic=args.dynamic, opset=args.opset)

@@ -3,14 +3,18 @@ and network streams.
 
 Writes one overlay PNG per image (same stem) and one overlay MP4 per video, camera or stream into `--output`, and with
 `--save-json` a COCO results file `predictions.json` whose entries carry `file_name` (the path as predicted; for a
-video or stream frame also `frame`). Every file appears under its final name only once complete (temporary name, then
-rename), and no overlay is ever written onto an input, even when `--output` is the inputs' folder. In a folder or glob
-run an unreadable file is reported (`skipped <file>: <reason>`) and counted; a bad file named directly on the command
-line is an error.
+video or stream frame also `frame`) and `category_name`, beside `predictions.run.json` (what ran: model, device,
+backend, precision; the classes the ids stand for). The first line printed says what runs, e.g.
+`predict: fastinst-d1-r50 · cpu · torch · bf16 (auto: AMX)`. Every file appears under its final name only once
+complete (temporary name, then rename), and no overlay is ever written onto an input, even when `--output` is the
+inputs' folder. In a folder or glob run an unreadable file is reported (`skipped <file>: <reason>`) and counted; a bad
+file named directly on the command line is an error.
 
 Image ids: with `--data DATA` (or `--classes` naming a COCO json that lists images) each image takes the dataset's id,
 matched by file name (`fastinst.engine.evaluator.ImageIndex`); other images and video frames get fresh ids above the
 dataset's largest. Without one, numeric stems are the ids (000000397133.jpg -> 397133), else 1, 2, 3... in order.
+Classes: the model's classes take the ids of the dataset's (or a COCO `--classes` json's) categories of the same name
+(`fastinst.classes`); classes the dataset lacks are drawn but left out of the JSON.
 
 Live sources (`parse_source`): a camera index (`0`, or `--webcam [N]`), a camera device (`/dev/video0`) or a stream
 URL (rtsp, rtmp, http(s), udp, tcp) is read with PyAV frame by frame as frames arrive; `--max-frames`, Ctrl-C,
@@ -120,7 +124,7 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     """The one loader (`fastinst.factory.load_model`) for PyTorch, or an exported ONNX file, in a `Predictor`.
 
     With `dataset` (from `--data`) and no `--classes` the model's classes map to the dataset's category ids exactly
-    as `fastinst eval --model` maps them (`fastinst.engine.evaluator.model_category_ids`)."""
+    as `fastinst eval --model` maps them (`fastinst.classes`: by name when both sides have names)."""
     from ..engine.predictor import Predictor
 
     if args.onnx and args.backend == "torch":
@@ -134,12 +138,30 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     else:
         model = _onnx_model(args)
     if dataset is not None and not args.classes:
-        from ..engine.evaluator import model_category_ids
+        from ..classes import match_model
+        from ..errors import note
 
-        ids = model_category_ids(model, dataset, source=args.weights)
+        match = match_model(model, dataset, source=args.weights or args.onnx)
+        for line in match.notes(dataset.name):
+            note(line)
         name_of = dict(zip(dataset.category_ids, dataset.names, strict=True))
-        model.names, model.category_ids = [name_of[c] for c in ids], ids
+        model.names = [name_of[c] if c is not None else n for n, c in zip(model.names, match.ids, strict=True)]
+        model.category_ids = match.ids
     return Predictor(model, dtype=args.dtype)
+
+
+def run_record(predictor) -> dict:
+    """The side file of predictions.json (`predictions.run.json`): what ran (`Predictor.run_info`), the fastinst
+    version, and the classes the entries' category ids stand for ({id, name}), which `fastinst eval --results` uses
+    to match them to the ground truth's by name and to score only the classes the model knows."""
+    from .. import __version__
+
+    classes = [
+        {"id": int(c), "name": str(n)}
+        for n, c in zip(predictor.names, predictor.category_ids, strict=True)
+        if c is not None
+    ]
+    return {"run": dict(predictor.run_info, fastinst=__version__), "classes": classes}
 
 
 def _onnx_model(args: argparse.Namespace):
@@ -151,12 +173,11 @@ def _onnx_model(args: argparse.Namespace):
         raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[onnx]'") from None
     model = OnnxModel(args.onnx)  # files from `fastinst export` carry their config and class names
     if args.classes:
-        from ..factory import parse_classes
+        from ..factory import assign_classes, parse_classes
 
         names, ids = parse_classes(args.classes)
-        if names is not None and len(names) != model.num_classes:
-            raise FastInstError(f"{len(names)} class names given, but {args.onnx} has {model.num_classes} classes")
-        model.names, model.category_ids = list(names or model.names), list(ids or range(1, model.num_classes + 1))
+        if names is not None:
+            assign_classes(model, names, ids, str(args.classes), str(args.onnx))
     return model
 
 
@@ -389,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.output, inputs=[p for p, _ in files], kind="dir")
     dataset, index = _identity(args)
     predictor = build_predictor(args, dataset)
+    print(f"predict: {predictor.describe()}", flush=True)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -422,6 +444,7 @@ def _predict_into(args, out: Path, files, live, dataset, index, predictor) -> in
                 file=sys.stderr,
             )
         write_json(out / "predictions.json", state.entries)
+        write_json(out / "predictions.run.json", run_record(predictor))
     parts = [f"{state.images} image{'s' * (state.images != 1)}"]
     if videos or live:
         parts.append(f"{state.frames} video frames")

@@ -2,7 +2,12 @@
 
 Single process: `fastinst train ...`. Many GPUs / nodes: `torchrun --nproc_per_node N -m fastinst train ...` (the global
 batch `solver.ims_per_batch` is split over the processes). The 50-epoch COCO recipe is the default of every published
-variant; `key=value` overrides change it (e.g. `solver.max_iter=90000 solver.steps=[80000]`).
+variant; `key=value` overrides change it (e.g. `solver.max_iter=90000 solver.steps=[80000]`, or `solver.epochs=12`; a
+`solver.max_iter` that changes the run length next to `solver.epochs` is refused: give one of them).
+
+`--resume` continues the run in OUTPUT (not a new OUTPUT2) from its `last.pth`. With no `last.pth` there it says so
+in a note and starts a new run in OUTPUT rather than failing: the official `train_net.py --resume` behaves so, and a
+job script that always passes `--resume` then works for its first start and for every restart after preemption.
 
 The official repository's command line works verbatim (docs/official.md): `fastinst train [--eval-only] --num-gpus 4
 --config-file fastinst_R50_ppm-fpn_x1_576.yaml MODEL.WEIGHTS ckpt.pth`, with `--num-gpus`/`--num-machines` > 1
@@ -12,7 +17,6 @@ started through `torch.distributed.run` and the official dataset names looked up
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ._options import add_device, non_negative_int, positive_float, positive_int
@@ -41,7 +45,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUTPUT/last.pth if it exists (Ctrl-C or SIGTERM saves it after the current iteration)",
+        help="continue the run in OUTPUT from its last.pth (Ctrl-C or SIGTERM saves it after the current iteration); "
+        "with none there, a note says so and a new run starts in OUTPUT, as with the official train_net.py --resume",
     )
     add_device(p)
     p.add_argument("--max-seconds", type=positive_float, help="stop (and save) after this much training time")
@@ -83,8 +88,16 @@ def build_training(args: argparse.Namespace):
     """-> (cfg, model, train dataset, val dataset | None) with the class count taken from the data."""
     import torch
 
-    from ..checkpoint import read_state_dict, transfer_backbone, transfer_checkpoint
+    from ..checkpoint import (
+        checkpoint_class_names,
+        checkpoint_classes,
+        read_checkpoint,
+        to_state_dict,
+        transfer_backbone,
+        transfer_checkpoint,
+    )
     from ..config import apply_overrides, get_config, override_keys, schedule
+    from ..data.coco_classes import COCO_NAMES
     from ..data.datasets import load_dataset
     from ..errors import FastInstError, note
     from ..factory import build_model
@@ -124,9 +137,14 @@ def build_training(args: argparse.Namespace):
     torch.manual_seed(cfg.solver.seed)
     model = build_model(cfg)
     if args.weights:
-        sd = read_state_dict(args.weights)
+        raw = read_checkpoint(args.weights)
+        sd = to_state_dict(raw)
+        if not sd:
+            raise FastInstError(f"{args.weights}: holds no tensors (not a model checkpoint)")
         if any(k.startswith("sem_seg_head.") for k in sd):
-            print(transfer_checkpoint(model, sd, args.weights))  # refuses another variant; names re-initialised heads
+            # refuses another variant; class heads go over by class name (`fastinst.classes`)
+            names = checkpoint_class_names(raw) or (list(COCO_NAMES) if checkpoint_classes(sd) == 80 else None)
+            print(transfer_checkpoint(model, sd, args.weights, names))
         else:
             print(transfer_backbone(model, sd, args.weights))  # ImageNet weights: says how many tensors it loaded
     return cfg, model, train, val
@@ -204,10 +222,10 @@ def run(args: argparse.Namespace) -> int:
     rank, world, local = dist_utils.init_distributed(kind.type)
     device = f"cuda:{local}" if kind.type == "cuda" and world > 1 else str(kind)
     output = Path(args.output) if args.resume else unused_run_folder(Path(args.output))
-    if dist_utils.is_main() and output != Path(args.output):
-        print(
-            f"note: {args.output} holds a run; writing to {output} (--resume continues {args.output})", file=sys.stderr
-        )
+    if output != Path(args.output):
+        from ..errors import note
+
+        note(f"{args.output} holds a run; writing to {output} (--resume continues {args.output})")
     cfg, model, train, val = build_training(args)
     per_rank = max(1, cfg.solver.ims_per_batch // world)
     if dist_utils.is_main():

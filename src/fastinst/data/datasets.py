@@ -192,20 +192,27 @@ def has_instance(record: dict) -> bool:
 
 
 def drop_unused_categories(ds: InstanceDataset) -> list[str]:
-    """Remove, in place, the categories no annotation of `ds` uses (labelme's `_background_`, a category list copied
-    from another dataset) so they do not become classes; -> their names. Class indices stay in category-id order."""
-    used = {a["category_id"] for a in ds.coco["annotations"]}
+    """Remove, in place, the categories no instance of `ds` uses (labelme's `_background_`, a category list copied
+    from another dataset) so they do not become classes; -> their names. Only non-crowd annotations make a category
+    used: crowd regions are no training target (and labelme's `__ignore__` regions are copied into several classes).
+    The crowd regions of the removed categories go with them. Class indices stay in category-id order."""
+    used = {a["category_id"] for a in ds.coco["annotations"] if not a.get("iscrowd")}
     keep = [i for i, cid in enumerate(ds.category_ids) if cid in used]
     if len(keep) == len(ds.category_ids) or not keep:
         return []
     dropped = [ds.names[i] for i in range(len(ds.names)) if i not in set(keep)]
     new_index = {old: new for new, old in enumerate(keep)}
     for r in ds.records:
+        r["annotations"] = [a for a in r["annotations"] if a["category_id"] in new_index]
         for a in r["annotations"]:
             a["category_id"] = new_index[a["category_id"]]
     ds.names = [ds.names[i] for i in keep]
     ds.category_ids = [ds.category_ids[i] for i in keep]
-    ds.coco = dict(ds.coco, categories=[c for c in ds.coco["categories"] if c["id"] in used])
+    ds.coco = dict(
+        ds.coco,
+        annotations=[a for a in ds.coco["annotations"] if a["category_id"] in used],
+        categories=[c for c in ds.coco["categories"] if c["id"] in used],
+    )
     return dropped
 
 
@@ -290,7 +297,13 @@ def load_dataset(
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".json":
-            ds = load_coco_json(path, image_root=root)
+            data = read_json(path)
+            if _is_labelme_file(data):  # one labelme file: a dataset of one image
+                from .labelme import load_labelme  # labelme.py builds on this module
+
+                ds = load_labelme(path, split)
+            else:
+                ds = _coco_json(path, data, image_root=root)
         elif suffix in (".yaml", ".yml"):
             ds = load_yolo(path, split)
         else:
@@ -345,6 +358,19 @@ def detect_layout(folder: Path) -> tuple[str, Path]:
 
     if find_labelme(folder):
         return "labelme", folder
+    from .label_images import find_label_images
+
+    found = find_label_images(folder)
+    if found is not None:
+        import shlex
+
+        masks, images = (shlex.quote(str(f)) if f is not None else "IMAGES_DIR" for f in found)
+        raise DatasetError(
+            f"{folder}: not a dataset layout fastinst knows, but {masks} looks like instance label images (one "
+            f"integer per instance): convert them first with `fastinst convert --masks {masks} --images {images} "
+            '--output data.json` (optionally --class NAME), then use --data data.json (docs/datasets.md, "Instance '
+            'label images")'
+        )
     raise DatasetError(
         f"{folder}: not a dataset layout fastinst knows (COCO annotations/instances_*.json, "
         "Cityscapes gtFine/, ADE20K annotations_instance/, one Ultralytics .yaml or labelme *.json files); "
@@ -717,11 +743,23 @@ def load_coco_json(
     """A COCO instances json; images under `image_root` or, by default, next to the json, its parent or `images/`."""
     path = Path(path)
     data = read_json(path)
-    if isinstance(data, dict) and "shapes" in data and "images" not in data:
+    if _is_labelme_file(data):
         raise DatasetError(
-            f"{path}: a labelme file (one image); pass the folder of labelme files (--data {path.parent}) or convert "
-            "it (fastinst convert --data FOLDER --output out.json)"
+            f"{path}: a labelme file (one image), not a COCO json; load it with load_dataset or "
+            "fastinst.data.labelme.load_labelme (or convert it: fastinst convert --data FOLDER --output out.json)"
         )
+    return _coco_json(path, data, image_root=image_root, root=root)
+
+
+def _is_labelme_file(data: Any) -> bool:
+    """Whether a json file's content is a labelme annotation (a `shapes` list, no COCO `images`)."""
+    return isinstance(data, dict) and "shapes" in data and "images" not in data
+
+
+def _coco_json(
+    path: Path, data: Any, image_root: str | os.PathLike | None = None, root: Path | None = None
+) -> InstanceDataset:
+    """`load_coco_json` on the json `data` already read from `path`."""
     if image_root is None:
         image_root = _guess_image_root(path, data)
     return from_coco(data, Path(image_root), path, root=root, check_rle=True)

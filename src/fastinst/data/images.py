@@ -10,6 +10,9 @@ orientation, and converts every Pillow mode to 8-bit RGB:
   data really uses (`used_bits_to_uint8`): when the largest value needs b > 8 bits, values are shifted right by b - 8
   (12-bit camera data 0..4095 → >> 4; values up to 255 are kept; the full 16-bit range → >> 8), so the picture is
   kept and images of one sensor share one scale; other ``I`` values are min-max scaled.
+* colour with 16 bits a channel (RGB / RGBA / LA TIFF or PNG, which Pillow decodes to each value's high byte, so
+  12-bit data would come out as 0..15): the file is decoded twice to get all 16 bits back, and the values of all
+  channels together are mapped as 16-bit gray is (`used_bits_to_uint8`), alpha dropped.
 * an image that decodes to a single value prints a one-line warning naming the file.
 * 32-bit float ``F``: values within [0, 1] are scaled by 255, within [0, 255] are kept, anything else is min-max
   scaled; NaN becomes 0.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from ..errors import ImageReadError
 
@@ -165,24 +168,76 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ex
     except PIL_ERRORS as e:  # any other decoder failure is a bad file for the user
         raise ImageReadError(f"{p}: cannot open image ({_one_line(e)})") from None
     with img:
+        wide = _sixteen_bit_colour(img)  # read before load(), which empties the tiles
+        low_file = None
         try:
-            img.load()
-        except MemoryError:
-            raise ImageReadError(f"{p}: image too large to decode in memory") from None
-        except PIL_ERRORS as e:  # OSError "truncated", SyntaxError "broken PNG", ...
-            raise ImageReadError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
-        if exif:
             try:
-                img = ImageOps.exif_transpose(img) or img
-            except PIL_ERRORS:  # a broken EXIF block should not lose the picture
-                pass
-        try:
-            out = _pil_to_rgb(img)
-        except ValueError as e:
-            raise ImageReadError(f"{p}: {e}") from None
+                img.load()
+                if wide is not None:
+                    low_file = _low_bytes(p, max_pixels, wide)
+            except MemoryError:
+                raise ImageReadError(f"{p}: image too large to decode in memory") from None
+            except PIL_ERRORS as e:  # OSError "truncated", SyntaxError "broken PNG", ...
+                raise ImageReadError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
+            low = low_file
+            if exif:
+                try:
+                    turned = ImageOps.exif_transpose(img) or img
+                    low = (ImageOps.exif_transpose(low) or low) if low is not None else None
+                    img = turned
+                except PIL_ERRORS:  # a broken EXIF block should not lose the picture
+                    low = low_file
+            try:
+                out = _pil_to_rgb(img)
+                if low is not None:  # 16 bits a channel: Pillow gave the high bytes, `low` has the low ones
+                    out = used_bits_to_uint8((out.astype(np.uint16) << 8) | _pil_to_rgb(low))
+            except ValueError as e:
+                raise ImageReadError(f"{p}: {e}") from None
+        finally:
+            if low_file is not None:
+                low_file.close()
     if out.size and out.min() == out.max():  # e.g. a 16-bit file whose data is all at one value
         print(f"warning: {p}: decodes to a constant image (every pixel {int(out.flat[0])})", file=sys.stderr)
     return out
+
+
+# Pillow decodes colour images with 16 bits a channel (TIFF, PNG) to 8-bit RGB/RGBA by keeping each value's high
+# byte: 12-bit camera data (0..4095) becomes 0..15, a near-black picture. Decoding the same data again with the byte
+# order swapped keeps the low bytes instead; both together give the 16-bit values back.
+_SWAPPED = {";16L": ";16B", ";16B": ";16L", ";16N": ";16B" if sys.byteorder == "little" else ";16L"}
+
+
+def _sixteen_bit_colour(img: Image.Image) -> list[str] | None:
+    """The raw mode of each tile of a not yet loaded RGB/RGBA/LA image stored with 16 bits a channel, else None."""
+    if img.mode not in ("RGB", "RGBA", "LA") or not isinstance(img, ImageFile.ImageFile) or not img.tile:
+        return None
+    modes = []
+    for tile in img.tile:
+        args = tile[3]
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else None)
+        if not isinstance(raw, str) or raw[-4:] not in _SWAPPED:
+            return None
+        modes.append(raw)
+    return modes
+
+
+def _low_bytes(path: Path, max_pixels: int | None, modes: list[str]) -> Image.Image:
+    """The image at `path` decoded a second time keeping the low byte of each 16-bit value (`_SWAPPED`), loaded."""
+    img = _open(path, max_pixels)
+    try:
+        if not isinstance(img, ImageFile.ImageFile) or len(img.tile) != len(modes):
+            raise ValueError("the file changed between two reads")
+        tiles = []
+        for tile, raw in zip(img.tile, modes, strict=True):
+            swapped = raw[:-4] + _SWAPPED[raw[-4:]]
+            args = tile[3]
+            tiles.append(tile._replace(args=swapped if isinstance(args, str) else (swapped, *(args or ())[1:])))
+        img.tile = tiles
+        img.load()
+        return img
+    except BaseException:
+        img.close()
+        raise
 
 
 def _one_line(e: BaseException) -> str:

@@ -34,9 +34,9 @@ import numpy as np
 
 from ..errors import DatasetError, note
 from .datasets import InstanceDataset, _relative, _rle_annotation, from_coco, image_size
-from .images import PIL_ERRORS, is_image_file
+from .images import IMAGE_EXTENSIONS, PIL_ERRORS, is_image_file
 
-__all__ = ["SUFFIXES", "label_key", "load_label_images", "read_label_image", "read_names"]
+__all__ = ["SUFFIXES", "find_label_images", "label_key", "load_label_images", "read_label_image", "read_names"]
 
 SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels", "_label", "_seg")
 VOID = 255
@@ -246,6 +246,80 @@ def load_label_images(
     )
     ds.name = mask_dir.name
     return ds
+
+
+def find_label_images(folder: Path, limit: int = 5) -> tuple[Path, Path | None] | None:
+    """(label image folder, the folder of their images when one pairs with them) when `folder` or one of its
+    sub-folders (two levels down at most) holds what `load_label_images` reads, else None: label files beside their
+    images (Cellpose: `x_masks.png` next to `x.png`), or image files whose first `limit` are all single-channel
+    integer images with background 0, a few distinct values and mostly equal neighbours. A guess for the error of
+    `detect_layout` (which folder to give `fastinst convert --masks`); nothing here is trusted beyond that."""
+
+    def order(d: Path) -> tuple[bool, Path]:  # a training split's folders first (the one to convert to train on)
+        return not any(part.lower() in ("train", "training") for part in d.relative_to(folder).parts), d
+
+    places = [folder]
+    for depth in (1, 2):
+        level = [d for p in places[:64] if len(p.parts) - len(folder.parts) == depth - 1 for d in _sub_folders(p)]
+        places += sorted(level, key=order)
+    for place in places[:64]:
+        try:
+            files = sorted(f for f in place.iterdir() if f.is_file() and is_image_file(f) and f.name[0] != ".")
+        except OSError:
+            continue
+        if not files:
+            continue
+        stems = {f.stem for f in files}
+        if any(label_key(f.stem) != f.stem and label_key(f.stem) in stems for f in files):
+            return place, place
+        verdicts = [_looks_like_labels(f) for f in files[:limit]]
+        if all(v is not False for v in verdicts) and any(verdicts):
+            return place, _image_folder(place, files[:limit])
+    return None
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    try:
+        return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _looks_like_labels(path: Path) -> bool | None:
+    """Whether a file looks like an instance label image (None: all background, which says nothing either way)."""
+    try:
+        values, eight_bit = read_label_image(path)
+    except DatasetError:
+        return False
+    if values.size == 0 or values.shape[0] < 2 or values.shape[1] < 2:
+        return False
+    found = np.unique(values)
+    if found[0] != 0:  # label images have background 0
+        return False
+    if len(found) == 1:
+        return None
+    if eight_bit and len(found) == 2 and found[1] == VOID:  # a binary mask, which convert --masks refuses
+        return False
+    equal = (np.count_nonzero(values[:, 1:] == values[:, :-1]) + np.count_nonzero(values[1:] == values[:-1])) / (
+        values[:, 1:].size + values[1:].size
+    )
+    return bool(equal >= 0.9 and len(found) <= values.size // 16 + 1)
+
+
+def _image_folder(masks: Path, labels: list[Path]) -> Path | None:
+    """A folder beside `masks` (or beside its parent: CTC's `01` for `01_GT/SEG`) that holds an image for each of
+    `labels` by the pairing rule of `load_label_images`; None when there is none."""
+    around = [d for d in _sub_folders(masks.parent) if d != masks]
+    if masks.parent != masks.parent.parent:
+        around += [d for d in _sub_folders(masks.parent.parent) if d != masks.parent]
+    extensions = sorted({e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())})
+    for candidate in around[:64]:
+        if all(
+            any((candidate / f"{stem}{ext}").is_file() for stem in {f.stem, label_key(f.stem)} for ext in extensions)
+            for f in labels
+        ):
+            return candidate
+    return None
 
 
 def _instance_masks(labels: np.ndarray, eight_bit: bool, path: Path) -> list[tuple[int, np.ndarray]]:

@@ -10,15 +10,21 @@ points, group_id, shape_type, flags, description` (and `mask` for `shape_type: "
   `point`, `points` and unknown types are skipped, as are polygons under 3 points; each kind is counted in one note.
 * Shapes sharing `(label, group_id)` with a non-null `group_id` are one instance of several parts; polygons-only
   instances stay polygons (COCO's rasterisation), any `mask` part makes the instance an RLE.
-* `__ignore__` shapes are crowd regions (`iscrowd=1`), one per category so that COCO evaluation ignores detections of
-  any class there; training drops crowd regions. `_background_` shapes are skipped. Neither becomes a category.
+* `__ignore__` shapes are crowd regions (`iscrowd=1`), one per category with instances in the split so that COCO
+  evaluation ignores detections of those classes there (a class with no instance gets none, so ignore regions never
+  make a class look used); training drops crowd regions. `_background_` shapes are skipped. Neither becomes a
+  category.
 * Categories (ids 1..K): the order of `labels.txt` (labelme's convention: one name a line, `__ignore__` and
   `_background_` first) in the folder or its parent, else the sorted label names of every file in the folder (all
   splits, so that every split has the same classes). A label missing from `labels.txt` is a `DatasetError`.
 * Images: `imagePath` relative to the json (also with Windows separators, or the bare file name next to the json, or
-  `<json stem>.<image extension>`). When no file is found but `imageData` is embedded, `read_labelme(...,
-  embedded_dir=)` decodes it into that folder (what `fastinst convert` does); `load_labelme` raises a `DatasetError`
-  naming the json and the missing path. `imageHeight`/`imageWidth` must match the image.
+  `<json stem>.<image extension>`); the first that reads as an image is used. When none does (missing, not an image,
+  or `imagePath` naming the json itself, as labelme's tutorial file does) but `imageData` is embedded, the embedded
+  image is the one (as labelme opens it): `read_labelme(..., embedded_dir=)` decodes it into that folder (what
+  `fastinst convert` does); `load_labelme` (and `read_labelme` without `embedded_dir`) decodes it once into the
+  per-user cache, `embedded_cache_dir()/<sha256 of the bytes, 16 hex>/<name>` (unchanged bytes, written atomically,
+  reused while its bytes are the same), so that every record names an image file; the data folder is never written.
+  `imageHeight`/`imageWidth` must match the image.
 * Splits: `train/`, `val/`, `test/` (or `training/`, `validation/`, `testing/`) sub-folders holding json files are the
   splits; a folder without them is one split used whatever `split` is asked (one note says so).
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import math
 import os
@@ -44,12 +51,22 @@ from ..files import atomic_path
 from .datasets import InstanceDataset, _relative, from_coco, image_size, json_rle, mask_to_rle, read_json
 from .images import IMAGE_EXTENSIONS, PIL_ERRORS
 
-__all__ = ["EmbeddedImage", "find_labelme", "is_labelme", "load_labelme", "read_labelme", "write_embedded_images"]
+__all__ = [
+    "EmbeddedImage",
+    "embedded_cache_dir",
+    "find_labelme",
+    "is_labelme",
+    "load_labelme",
+    "read_labelme",
+    "write_embedded_images",
+]
 
 IGNORE = "__ignore__"
 BACKGROUND = "_background_"
 SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "validation"), "test": ("test", "testing")}
 POLYGON_TYPES = ("polygon", "rectangle", "circle")
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}  # how these files begin
+_FORMAT_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}  # PIL format -> file extension, when not its name
 
 _ISSUES = {
     "not_labelme": "skipped json files that are not labelme annotations (no 'shapes' list)",
@@ -143,8 +160,9 @@ def _read_labels_txt(path: Path) -> list[str]:
 
 
 def load_labelme(source: str | os.PathLike | Iterable[str | os.PathLike], split: str = "val") -> InstanceDataset:
-    """Split `split` of a labelme folder (or the given labelme json files) as an `InstanceDataset`; every image must
-    exist as a file (see the module docstring for the rules). Raises `DatasetError` naming the file and the problem."""
+    """Split `split` of a labelme folder (or the given labelme json files) as an `InstanceDataset` (see the module
+    docstring for the rules); an image only embedded as `imageData` is decoded into the per-user cache
+    (`embedded_cache_dir`) so that its record names a file. Raises `DatasetError` naming the file and the problem."""
     dataset, _ = read_labelme(source, split)
     return dataset
 
@@ -155,9 +173,11 @@ def read_labelme(
     *,
     embedded_dir: str | os.PathLike | None = None,
 ) -> tuple[InstanceDataset, list[EmbeddedImage]]:
-    """`load_labelme`, except that an image found only as embedded `imageData` is given the path
-    `embedded_dir/<its file name>` (renamed `<json stem>_<name>` when two files share a name) instead of raising;
-    -> (the dataset, the embedded images still to write with `write_embedded_images`). Nothing is written here."""
+    """`load_labelme`, except that with `embedded_dir` an image found only as embedded `imageData` is given the path
+    `embedded_dir/<its file name>` (renamed `<json stem>_<name>` when two files share a name) instead of going to
+    the cache; -> (the dataset, the embedded images still to write with `write_embedded_images`). With `embedded_dir`
+    nothing is written here; without it (what `load_labelme` does) the list is empty and embedded images are in the
+    per-user cache (`embedded_cache_dir`), the only place written."""
     files, root, label_files = _select(source, split)
     listed = _labels_txt(root)
     if listed is not None:
@@ -173,6 +193,7 @@ def read_labelme(
     pending: list[EmbeddedImage] = []
     used_names: set[str] = set()
     target_dir = Path(embedded_dir) if embedded_dir is not None else None
+    ignored: list[tuple[int, dict]] = []  # (image id, RLE) of each __ignore__ region
     for path in files:
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
@@ -185,9 +206,7 @@ def read_labelme(
         images.append({"id": image_id, "file_name": _relative(image, root), "height": h, "width": w})
         for label, seg in _instances(path, data["shapes"], h, w, issues):
             if label == IGNORE:
-                rle = json_rle(seg, h, w)
-                for cid in category.values():
-                    anns.append(_annotation(len(anns) + 1, image_id, cid, rle, 1))
+                ignored.append((image_id, json_rle(seg, h, w)))
                 continue
             if label not in category:
                 where = f"in {listed}" if listed is not None else "among the labels"
@@ -195,6 +214,12 @@ def read_labelme(
             anns.append(_annotation(len(anns) + 1, image_id, category[label], seg, 0))
     if not images:
         raise DatasetError(f"{root}: no labelme json files (with a 'shapes' list) for split {split!r}")
+    # A crowd copy per class that has instances in the split: enough for COCO evaluation to ignore detections of
+    # those classes there, without making the classes nothing was drawn of look used.
+    with_instances = sorted({a["category_id"] for a in anns})
+    for image_id, rle in ignored:
+        for cid in with_instances:
+            anns.append(_annotation(len(anns) + 1, image_id, cid, rle, 1))
     for kind, count in issues.items():
         note(f"{root}: {_ISSUES[kind]}: {count}")
     cats = [{"id": i, "name": n} for n, i in category.items()]
@@ -271,30 +296,45 @@ def _scan_labels(files: list[Path]) -> set[str]:
 
 
 def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> tuple[Path, tuple[int, int], bool]:
-    """-> (image path, (height, width), whether it is embedded data still to write), checking the stated size."""
+    """-> (image path, (height, width), whether it is embedded data still to write), checking the stated size.
+
+    The first candidate file that reads as an image wins; when none does (missing, not an image, or `imagePath`
+    naming the json itself, as in labelme's own tutorial file) the embedded `imageData` is the image, as in labelme:
+    its path is `target_dir/<name>` (to write later), or without `target_dir` the cached copy (written now)."""
     stated = str(data.get("imagePath") or "")
     here = path.parent
     candidates = []
     if stated:
         candidates += [here / stated, here / stated.replace("\\", "/"), here / PureWindowsPath(stated).name]
     candidates += [here / f"{path.stem}{ext}" for ext in sorted(IMAGE_EXTENSIONS)]
-    found = next((c for c in candidates if c.is_file()), None)
     wanted = here / stated if stated else here / f"{path.stem}.<image>"
+    found, size, unreadable = None, (0, 0), None
+    for c in candidates:
+        if not c.is_file():
+            continue
+        if c.resolve() == path.resolve():
+            unreadable = unreadable or f"image {c} is the labelme file itself"
+            continue
+        try:
+            size = image_size(c)
+        except DatasetError:
+            unreadable = unreadable or f"image {c} is not a readable image"
+            continue
+        found = c
+        break
+    why = unreadable or f"image {wanted} not found"
     if found is not None:
-        size = image_size(found)
         embedded = False
         image = found
     elif data.get("imageData"):
-        if target_dir is None:
-            raise DatasetError(
-                f"{path}: image {wanted} not found (its imageData is embedded: `fastinst convert --data "
-                f"{here} --output OUT.json` writes it out next to OUT.json)"
-            )
         raw = _decode_b64(data["imageData"], path, "imageData")
         size, fmt = _bytes_size(raw, path)
         name = PureWindowsPath(stated).name if stated else ""
-        if not name or "." not in name:
-            name = f"{path.stem}.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
+        if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:  # none, or not an image's (the json itself)
+            name = f"{Path(name).stem or path.stem}.{_FORMAT_EXTENSIONS.get(fmt, fmt.lower())}"
+        if target_dir is None:
+            size = _checked_size(path, data, size, None)  # before anything is written
+            return _cached(path, raw, name), size, False
         if name in used:
             name = f"{path.stem}_{name}"
         k = 1
@@ -306,15 +346,53 @@ def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> t
         image = target_dir / name
         embedded = True
     else:
-        raise DatasetError(f"{path}: image {wanted} not found (and the file embeds no imageData)")
+        raise DatasetError(f"{path}: {why} (and the file embeds no imageData)")
+    return image, _checked_size(path, data, size, None if embedded else image), embedded
+
+
+def _checked_size(path: Path, data: dict, size: tuple[int, int], image: Path | None) -> tuple[int, int]:
+    """`size` (height, width) of the image file `image` (None: the one embedded in the json), once it is checked
+    against the json's `imageHeight`/`imageWidth`."""
     h, w = size
     sh, sw = data.get("imageHeight"), data.get("imageWidth")
     if (isinstance(sh, int) and sh != h) or (isinstance(sw, int) and sw != w):
         raise DatasetError(
             f"{path}: imageHeight/imageWidth say {sw}x{sh} (width x height) but the image "
-            f"{'embedded in it' if embedded else image} is {w}x{h}"
+            f"{'embedded in it' if image is None else image} is {w}x{h}"
         )
-    return image, size, embedded
+    return size
+
+
+def embedded_cache_dir() -> Path:
+    """Where `load_labelme` keeps the images labelme files only embed: `labelme/` in the fastinst cache folder
+    (`$FASTINST_CACHE`, or `~/.cache/fastinst`; the folder `fastinst.hub` downloads weights to)."""
+    from ..files import cache_dir
+
+    return cache_dir() / "labelme"
+
+
+def _cached(path: Path, raw: bytes, name: str) -> Path:
+    """The cached copy of the image `raw` embedded in the labelme file `path`: `embedded_cache_dir()/<sha256 of the
+    bytes, 16 hex>/<name>`, written (atomically, the bytes as they are) unless a file there already holds them."""
+    folder = embedded_cache_dir() / hashlib.sha256(raw).hexdigest()[:16]
+    target = folder / name
+    try:
+        if target.is_file() and target.stat().st_size == len(raw) and target.read_bytes() == raw:
+            return target
+    except OSError:
+        pass  # unreadable: written again below
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(raw)
+    except OSError as e:
+        reason = (e.strerror or str(e)).lower()
+        raise DatasetError(
+            f"{path}: cannot write the image embedded in it (imageData) to the cache folder {folder}: {reason} (set "
+            f"FASTINST_CACHE to a writable folder, or `fastinst convert --data {path.parent} --output OUT.json` "
+            "writes it next to OUT.json)"
+        ) from None
+    return target
 
 
 def _decode_b64(value: Any, path: Path, key: str) -> bytes:
@@ -336,8 +414,25 @@ def _bytes_size(raw: bytes, path: Path) -> tuple[tuple[int, int], str]:
             orientation = im.getexif().get(0x0112, 1)
             fmt = im.format or "png"
     except PIL_ERRORS as e:
-        raise DatasetError(f"{path}: imageData is not a readable image ({e})") from None
+        raise DatasetError(f"{path}: imageData cannot be decoded: {_undecodable(raw, e)}") from None
     return ((w, h) if orientation in (5, 6, 7, 8) else (h, w)), fmt
+
+
+def _undecodable(raw: bytes, e: BaseException, kind: str = "an image") -> str:
+    """Why Pillow could not decode `raw` (expected to be `kind`), in words: its own message names an in-memory file
+    object (`<_io.BytesIO object at 0x...>`), which tells the user nothing."""
+    from PIL import UnidentifiedImageError
+
+    if not raw:
+        return "the base64 text decodes to no bytes"
+    if isinstance(e, UnidentifiedImageError):
+        start = next((name for magic, name in _MAGIC.items() if raw.startswith(magic)), None)
+        if start is not None:
+            return f"its {len(raw)} bytes start as a {start} but are truncated or damaged"
+        return f"its {len(raw)} bytes are not {kind} Pillow can read"
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return f"the image data is broken ({text})" if "_io.BytesIO" not in text else "the image data is broken"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -440,12 +535,13 @@ def _mask_part(
 ) -> np.ndarray | None:
     from PIL import Image
 
-    raw = _decode_b64(s.get("mask"), path, f"shapes[{i}] mask")
+    what = f"shapes[{i}] (label {s.get('label')!r}) mask"
+    raw = _decode_b64(s.get("mask"), path, what)
     try:
         with Image.open(io.BytesIO(raw)) as im:
             small = np.asarray(im.convert("L")) > 0
     except PIL_ERRORS as e:
-        raise DatasetError(f"{path}: shapes[{i}] mask is not a readable PNG ({e})") from None
+        raise DatasetError(f"{path}: {what} cannot be decoded: {_undecodable(raw, e, 'a PNG')}") from None
     x0 = max(int(min(points[0][0], points[1][0])), 0)
     y0 = max(int(min(points[0][1], points[1][1])), 0)
     mask = np.zeros((h, w), bool)

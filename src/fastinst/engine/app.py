@@ -137,6 +137,7 @@ class App:
         self.log(f"loading {choice.label}")
         model = load_model(choice.model, choice.weights, self.device)
         self.models[index] = Predictor(model, dtype=self.dtype)
+        self.log(f"loaded {choice.label}: {self.models[index].describe()}")
         return self.models[index]
 
     def info(self) -> dict:

@@ -134,15 +134,19 @@ def boundary_metrics(
     image_ids: list[int] | None = None,
     verbose: bool = True,
     dilation_ratio: float = DILATION_RATIO,
+    category_ids: list[int] | None = None,
 ) -> dict:
     """Boundary AP of loaded detections against a ground-truth index: the same keys as mask AP (`AP`, `AP50`, ...,
-    `per_class`, `pr_curves`; percent, NaN where pycocotools says -1). `verbose` prints the 12-line table."""
+    `per_class`, `pr_curves`; percent, NaN where pycocotools says -1), over `category_ids` (default all).
+    `verbose` prints the 12-line table."""
     from .evaluator import _metrics
 
     with contextlib.redirect_stdout(io.StringIO()):
         ev = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio=dilation_ratio)
         if image_ids is not None:
             ev.params.imgIds = sorted(image_ids)
+        if category_ids is not None:
+            ev.params.catIds = sorted(category_ids)
         ev.evaluate()
         ev.accumulate()
     if verbose:

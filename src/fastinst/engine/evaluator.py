@@ -54,11 +54,13 @@ def coco_api(coco_gt: dict | str | os.PathLike | COCO) -> COCO:
 class COCOEvaluator:
     """Collect predictions with `process`, optionally `gather` them over ranks, then `evaluate` on rank 0."""
 
-    def __init__(self, coco_gt: dict | str | os.PathLike | COCO, category_ids: list[int] | None = None):
+    def __init__(self, coco_gt: dict | str | os.PathLike | COCO, category_ids: list[int | None] | None = None):
+        """`category_ids`: the GT category id of each contiguous label (None: a class the GT lacks, whose predictions
+        are left out; `fastinst.classes.match_classes`); default the GT's ids in order."""
         self.coco = coco_api(coco_gt)
-        gt_cats = sorted(self.coco.cats)
+        gt_cats: list[int | None] = list(sorted(self.coco.cats))
         self.category_ids = list(category_ids) if category_ids is not None else gt_cats
-        unknown = [c for c in self.category_ids if c not in self.coco.cats]
+        unknown = [c for c in self.category_ids if c is not None and c not in self.coco.cats]
         if unknown:
             raise DatasetError(f"category ids {unknown[:5]} are not in the ground truth's categories")
         self.results: list[dict] = []
@@ -95,10 +97,13 @@ class COCOEvaluator:
         rles = masks_to_rles(masks)
         boxes = mask_util.toBbox([dict(r, counts=r["counts"].encode("ascii")) for r in rles])
         for rle, box, score, label in zip(rles, boxes, scores, labels, strict=True):
+            category_id = self.category_ids[int(label)]
+            if category_id is None:  # a class the ground truth does not have
+                continue
             self.results.append(
                 {
                     "image_id": image_id,
-                    "category_id": self.category_ids[int(label)],
+                    "category_id": category_id,
                     "segmentation": rle,
                     "bbox": [float(v) for v in box],
                     "score": float(score),
@@ -117,9 +122,11 @@ class COCOEvaluator:
         self.image_ids = [i for _, ids in boxes for i in ids]
 
     def evaluate(self, image_ids: list[int] | None = None, verbose: bool = True) -> dict:
-        """COCO segm metrics over `image_ids` (default: the processed images, or all when none was processed)."""
+        """COCO segm metrics over `image_ids` (default: the processed images, or all when none was processed) and the
+        categories some label maps to."""
         ids = image_ids if image_ids is not None else (sorted(set(self.image_ids)) or None)
-        return evaluate_results(self.results, self.coco, image_ids=ids, verbose=verbose)
+        cats = sorted({c for c in self.category_ids if c is not None})
+        return evaluate_results(self.results, self.coco, image_ids=ids, verbose=verbose, category_ids=cats)
 
 
 def predict_dataset(
@@ -129,12 +136,14 @@ def predict_dataset(
     progress: bool = False,
     visit: Any = None,
     num_workers: int = 0,
+    category_ids: list[int | None] | None = None,
 ) -> COCOEvaluator:
     """Run `model.detect` over a dataset split (this rank's share under torch.distributed) into a `COCOEvaluator`
     that holds every rank's results. `visit(n, record, image, instances)` sees each image (e.g. to draw overlays).
 
     Evaluation keeps the official 100 detections with no score threshold (what COCO mask AP is computed on).
-    Images are decoded in `num_workers` processes (`fastinst.data.loader.build_test_loader`).
+    `category_ids`: the dataset id of each model class (default `fastinst.classes.match_model`). Images are
+    decoded in `num_workers` processes (`fastinst.data.loader.build_test_loader`).
     """
     from tqdm import tqdm
 
@@ -142,7 +151,10 @@ def predict_dataset(
     from . import distributed as dist_utils
 
     records = dataset.records[:max_images] if max_images else dataset.records
-    evaluator = COCOEvaluator(dataset.coco, model_category_ids(model, dataset))
+    from ..classes import match_model
+
+    ids = category_ids if category_ids is not None else match_model(model, dataset).ids
+    evaluator = COCOEvaluator(dataset.coco, ids)
     mine = records[dist_utils.rank() :: dist_utils.world_size()]
     loader = build_test_loader(mine, num_workers=num_workers)  # (record, (H, W, 3) uint8 RGB) in order
     bar = tqdm(loader, total=len(mine), desc="eval", unit="img", disable=not progress or not dist_utils.is_main())
@@ -153,22 +165,6 @@ def predict_dataset(
             visit(n, rec, image, out)
     evaluator.gather()
     return evaluator
-
-
-def model_category_ids(model, dataset, source: str | os.PathLike | None = None) -> list[int]:
-    """The dataset category id of each of the model's classes: the model's own (saved in its checkpoint) when the
-    dataset has them all, so a model trained without unused categories scores on the full split; else, for a model
-    without stored ids, the dataset's ids in class order (the class counts must then agree: else a `DatasetError`
-    naming `source`, the weights, or the dataset)."""
-    own = [int(c) for c in getattr(model, "category_ids", None) or []]
-    if own and set(own) <= set(dataset.category_ids):
-        return own
-    if getattr(model, "num_classes", len(dataset.category_ids)) != len(dataset.category_ids):
-        raise DatasetError(
-            f"{source or dataset.name}: the model has {model.num_classes} classes (category ids {own[:5]}...), "
-            f"{dataset.name} has {len(dataset.category_ids)} ({dataset.category_ids[:5]}...)"
-        )
-    return list(dataset.category_ids)
 
 
 def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
@@ -294,18 +290,26 @@ def evaluate_results(
     verbose: bool = True,
     boundary: bool = False,
     image_root: str | os.PathLike | None = None,
+    category_ids: list[int] | None = None,
+    classes: list[dict] | None = None,
 ) -> dict:
     """Score COCO segm results (a list or a results json) against a GT dict/json; prints the 12-line table.
 
     `boundary`: also boundary AP (`fastinst.engine.boundary`) on the same detections, as the `"boundary"` block.
     Image identity: `match_image_ids` (entries with a `file_name` are matched to the GT images by it; `image_root`,
-    where the GT's file names are, lets absolute paths match too)."""
+    where the GT's file names are, lets absolute paths match too). Classes: `category_ids` limits the score to those
+    GT categories (the ones the model knows); else entries that carry `category_name` (`fastinst predict
+    --save-json` writes it) are matched to the GT's categories by name (`match_result_classes`, with `classes`, the
+    model's own class list, when known)."""
     gt = coco_api(coco_gt)
     dets, label = _load_results(results)
     dets = match_image_ids(dets, gt, label, image_root)  # file_name -> the GT's image id; unknown ids refused
+    if category_ids is None:
+        dets, category_ids = match_result_classes(dets, gt, label, classes)
     unknown_cats = sorted({r["category_id"] for r in dets} - set(gt.cats), key=str)
     if unknown_cats:
         raise DatasetError(f"{label}: category id(s) {unknown_cats[:5]} not in the ground truth")
+    warn_crowded_images(gt.dataset, image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         if dets:
             dt = gt.loadRes([dict(r) for r in dets])  # loadRes writes ids/areas into the entries: copies
@@ -314,6 +318,8 @@ def evaluate_results(
         ev = COCOeval(gt, dt, iouType="segm")
         if image_ids is not None:
             ev.params.imgIds = sorted(image_ids)
+        if category_ids is not None:
+            ev.params.catIds = sorted(category_ids)
         ev.evaluate()
         ev.accumulate()
     if verbose:
@@ -325,8 +331,71 @@ def evaluate_results(
     if boundary:
         from .boundary import boundary_metrics
 
-        metrics["boundary"] = boundary_metrics(gt, dt, image_ids=image_ids, verbose=verbose)
+        metrics["boundary"] = boundary_metrics(
+            gt, dt, image_ids=image_ids, verbose=verbose, category_ids=ev.params.catIds
+        )
     return metrics
+
+
+def match_result_classes(
+    dets: list[dict], gt: COCO, label: str = "results", classes: list[dict] | None = None
+) -> tuple[list[dict], list[int] | None]:
+    """Results entries with the GT's category ids, matched by name (`fastinst.classes`), and the GT categories
+    to score (None: all).
+
+    Only entries that carry a `category_name` are matched by it; the model's classes are `classes` ({id, name}
+    entries, from the run's side file) when given, else the (id, name) pairs the entries carry. Entries of classes
+    the GT lacks are dropped with a note; GT categories the model lacks are left out of the score only when
+    `classes` says what the model knows (a class the model never predicted still counts otherwise)."""
+    from ..classes import has_names, match_classes
+
+    pairs: dict[int, str] = {}
+    for c in classes or []:
+        pairs.setdefault(int(c["id"]), str(c["name"]))
+    for r in dets:
+        name = r.get("category_name")
+        if isinstance(name, str) and name and isinstance(r.get("category_id"), int):
+            pairs.setdefault(int(r["category_id"]), name)
+    gt_ids = sorted(gt.cats)
+    gt_names = [str(gt.cats[c].get("name", c)) for c in gt_ids]
+    if not pairs or not has_names(list(pairs.values())) or not has_names(gt_names, gt_ids):
+        return dets, None
+    model_ids = sorted(pairs)
+    match = match_classes([pairs[c] for c in model_ids], model_ids, gt_names, gt_ids, data_label=label)
+    for line in match.notes("the ground truth", model_label=label):
+        note(line)
+    to_gt = dict(zip(model_ids, match.ids, strict=True))
+    out = []
+    for r in dets:
+        if isinstance(r.get("category_name"), str) and r["category_name"] and r.get("category_id") in to_gt:
+            new = to_gt[r["category_id"]]
+            if new is None:
+                continue
+            r = dict(r, category_id=new)
+        out.append(r)
+    return out, (match.shared if classes else None)
+
+
+def warn_crowded_images(coco: dict, image_ids: list[int] | None = None, limit: int = 100, why: str = "") -> None:
+    """A warning when images of the COCO dict `coco` hold more (non-crowd) ground-truth instances than `limit`
+    detections can cover (`why`; default COCO AP's 100 detections per image): even perfect predictions score below
+    100 AP there."""
+    images = {im["id"]: im for im in coco.get("images") or []}
+    ids = set(images) if image_ids is None else set(image_ids)
+    counts: dict[int, int] = {}
+    for a in coco.get("annotations") or []:
+        if not a.get("iscrowd") and a.get("image_id") in ids:
+            counts[a["image_id"]] = counts.get(a["image_id"], 0) + 1
+    over = {i: n for i, n in counts.items() if n > limit}
+    if not over:
+        return
+    worst = max(over, key=lambda i: over[i])
+    name = images.get(worst, {}).get("file_name", worst)
+    note(
+        f"{len(over)} image(s) have more ground-truth instances than {why or f'the {limit} detections COCO AP counts'}"
+        f" (most: {over[worst]} in {name}); their instances beyond {limit} cannot be found, so AP stays below 100",
+        level="warning",
+    )
 
 
 def _pct(v: float) -> float:

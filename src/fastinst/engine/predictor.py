@@ -54,7 +54,7 @@ class Results:
     scores: np.ndarray  # float32 (N,)
     labels: np.ndarray  # int64 (N,) contiguous class indices
     names: list[str]  # the model's class names, by contiguous class index (as Ultralytics' `names`)
-    category_ids: list[int] | None = None  # contiguous index -> the dataset's own category id
+    category_ids: list[int | None] | None = None  # contiguous index -> the dataset's own category id (None: not in it)
     path: Path | None = None
     _boxes: np.ndarray | None = field(default=None, repr=False)
 
@@ -103,24 +103,32 @@ class Results:
 
         return save_image(self.plot(score_threshold), path)
 
-    def to_coco(self, image_id: int, category_ids: list[int] | None = None) -> list[dict]:
-        """COCO results entries: image_id, file_name, category_id (dataset ids), RLE segmentation, XYWH bbox, score."""
+    def to_coco(self, image_id: int, category_ids: list[int | None] | None = None) -> list[dict]:
+        """COCO results entries: image_id, file_name, category_id (dataset ids), category_name, RLE segmentation,
+        XYWH bbox, score. Instances of a class whose id is None (a class the dataset lacks) are left out."""
 
         ids = list(category_ids or self.category_ids or range(1, len(self.names) + 1))
-        if len(self) == 0:
+        keep: list[tuple[int, int]] = []  # (instance, its category id)
+        for k in range(len(self)):
+            cid = ids[int(self.labels[k])]
+            if cid is not None:
+                keep.append((k, cid))
+        if not keep:
             return []
         from ..data.datasets import masks_to_rles
 
-        rles = masks_to_rles(self.masks)
+        rles = masks_to_rles(self.masks[[k for k, _ in keep]])
         file_name = str(self.path) if self.path is not None else ""
         out = []
-        for k, rle in enumerate(rles):
+        for (k, cid), rle in zip(keep, rles, strict=True):
             x0, y0, x1, y1 = (float(v) for v in self.boxes[k])
+            label = int(self.labels[k])
             out.append(
                 {
                     "image_id": int(image_id),
                     "file_name": file_name,
-                    "category_id": int(ids[int(self.labels[k])]),
+                    "category_id": int(cid),
+                    "category_name": str(self.names[label]),
                     "segmentation": rle,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": float(self.scores[k]),
@@ -187,19 +195,30 @@ class Predictor:
     """
 
     def __init__(self, model: Any, dtype: str = "auto"):
-        from ..model.fuse import DTYPE_CHOICES, DTYPES, inference_dtype, optimize_for_inference
+        from ..model.fuse import DTYPE_CHOICES, DTYPES, dtype_reason, inference_dtype, optimize_for_inference
 
         if dtype not in DTYPE_CHOICES:
             raise FastInstError(f"dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
         self.names: list[str] = list(model.names)
-        self.category_ids: list[int] = list(model.category_ids)
+        self.category_ids: list[int | None] = list(model.category_ids)
         if isinstance(model, nn.Module):
             device = next(model.parameters()).device
             self.dtype = inference_dtype(dtype, device)
+            self.dtype_reason = dtype_reason(dtype, device)
             model = optimize_for_inference(model, channels_last=True, dtype=DTYPES[self.dtype])
         else:
             self.dtype = "fp32"  # an exported model runs as it was exported
+            self.dtype_reason = "exported" if dtype in ("auto", "fp32") else f"exported; --dtype {dtype} not applied"
         self.model: Any = model
+
+    @property
+    def run_info(self) -> dict[str, str]:
+        """What runs: model (variant name), device, backend (torch / onnxruntime), dtype and why (`describe_run`)."""
+        return run_info(self.model, self.dtype, self.dtype_reason)
+
+    def describe(self) -> str:
+        """One line, e.g. `fastinst-d1-r50 · cpu · torch · bf16 (auto: AMX)`, printed once by each command."""
+        return describe_run(self.run_info)
 
     @property
     def device(self) -> torch.device:
@@ -290,6 +309,27 @@ class Predictor:
             yield from self.predict_batch(batch, [path] * len(batch), score_threshold, max_dets)
 
 
+def run_info(model: Any, dtype: str = "fp32", reason: str = "") -> dict[str, str]:
+    """What a model runs as, for the line each command prints and the `run` block of metrics.json / the side file
+    of predictions.json: model (the variant's name), device, backend, dtype and dtype_reason."""
+    cfg = getattr(model, "cfg", None)
+    backend = "torch" if isinstance(model, nn.Module) else str(getattr(model, "backend", "onnxruntime"))
+    device = getattr(model, "device", None)
+    return {
+        "model": str(getattr(cfg, "name", None) or type(model).__name__),
+        "device": str(device if device is not None else "cpu"),
+        "backend": backend,
+        "dtype": dtype,
+        "dtype_reason": reason,
+    }
+
+
+def describe_run(info: dict[str, str]) -> str:
+    """`fastinst-d1-r50 · cpu · torch · bf16 (auto: AMX)` from `run_info`."""
+    reason = f" ({info['dtype_reason']})" if info.get("dtype_reason") else ""
+    return f"{info['model']} · {info['device']} · {info['backend']} · {info['dtype']}{reason}"
+
+
 def _np(t) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         t = t.detach().cpu()
@@ -308,10 +348,13 @@ class VideoReader:
 
     `source` is what `av.open` takes (a path, `/dev/video0`, a URL); `format` forces a demuxer (`v4l2`,
     `avfoundation`, `dshow` for cameras), `options` are its options, `timeout` is PyAV's (open, read) timeout in
-    seconds, `name` is what messages call the source (default `str(source)`). Attributes: `rate` (frames per second,
-    25 when unknown) and `frames` (the container's count, or None). Iterating yields uint8 (H, W, 3) RGB frames, one
-    decoded at a time (nothing is buffered beyond the decoder's own queue). A missing file or device, a refused
-    connection, a source without a video stream and a decoding error raise `FastInstError` naming `name`.
+    seconds, `name` is what messages call the source (default `str(source)`, a URL's password hidden). Attributes:
+    `rate` (frames per second, 25 when unknown) and `frames` (the container's count, or None). Iterating yields uint8
+    (H, W, 3) RGB frames, one decoded at a time (nothing is buffered beyond the decoder's own queue). A missing file or
+    device, a refused connection, a source without a video stream and a decoding error raise `FastInstError` naming
+    `name`; so does a stream that does not answer within the timeout (a server that accepts the connection and sends
+    nothing): `NAME: cannot open the video (timed out after N s)`, later `NAME: timed out after N s waiting for the
+    next frame`, instead of what FFmpeg makes of the interruption ("Invalid data found when processing input").
     """
 
     def __init__(
@@ -323,12 +366,21 @@ class VideoReader:
         timeout: float | tuple[float, float] | None = None,
         name: str | None = None,
     ):
+        import time
+
         import av
 
-        self.name = name or str(source)
+        from .sources import redact_url
+
+        self.name = name or redact_url(str(source))
+        self.open_timeout, self.read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        start = time.monotonic()
         try:
             self.container = av.open(str(source), format=format, options=options or {}, timeout=timeout)
         except (av.FFmpegError, OSError, ValueError) as e:
+            limit = self.open_timeout
+            if limit is not None and self._timed_out(e, time.monotonic() - start, limit):
+                raise FastInstError(f"{self.name}: cannot open the video (timed out after {limit:g} s)") from None
             raise FastInstError(f"{self.name}: cannot open the video ({_reason(e)})") from None
         if not self.container.streams.video:
             self.container.close()
@@ -338,13 +390,30 @@ class VideoReader:
         self.frames: int | None = stream.frames or None
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        import time
+
         import av
 
+        asked = time.monotonic()  # when the next frame was asked for: the read timeout counts from there
         try:
             for frame in self.container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
+                asked = time.monotonic()
         except (av.FFmpegError, OSError) as e:
+            limit = self.read_timeout
+            if limit is not None and self._timed_out(e, time.monotonic() - asked, limit):
+                raise FastInstError(f"{self.name}: timed out after {limit:g} s waiting for the next frame") from None
             raise FastInstError(f"{self.name}: cannot decode the video ({_reason(e)})") from None
+
+    @staticmethod
+    def _timed_out(e: BaseException, waited: float, limit: float) -> bool:
+        """Whether PyAV's timeout ended the call that raised `e` after `waited` seconds, rather than the source: its
+        interrupt callback makes FFmpeg return AVERROR_EXIT (`av.error.ExitError`, raised for nothing else here), or
+        an error the demuxer makes of the cut-off input ("Invalid data found when processing input" from RTSP's
+        probe) once the call has waited the whole timeout."""
+        import av
+
+        return isinstance(e, av.error.ExitError) or waited >= limit
 
     def close(self) -> None:
         self.container.close()

@@ -62,7 +62,7 @@ def parse_source(text: str, platform: str = sys.platform) -> LiveSource | None:
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", text)
     if match:
         scheme = match.group(1).lower()
-        name = _redact(text)
+        name = redact_url(text)
         if scheme not in STREAM_SCHEMES:
             raise FastInstError(f"{name}: unsupported URL scheme {scheme!r} (use {', '.join(STREAM_SCHEMES)})")
         return LiveSource("url", text, name, _url_stem(text), timeout=STREAM_TIMEOUT)
@@ -75,7 +75,7 @@ def parse_source(text: str, platform: str = sys.platform) -> LiveSource | None:
     return None
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL with its password (`user:secret@host`) replaced by `***`, for messages and JSON."""
     try:
         parts = urlsplit(url)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoint import architecture_changes, load_checkpoint
 from ..config import Config, to_dict
-from ..errors import CheckpointError, FastInstError
+from ..errors import CheckpointError, FastInstError, note
 from ..files import atomic_path
 from . import distributed as dist_utils
 
@@ -212,8 +212,18 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
+        """Continue from `output_dir/last.pth`: -> True, or False (with a note) when there is none to continue.
+
+        Nothing to resume is a note and a fresh run in the same folder, not an error, because that is what `--resume`
+        promises users of the official `train_net.py --resume` (detectron2 resumes if a checkpoint exists, else
+        starts from the weights), and what a job script that always passes `--resume` needs: its first start and
+        every restart after preemption run the same command line. The note makes a mistyped folder visible at once.
+        A `last.pth` that is not a file, or that cannot be read, is an error (it must not be replaced)."""
         path = self.output_dir / "last.pth"
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"{path}: cannot resume: not a file")
         if not path.is_file():
+            note(f"nothing to resume in {self.output_dir} (no last.pth there): starting a new run")
             return False
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -77,7 +77,9 @@ class FastInst(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(m.pixel_std).view(3, 1, 1), persistent=False)
         self.max_detections = 100
         self.last_matching: dict = {}
-        self.names, self.category_ids = class_metadata(cfg)  # contiguous class index -> name / dataset id
+        names, ids = class_metadata(cfg)
+        self.names: list[str] = names  # contiguous class index -> name
+        self.category_ids: list[int | None] = list(ids)  # -> dataset id (None: a class the dataset matched lacks)
 
     @property
     def device(self) -> torch.device:

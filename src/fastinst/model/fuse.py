@@ -61,6 +61,19 @@ def inference_dtype(name: str, device: torch.device | str) -> str:
     return name
 
 
+def dtype_reason(name: str, device: torch.device | str) -> str:
+    """Why `inference_dtype(name, device)` picked what it did, for the line that says what ran: "auto: AMX",
+    "auto: no AMX", "auto: CUDA", "fp16 asked: CPUs run bf16", or "" for a precision asked for and run as is."""
+    kind = torch.device(device).type
+    if name == "auto":
+        if kind == "cpu":
+            return "auto: AMX" if native_bf16_cpu() else "auto: no AMX"
+        return f"auto: {kind.upper() if kind == 'cuda' else kind}"
+    if name == "fp16" and kind == "cpu":
+        return "fp16 asked: CPUs run bf16"
+    return ""
+
+
 def cast_weights(model: nn.Module, dtype: torch.dtype) -> int:
     """Cast the own weight and bias of every Conv2d and Linear to `dtype` in place (norms, embeddings, attention
     blocks and buffers keep theirs); returns how many modules were cast. Run the model under autocast."""
