@@ -153,3 +153,28 @@ def test_errors_exit_2(tmp_path, data, capsys):
     assert "--weights" in capsys.readouterr().err
     assert main(["eval", "--results", "x.json", "--data", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_more_instances_than_the_models_queries_are_said(demo_weights, tmp_path, capsys):
+    """Issue #22: eval --model warns, as training does, when an image holds more instances than the model proposes
+    (the demo's 16 queries): those beyond can never be found."""
+    from makers import rle, write_image
+
+    from fastinst.cli import main
+
+    write_image(tmp_path / "cells" / "many.png", 50, 50, seed=3)
+    anns = []
+    for k in range(20):
+        m = np.zeros((50, 50), bool)
+        y, x = divmod(k, 5)
+        m[y * 10 : y * 10 + 8, x * 10 : x * 10 + 8] = True
+        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": rle(m), "area": 64.0,
+                     "bbox": [x * 10, y * 10, 8, 8], "iscrowd": 0})  # fmt: skip
+    data = tmp_path / "cells" / "cells.json"
+    data.write_text(json.dumps({"images": [{"id": 1, "file_name": "many.png", "height": 50, "width": 50}],
+                                "categories": [{"id": k, "name": f"c{k}"} for k in (1, 2, 3, 4)],
+                                "annotations": anns}))  # fmt: skip
+    argv = ["eval", "--model", "fastinst-demo", "--weights", demo_weights, "--data", str(data), "--device", "cpu"]
+    assert main([*argv, "--output", str(tmp_path / "eval")]) == 0
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning: ")]
+    assert any("more ground-truth instances than the model's 16 queries (most: 20 in many.png)" in x for x in warnings)

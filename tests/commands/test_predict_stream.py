@@ -86,7 +86,11 @@ def test_stream_url_frames_as_they_arrive(demo_weights, served, tmp_path, capsys
     extra = ("--save-json", "--max-frames", "4", "--confidence-threshold", "0", "--max-dets", "2")
     assert _predict(demo_weights, out, url, extra=extra) == 0
     assert "4 video frames" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["clip.mp4", "predictions.json"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clip.mp4",
+        "predictions.json",
+        "predictions.run.json",
+    ]  # no temporary file left
     frames = _frames(out / "clip.mp4")
     assert len(frames) == 4 and frames[0].shape == (48, 64, 3)
     entries = json.loads((out / "predictions.json").read_text())
@@ -126,7 +130,7 @@ def test_sigterm_while_the_stream_stalls_finishes_the_video(demo_weights, served
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is only there while the stream is read
     err = capsys.readouterr().err
     assert "stall.ts: stopped by SIGTERM after" in err and "is complete" in err
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "stall.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "predictions.run.json", "stall.mp4"]
     frames = _frames(out / "stall.mp4")
     assert 1 <= len(frames) < LONG and len(frames) == len(written)
     entries = json.loads((out / "predictions.json").read_text())

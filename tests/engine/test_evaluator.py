@@ -255,3 +255,36 @@ def test_gather_merges_ranks(monkeypatch):
     ev.gather()
     assert [r["image_id"] for r in ev.results] == [1, 3] and ev.image_ids == [1, 3]
     assert evaluator_mod.COCOEvaluator is COCOEvaluator
+
+
+def test_more_instances_than_the_100_detections_are_said(capsys):
+    """Issue #22: 125 nuclei in one image, predicted perfectly, score below 100 AP (COCO counts 100 detections per
+    image); eval says why in one warning, as training does."""
+    size, n = 80, 125
+    masks = []
+    for k in range(n):
+        m = np.zeros((size, size), bool)
+        y, x = divmod(k, 16)
+        m[y * 5 : y * 5 + 4, x * 5 : x * 5 + 4] = True  # 125 separate 4x4 cells
+        masks.append(m)
+    gt = {
+        "images": [{"id": 1, "file_name": "nuclei.png", "height": size, "width": size}],
+        "categories": [{"id": 1, "name": "nucleus"}],
+        "annotations": [
+            {"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": _rle(m), "area": 16.0,
+             "bbox": [0, 0, 1, 1], "iscrowd": 0}
+            for k, m in enumerate(masks)
+        ],
+    }  # fmt: skip
+    perfect = [
+        {"image_id": 1, "category_id": 1, "segmentation": _rle(m), "score": 1.0 - k / 1000} for k, m in enumerate(masks)
+    ]
+    metrics = evaluate_results(perfect, gt, verbose=False)
+    err = capsys.readouterr().err
+    assert metrics["AP"] < 90.0  # 25 of the 125 can never be found
+    (line,) = [x for x in err.splitlines() if x.startswith("warning: ")]
+    assert "1 image(s) have more ground-truth instances than the 100 detections COCO AP counts" in line
+    assert "most: 125 in nuclei.png" in line and "AP stays below 100" in line
+    gt["annotations"] = gt["annotations"][:100]
+    evaluate_results(perfect[:100], gt, verbose=False)
+    assert "warning" not in capsys.readouterr().err  # 100 fit: nothing to say
