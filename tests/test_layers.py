@@ -23,6 +23,7 @@ LAYERS = {
     "flops": 6,
     "hub": 6,
     "export": 7,
+    "runtimes": 7,
     "factory": 7,
     "visualize": 7,
     "engine": 8,

@@ -2,6 +2,7 @@
 
 import fastinst
 predictor = fastinst.load("fastinst-d1-r50", weights="official")     # results = predictor.predict("photo.jpg")
+predictor = fastinst.load("fastinst-d1-r50", weights="w.pth", backend="openvino")   # the same, compiled by OpenVINO
 model = fastinst.load_model("runs/train/last.pth")                    # nn.Module; model.detect([rgb_uint8_array])
 model = fastinst.build_model("fastinst-d1-r50")                       # random init, official state-dict layout
 """
@@ -40,10 +41,21 @@ def load_model(model=None, weights=None, device: str = "auto", classes=None):
     return _load_model(model, weights, device, classes)
 
 
-def load(model=None, weights=None, device: str = "auto", classes=None, dtype: str = "auto"):
+def load(
+    model=None,
+    weights=None,
+    device: str = "auto",
+    classes=None,
+    dtype: str = "auto",
+    backend: str = "torch",
+    exported=None,
+):
     """A ready-to-use predictor: `fastinst.load("fastinst-d1-r50", weights="file.pth").predict(images)`.
 
-    `dtype`: "auto" (fp16 on CUDA, bf16 on CPUs with AMX, else fp32), "fp32", "bf16" or "fp16" (see `Predictor`)."""
+    `dtype`: "auto" (fp16 on CUDA, bf16 on CPUs with AMX, else fp32), "fp32", "bf16" or "fp16" (see `Predictor`).
+    `backend`: "torch", "onnxruntime" (an `exported` ONNX file) or "openvino" (an `exported` IR / ONNX file, or the
+    weights exported once into the cache); see `fastinst.factory.load_backend`."""
     from .engine.predictor import Predictor
+    from .factory import load_backend
 
-    return Predictor(load_model(model, weights, device, classes), dtype=dtype)
+    return Predictor(load_backend(backend, model, weights, device, classes, dtype, exported), dtype=dtype)

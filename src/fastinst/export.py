@@ -34,32 +34,36 @@ import copy
 import io
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, from_dict, to_dict
+from .config import Config, to_dict
 from .errors import FastInstError
 from .files import atomic_path, temp_path
 from .model.backbone import DeformConv
-from .model.postprocess import instances
-from .model.preprocess import normalize_and_pad, resize_image, resize_shape, to_model_input
+from .model.preprocess import resize_image, resize_shape
+from .runtimes import INPUT, OUTPUTS, ExportedModel, OnnxModel, enough_cells, pad_batch
 
 if TYPE_CHECKING:
     from .model.fastinst import FastInst
 
 _M = TypeVar("_M", bound=nn.Module)
 
+__all__ = ["INPUT", "OUTPUTS", "OnnxModel", "export_onnx", "export_openvino", "verify_onnx", "verify_runtime"]
+
 OPSETS = (17, 18, 19, 20)
 DYNAMO_OPSET = 18  # the lowest opset torch's dynamo exporter writes (its torchlib implementations start there)
-INPUT, OUTPUTS = "images", ("pred_logits", "pred_masks")
 RTOL = 1e-3
 
 
@@ -160,11 +164,6 @@ def default_size(cfg: Config) -> tuple[int, int]:
     h, w = resize_shape(480, 640, cfg.input.min_size_test, cfg.input.max_size_test)
     div = cfg.model.size_divisibility
     return -(-h // div) * div, -(-w // div) * div
-
-
-def _enough_cells(size: Sequence[int], cfg: Config) -> bool:
-    """Whether the stride-16 map of a `size` input has at least as many cells as the model has queries."""
-    return (size[0] // 16) * (size[1] // 16) >= cfg.model.num_queries
 
 
 def check_size(size, div: int) -> tuple[int, int]:
@@ -284,7 +283,7 @@ def export_onnx(
     div = cfg.model.size_divisibility
     size = check_size(size or default_size(cfg), div)
     legacy = opset < DYNAMO_OPSET
-    if dynamic and legacy and not _enough_cells(size, cfg):
+    if dynamic and legacy and not enough_cells(size, cfg):
         size = default_size(cfg)  # a traced top-k over fewer cells than queries would make k shape-dependent
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,45 +324,6 @@ def export_onnx(
     return path
 
 
-def _ort_errors() -> tuple[type[Exception], ...]:
-    """What onnxruntime raises for a file or option it cannot use: the exception classes of its C++ core (Fail,
-    InvalidProtobuf, NoSuchFile, InvalidGraph, ..., which derive from Exception only) and the ValueError / TypeError /
-    RuntimeError / OSError of its Python wrapper."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as core
-
-    native = tuple(v for v in vars(core).values() if isinstance(v, type) and issubclass(v, Exception))
-    return (*native, ValueError, TypeError, RuntimeError, OSError)
-
-
-def _session(path: str | Path, providers: list[str] | None = None, threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-    except _ort_errors() as e:
-        raise FastInstError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
-
-
-def _fixed_size(meta: dict[str, str]) -> tuple[int, int] | None:
-    """The fixed (H, W) input an exported file's metadata records; None for a dynamic file."""
-    fixed = meta.get("fastinst.size", "dynamic")
-    if fixed == "dynamic":
-        return None
-    h, w = (int(v) for v in fixed.split(","))
-    return h, w
-
-
-def _pad_batch(cfg: Config, batch: list[dict], size: tuple[int, int] | None = None):
-    """A batch's uint8 (3, h, w) images -> normalised padded (B, 3, H, W) on the CPU and the [(h, w)], as
-    `FastInst.preprocess` (to `size` for a fixed-size file)."""
-    images = [torch.as_tensor(d["image"]).cpu() for d in batch]  # (3, h, w) uint8 each
-    return normalize_and_pad(images, cfg.model.pixel_mean, cfg.model.pixel_std, cfg.model.size_divisibility, size)
-
-
 def _input_tensor(model: FastInst, image: np.ndarray | None, size: tuple[int, int] | None) -> torch.Tensor:
     """A normalised, padded (1, 3, H, W) batch of `image` (resized to fill `size`, or at the test size if None)."""
     cfg: Config = model.cfg
@@ -377,142 +337,77 @@ def _input_tensor(model: FastInst, image: np.ndarray | None, size: tuple[int, in
         h, w = image.shape[:2]
         image = resize_image(image, resize_shape(h, w, cfg.input.min_size_test, cfg.input.max_size_test))
     batch = [{"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}]
-    return _pad_batch(cfg, batch)[0]
+    return pad_batch(cfg, batch)[0]
 
 
-def verify_onnx(model: FastInst, path: str | Path, image: np.ndarray | None = None, rtol: float = RTOL) -> float:
-    """Max abs difference between onnxruntime and PyTorch outputs on `image` (uint8 H x W x 3 RGB; default a
-    synthetic scene). Raises `FastInstError` if an output differs by more than `rtol` × its largest magnitude."""
-    session = _session(path)
-    size = _fixed_size(session.get_modelmeta().custom_metadata_map)
+def verify_runtime(
+    model: FastInst, runtime: ExportedModel, image: np.ndarray | None = None, rtol: float = RTOL
+) -> float:
+    """Max abs difference between an exported runtime's network (`runtime.forward_raw`, in its own precision) and
+    PyTorch's fp32 outputs on `image` (uint8 H x W x 3 RGB; default a synthetic scene). Raises `FastInstError` if an
+    output differs by more than `rtol` × its largest magnitude."""
     param = next(model.parameters())
-    images = _input_tensor(model, image, size)
+    images = _input_tensor(model, image, runtime.size)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         ref = InferenceNet(model)(images.to(param.device))
     model.train(was_training)
-    got = session.run(list(OUTPUTS), {INPUT: images.numpy()})
+    got = runtime.forward_raw(images)
     worst = 0.0
-    for name, r, g in zip(OUTPUTS, ref, got, strict=True):
-        r = r.float().cpu().numpy()
+    for name, expected, actual in zip(OUTPUTS, ref, got, strict=True):
+        r, g = expected.float().cpu().numpy(), actual.float().cpu().numpy()
         if r.shape != g.shape:
-            raise FastInstError(f"{path}: {name} has shape {g.shape} in onnxruntime, {r.shape} in PyTorch")
+            raise FastInstError(
+                f"{runtime.path}: {name} has shape {g.shape} in {runtime.backend}, {r.shape} in PyTorch"
+            )
         diff = float(np.abs(r - g).max())
         scale = float(np.abs(r).max())
         worst = max(worst, diff)
         if not diff <= rtol * max(scale, 1e-6):
             raise FastInstError(
-                f"{path}: onnxruntime and PyTorch disagree on {name}: max abs diff {diff:.3g} > {rtol:g} x {scale:.3g}"
+                f"{runtime.path}: {runtime.backend} and PyTorch disagree on {name}: max abs diff {diff:.3g} > "
+                f"{rtol:g} x {scale:.3g}"
             )
     return worst
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# onnxruntime model with the FastInst inference contract
-# ---------------------------------------------------------------------------------------------------------------------
+def verify_onnx(model: FastInst, path: str | Path, image: np.ndarray | None = None, rtol: float = RTOL) -> float:
+    """`verify_runtime` of the ONNX file `path` in onnxruntime."""
+    return verify_runtime(model, OnnxModel(path, model.cfg), image, rtol)
 
 
-class OnnxModel:
-    """An exported FastInst run by onnxruntime, with `FastInst`'s inference contract: `detect(images, ...)`,
-    `model(batch, ...)` as in eval mode, `cfg`, `num_classes`, `names`, `category_ids` (see docs/DEVELOPING.md).
-
-    Fixed-size files take images up to their size: smaller ones are zero-padded to it (as PyTorch pads a batch to its
-    largest image), larger ones raise `FastInstError`. Fixed files run one image at a time, dynamic ones a batch at a
-    time (padded to its largest image, as PyTorch).
-    """
-
-    device = torch.device("cpu")  # outputs are CPU tensors (what `Predictor.device` reads)
-
-    def __init__(
-        self,
-        path: str | Path,
-        cfg: Config | None = None,
-        providers: list[str] | None = None,
-        threads: int | None = None,
-    ):
-        from .model.fastinst import class_metadata
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FastInstError(f"{self.path}: no such ONNX file")
-        self.session = _session(self.path, providers, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if cfg is None:
-            if "fastinst.config" not in meta:
-                raise FastInstError(
-                    f"{self.path}: not written by `fastinst export` (no config in its metadata); pass the config"
-                )
-            cfg = from_dict(json.loads(meta["fastinst.config"]))
-        self.cfg = cfg
-        self.num_classes = cfg.model.num_classes
-        names, ids = class_metadata(cfg)
-        self.names: list[str] = [str(n) for n in _json_list(meta, "fastinst.names", names, self.path)]
-        self.category_ids: list[int] = [int(i) for i in _json_list(meta, "fastinst.category_ids", ids, self.path)]
-        if len(self.names) != self.num_classes or len(self.category_ids) != self.num_classes:
-            raise FastInstError(
-                f"{self.path}: {len(self.names)} class names and {len(self.category_ids)} category ids in its "
-                f"metadata for {self.num_classes} classes"
-            )
-        self.max_detections = 100
-        self.size = _fixed_size(meta)
-        # TorchScript-exported dynamic files trace a fixed top-k size: they need enough stride-16 cells
-        self._needs_cells = self.size is None and meta.get("fastinst.exporter", "torchscript") == "torchscript"
-
-    def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised padded (B, 3, H, W) -> pred_logits (B, Q, K+1), pred_masks (B, Q, H/8, W/8) (CPU tensors)."""
-        logits, masks = self.session.run(list(OUTPUTS), {INPUT: images.float().contiguous().numpy()})
-        return torch.from_numpy(logits), torch.from_numpy(masks)
-
-    def __call__(
-        self, batch: list[dict], score_threshold: float = 0.0, max_detections: int | None = None
-    ) -> list[dict[str, torch.Tensor]]:
-        """`FastInst.forward` in eval: items with `image` uint8 (3, h, w) already resized and `height`/`width` (the
-        size masks come back at) -> per item `masks` bool (n, H0, W0), `scores`, `labels`, `queries` (n,), best
-        first, n <= `max_detections` (default 100), every score >= `score_threshold`."""
-        k = max_detections or self.max_detections
-        chunks = [batch] if self.size is None else [[d] for d in batch]
-        results = []
-        with torch.inference_mode():
-            for chunk in chunks:
-                images, sizes = self._preprocess(chunk)  # (B, 3, H, W), [(h, w)] before padding
-                logits, masks = self.forward_raw(images)  # (B, Q, K+1), (B, Q, H/8, W/8)
-                padded = (int(images.shape[-2]), int(images.shape[-1]))
-                for i, d in enumerate(chunk):
-                    original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
-                    results.append(instances(logits[i], masks[i], padded, sizes[i], original, k, score_threshold))
-        return results
-
-    def _preprocess(self, chunk: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        try:
-            images, sizes = _pad_batch(self.cfg, chunk, self.size)
-        except ValueError as e:  # larger than the fixed input of this file
-            raise FastInstError(f"{self.path}: {e}; export with --dynamic or a larger --size") from None
-        if self._needs_cells and not _enough_cells(images.shape[-2:], self.cfg):
-            raise FastInstError(
-                f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
-                f"dynamic ONNX file (needs H/16 x W/16 >= {self.cfg.model.num_queries} queries)"
-            )
-        return images, sizes
-
-    def detect(
-        self, images: list[np.ndarray], score_threshold: float = 0.0, max_detections: int | None = None
-    ) -> list[dict[str, torch.Tensor]]:
-        """`FastInst.detect`: RGB uint8 images (H0, W0, 3) -> per image `masks` bool (n, H0, W0), `scores`,
-        `labels`, `queries` (n,), best first, through the same test resize, normalise + pad and post-processing."""
-        short, max_size = self.cfg.input.min_size_test, self.cfg.input.max_size_test
-        batch = [to_model_input(np.ascontiguousarray(im), short, max_size) for im in images]  # resized (3, h, w)
-        return self(batch, score_threshold=score_threshold, max_detections=max_detections)
-
-
-def _json_list(meta: dict[str, str], key: str, default: list[Any], path: Path) -> list[Any]:
-    """A JSON list stored under `key` in a file's metadata (`default` when absent)."""
-    if key not in meta:
-        return default
+def export_openvino(
+    model: FastInst,
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    dynamic: bool = False,
+    opset: int = DYNAMO_OPSET,
+) -> Path:
+    """Write `model` as an OpenVINO IR: `path` (.xml, the graph) and the .bin beside it (fp32 weights), the same
+    graph and metadata as `export_onnx` (converted by `openvino.convert_model`; the metadata under rt_info
+    `fastinst`). Both files appear only once complete. Returns the .xml path."""
     try:
-        value = json.loads(meta[key])
-    except ValueError:
-        value = None
-    if not isinstance(value, list):
-        raise FastInstError(f"{path}: its metadata {key!r} is not a JSON list")
-    return value
+        import openvino as ov
+    except ImportError as e:
+        raise FastInstError(f"OpenVINO export is unavailable ({e}); pip install 'fastinst[openvino]'") from None
+    import onnx
+
+    path = Path(path)
+    if path.suffix.lower() != ".xml":
+        raise FastInstError(f"{path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
+    try:
+        onnx_file = export_onnx(model, scratch / "model.onnx", size=size, dynamic=dynamic, opset=opset)
+        meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+        with _quiet_exporter():
+            network = ov.convert_model(str(onnx_file))
+        for key, value in meta.items():
+            network.set_rt_info(value, ["fastinst", key])
+        ov.save_model(network, str(scratch / "model.xml"), compress_to_fp16=False)
+        os.replace(scratch / "model.bin", path.with_suffix(".bin"))  # the weights first: an .xml is never alone
+        os.replace(scratch / "model.xml", path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return path

@@ -17,6 +17,7 @@ import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from .errors import CheckpointError, FastInstError, note
 from .files import same_file
 from .model.fastinst import FastInst
 
-__all__ = ["build_model", "load_model", "parse_classes", "resolve_device"]
+__all__ = ["build_model", "load_backend", "load_model", "parse_classes", "resolve_device"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".npz", ".ckpt")
 
@@ -234,3 +235,57 @@ def _load(model: FastInst, raw: dict, label) -> None:
                 f"{label}: this checkpoint has {int(bias.shape[0]) - 1} classes, the model {model.num_classes}"
             ) from None
         raise CheckpointError(f"{label}: {str(e).removeprefix('state dict: ')}") from None
+
+
+def load_backend(
+    backend: str = "torch",
+    model: str | Path | Config | None = None,
+    weights: str | Path | None = None,
+    device: str | torch.device | None = "auto",
+    classes: str | Path | Iterable[str] | None = None,
+    dtype: str = "auto",
+    exported: str | Path | None = None,
+):
+    """A model with `FastInst`'s inference contract (`detect`, `names`, `category_ids`, `cfg`) on `backend`:
+
+    * "torch": `load_model(model, weights, device, classes)` (the Predictor then picks the precision);
+    * "onnxruntime": the ONNX file `exported` (from `fastinst export`), run in fp32 as exported;
+    * "openvino": the IR (.xml) or ONNX file `exported`, or else `model`/`weights` exported once into the fastinst
+      cache (`fastinst.runtimes.OpenVinoModel.from_torch`), compiled for the CPU in `dtype`.
+
+    An `exported` file with backend "torch" picks its runtime by suffix (.onnx -> onnxruntime, .xml -> openvino).
+    `classes` follow `assign_classes` on every backend."""
+    from .runtimes import BACKENDS
+
+    if backend not in BACKENDS:
+        raise FastInstError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if exported is not None and backend == "torch":
+        backend = "openvino" if str(exported).lower().endswith(".xml") else "onnxruntime"
+    if backend == "torch":
+        return load_model(model, weights, device, classes)
+    if backend == "onnxruntime":
+        if exported is None:
+            raise FastInstError("--backend onnxruntime needs --onnx FILE (made by `fastinst export`)")
+        try:
+            from .runtimes import OnnxModel
+
+            net: Any = OnnxModel(exported)
+        except ImportError as e:
+            raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[onnx]'") from None
+    else:
+        if resolve_device(device).type != "cpu" and str(device or "auto") != "auto":
+            raise FastInstError(f"--backend openvino runs on the CPU; use --device cpu (or auto), not {device}")
+        from .runtimes import OpenVinoModel
+
+        if exported is not None:
+            net = OpenVinoModel(exported, dtype=dtype)
+        else:
+            if weights is None and (isinstance(model, Config) or not _is_checkpoint(model)):
+                raise FastInstError("--backend openvino needs --weights PATH (or --onnx FILE, an exported model)")
+            with torch.no_grad():
+                net = OpenVinoModel.from_torch(load_model(model, weights, "cpu"), dtype=dtype)
+    if classes is not None:
+        names, ids = parse_classes(classes)
+        if names is not None:
+            assign_classes(net, names, ids, str(classes), str(exported or weights or model))
+    return net

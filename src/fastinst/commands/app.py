@@ -65,6 +65,12 @@ def add_parser(sub) -> None:
     )
     add_device(p)
     add_dtype(p, "auto", "precision (default auto)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "openvino"],
+        help="PyTorch (default) or OpenVINO (the weights exported once into the fastinst cache, compiled for the CPU)",
+    )
 
 
 def _port(value: str) -> int:
@@ -76,7 +82,7 @@ def _port(value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..engine.app import LOOPBACK, App, default_choices, serve
     from ..engine.predictor import Predictor
-    from ..factory import load_model
+    from ..factory import load_backend
 
     weights = args.weights or ["official"]
     if args.model is None and "official" in weights:
@@ -86,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
             raise FastInstError(f"--weights {w}: no such checkpoint file")
     choices = default_choices(args.model, weights)
     first = choices[0]
-    model = load_model(first.model, first.weights, args.device)
+    model = load_backend(args.backend, first.model, first.weights, args.device, dtype=args.dtype)
     predictor = Predictor(model, dtype=args.dtype)
     app = App(
         choices,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         score_threshold=args.score_threshold,
         max_upload=int(args.max_upload_mb * 2**20),
         max_pixels=int(args.max_megapixels * 1e6),

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import FastInstError
 from ._options import add_device, add_size, non_negative_int, positive_int
 
-BACKENDS = ("torch", "compile", "onnxruntime")
+BACKENDS = ("torch", "compile", "onnxruntime", "openvino")
 DTYPES = ("fp32", "fp16", "bf16")
 GOAL_FRACTION = 0.85
 
@@ -47,7 +47,9 @@ def add_parser(sub) -> None:
     add_size(p, "input height and width, multiples of 32 (default: a 480x640 photo at the test size)")
     add_device(p)
     p.add_argument("--dtype", default="fp32", choices=DTYPES, help="autocast precision (default fp32)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile or onnxruntime")
+    p.add_argument(
+        "--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile, onnxruntime or OpenVINO"
+    )
     p.add_argument("--fuse", action="store_true", help="fold BatchNorms into convs first (model.fuse)")
     p.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
     p.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (default: torch's default)")
@@ -153,6 +155,25 @@ def _onnx_backend(model, args, size, workdir: Path):
     return network, pipeline
 
 
+def _openvino_backend(model, args, size, workdir: Path):
+    import torch
+
+    from ..export import export_onnx
+    from ..runtimes import OpenVinoModel
+
+    path = export_onnx(model, workdir / "model.onnx", size=size, dynamic=args.batch_size > 1)
+    ov_model = OpenVinoModel(path, model.cfg, dtype=args.dtype, threads=args.threads or None)
+
+    def network(images):
+        return ov_model.forward_raw(images)
+
+    def pipeline(arrays):
+        batch = [{"image": torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))} for a in arrays]
+        return [{k: v.numpy() for k, v in o.items()} for o in ov_model(batch)]
+
+    return network, pipeline
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,10 +189,13 @@ def benchmark(args: argparse.Namespace) -> dict:
 
     if args.iters < 1 or args.warmup < 0 or args.batch_size < 1:
         raise FastInstError("--iters and --batch-size must be at least 1, --warmup at least 0")
-    auto_cpu = args.backend == "onnxruntime" and args.device == "auto"  # onnxruntime is timed on the CPU
+    exported = args.backend in ("onnxruntime", "openvino")
+    auto_cpu = exported and args.device == "auto"  # onnxruntime and OpenVINO are timed on the CPU
     device = resolve_device("cpu" if auto_cpu else args.device)
     if args.backend == "onnxruntime" and (args.dtype != "fp32" or device.type != "cpu"):
         raise FastInstError("--backend onnxruntime is benchmarked on --device cpu with --dtype fp32")
+    if args.backend == "openvino" and device.type != "cpu":
+        raise FastInstError("--backend openvino is benchmarked on --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     low = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -201,8 +225,9 @@ def benchmark(args: argparse.Namespace) -> dict:
     before = matmul_peak(device, low or torch.float32, sync)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if args.backend == "onnxruntime":
-            network, pipeline = _onnx_backend(model, args, size, Path(tmp))
+        if exported:
+            make = _onnx_backend if args.backend == "onnxruntime" else _openvino_backend
+            network, pipeline = make(model, args, size, Path(tmp))
             images = torch.zeros(args.batch_size, 3, *size)
         else:
             network, pipeline = _torch_backend(model, args, device, autocast)
@@ -255,6 +280,10 @@ def benchmark(args: argparse.Namespace) -> dict:
         import onnxruntime
 
         result["machine"]["onnxruntime"] = onnxruntime.__version__
+    if args.backend == "openvino":
+        import openvino
+
+        result["machine"]["openvino"] = openvino.__version__
     return result
 
 

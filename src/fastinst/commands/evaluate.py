@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--results", help="COCO results json (list of {image_id, category_id, segmentation, score})")
-    src.add_argument("--model", help="variant name, alias or YAML config to run (needs --weights)")
+    src.add_argument("--model", help="variant name, alias or YAML config to run (needs --weights or --onnx)")
     p.add_argument("--weights", help="checkpoint file for --model")
     p.add_argument(
         "--data",
@@ -42,6 +42,14 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "openvino"],
+        help="run --model/--weights in PyTorch (default), an exported --onnx file in onnxruntime, or OpenVINO (an "
+        "--onnx file, ONNX or IR .xml; else --weights, exported once into the cache)",
+    )
+    p.add_argument("--onnx", help="exported file (`fastinst export`) for --backend onnxruntime / openvino")
     add_device(p)
     add_dtype(
         p,
@@ -61,21 +69,26 @@ def add_parser(sub) -> None:
 def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list[int], list[int], dict]:
     """Run `--model`/`--weights` over the split (this rank's share); -> (COCO results, image ids) of all ranks, the
     category ids to score (the classes model and split share) and what ran (`run_info`)."""
+    import torch
+
     from ..classes import match_model
     from ..engine import distributed as dist_utils
     from ..engine.evaluator import predict_dataset as run_over
     from ..engine.evaluator import warn_crowded_images
     from ..engine.predictor import Predictor, describe_run, run_info
     from ..errors import note
-    from ..factory import load_model, resolve_device
+    from ..factory import load_backend, load_model, resolve_device
 
-    if not args.weights:
+    if not args.weights and not args.onnx:
         raise FastInstError("--model needs --weights PATH (a checkpoint file) or --weights official")
-    device = resolve_device(args.device)
+    device = resolve_device("cpu" if args.backend != "torch" else args.device)
     _rank, world, local = dist_utils.init_distributed(device.type)
     if device.type == "cuda" and world > 1:
         device = resolve_device(f"cuda:{local}")
-    model = load_model(args.model, args.weights, device)
+    if args.backend == "torch" and not args.onnx:
+        model = load_model(args.model, args.weights, device)
+    else:  # an exported network: its runtime's detect, in its precision (OpenVINO: --dtype)
+        model = load_backend(args.backend, args.model, args.weights, device, None, args.dtype, args.onnx)
     match = match_model(model, dataset, source=args.weights)  # the classes fit the split, before any image is run
     for line in match.notes(dataset.name):
         note(line)
@@ -85,8 +98,8 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
         ids = [r["image_id"] for r in dataset.records[: args.max_images]] if args.max_images else None
         warn_crowded_images(dataset.coco, ids, queries, f"the model's {queries} queries")
     runner: Any = model  # fp32: the official network; else `fastinst predict`'s fast path in that precision
-    info = run_info(model, "fp32", "")
-    if args.dtype != "fp32":
+    info = run_info(model, str(getattr(model, "dtype", "fp32")), str(getattr(model, "dtype_reason", "")))
+    if args.dtype != "fp32" and isinstance(model, torch.nn.Module):
         runner = Predictor(model, dtype=args.dtype)  # the same `detect`, its precision
         info = runner.run_info
     print(f"eval: {describe_run(info)}", flush=True)

@@ -109,10 +109,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "onnxruntime"],
-        help="run the PyTorch model or an exported ONNX file (--onnx)",
+        choices=["torch", "onnxruntime", "openvino"],
+        help="run the PyTorch model, an exported ONNX file (--onnx) in onnxruntime, or OpenVINO (an --onnx file: "
+        "ONNX or IR .xml; else --weights, exported once into the cache)",
     )
-    p.add_argument("--onnx", help="ONNX file for --backend onnxruntime (from `fastinst export`)")
+    p.add_argument("--onnx", help="exported file (`fastinst export`): ONNX, or an OpenVINO IR .xml for openvino")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -126,17 +127,12 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     With `dataset` (from `--data`) and no `--classes` the model's classes map to the dataset's category ids exactly
     as `fastinst eval --model` maps them (`fastinst.classes`: by name when both sides have names)."""
     from ..engine.predictor import Predictor
+    from ..factory import load_backend
 
-    if args.onnx and args.backend == "torch":
-        args.backend = "onnxruntime"  # an ONNX file can only run there
-    if args.backend == "torch":
-        from ..factory import load_model
-
-        if args.weights is None:
-            raise FastInstError("pass --weights PATH (a checkpoint) or --weights official (download the release)")
-        model = load_model(args.model, args.weights, args.device, args.classes)
-    else:
-        model = _onnx_model(args)
+    if args.backend == "torch" and args.weights is None and not args.onnx:
+        raise FastInstError("pass --weights PATH (a checkpoint) or --weights official (download the release)")
+    # an --onnx file alone picks its runtime by suffix (.onnx: onnxruntime, .xml: OpenVINO)
+    model = load_backend(args.backend, args.model, args.weights, args.device, args.classes, args.dtype, args.onnx)
     if dataset is not None and not args.classes:
         from ..classes import match_model
         from ..errors import note
@@ -162,23 +158,6 @@ def run_record(predictor) -> dict:
         if c is not None
     ]
     return {"run": dict(predictor.run_info, fastinst=__version__), "classes": classes}
-
-
-def _onnx_model(args: argparse.Namespace):
-    if not args.onnx:
-        raise FastInstError("--backend onnxruntime needs --onnx FILE (made by `fastinst export`)")
-    try:
-        from ..export import OnnxModel
-    except ImportError as e:
-        raise FastInstError(f"the onnxruntime backend is unavailable ({e}); pip install 'fastinst[onnx]'") from None
-    model = OnnxModel(args.onnx)  # files from `fastinst export` carry their config and class names
-    if args.classes:
-        from ..factory import assign_classes, parse_classes
-
-        names, ids = parse_classes(args.classes)
-        if names is not None:
-            assign_classes(model, names, ids, str(args.classes), str(args.onnx))
-    return model
 
 
 def _identity(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -95,6 +95,7 @@ class App:
         choices: list[Choice],
         device: str = "auto",
         dtype: str = "auto",
+        backend: str = "torch",
         score_threshold: float = 0.3,
         max_upload: int = DEFAULT_MAX_UPLOAD,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -106,7 +107,7 @@ class App:
         if not choices:
             raise FastInstError("fastinst app: no model to serve; pass --model NAME and --weights PATH|official")
         self.choices = choices
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.backend = device, dtype, backend
         self.score_threshold = score_threshold
         self.max_upload, self.max_pixels = max_upload, max_pixels
         self.cache_size, self.keep_results = max(1, cache_size), max(1, keep_results)
@@ -126,7 +127,7 @@ class App:
         if index in self.models:
             self.models.move_to_end(index)
             return self.models[index]
-        from ..factory import load_model
+        from ..factory import load_backend
         from .predictor import Predictor
 
         choice = self.choices[index]
@@ -135,7 +136,7 @@ class App:
             gc.collect()
             _empty_device_cache()
         self.log(f"loading {choice.label}")
-        model = load_model(choice.model, choice.weights, self.device)
+        model = load_backend(self.backend, choice.model, choice.weights, self.device, dtype=self.dtype)
         self.models[index] = Predictor(model, dtype=self.dtype)
         self.log(f"loaded {choice.label}: {self.models[index].describe()}")
         return self.models[index]

@@ -206,9 +206,9 @@ class Predictor:
             self.dtype = inference_dtype(dtype, device)
             self.dtype_reason = dtype_reason(dtype, device)
             model = optimize_for_inference(model, channels_last=True, dtype=DTYPES[self.dtype])
-        else:
-            self.dtype = "fp32"  # an exported model runs as it was exported
-            self.dtype_reason = "exported" if dtype in ("auto", "fp32") else f"exported; --dtype {dtype} not applied"
+        else:  # an exported model runs in its runtime's precision (onnxruntime: fp32 as exported; OpenVINO: its own)
+            self.dtype = str(getattr(model, "dtype", "fp32"))
+            self.dtype_reason = str(getattr(model, "dtype_reason", "exported"))
         self.model: Any = model
 
     @property
