@@ -1,6 +1,7 @@
 """Real-time goals of the D1-R50 user path as ratios to compute floors timed in the same run (issue #16).
 
-    .venv/bin/python benchmarks/realtime.py [--threads 2] [--iters 5] [--json benchmarks/results/realtime.json]
+    .venv/bin/python benchmarks/realtime.py [--threads 2] [--iters 5] [--backends torch,openvino,onnxruntime]
+        [--json benchmarks/results/realtime.json]
 
 The user path is `fastinst.load(...).predict(photo)`: a decoded RGB photo (default 1080x810, the parity fixture's
 photo upscaled) -> the official test resize -> normalise + pad -> network -> instances scoring >= 0.3 with boolean
@@ -10,8 +11,9 @@ weights (spread class scores, so that instances pass 0.3 as with trained weights
 Printed, every time from this run only:
 * the fp32 and bf16 matmul rates (2048^2, before and after the models; the higher of the two) and the floors
   2 x MACs / rate of the network at the resized size;
-* per precision (the default "auto" and each of fp32 / bf16): user path ms, network ms, instances kept, and the user
-  path as a fraction of the fp32 and of the bf16 floor;
+* per backend and precision (the default "auto" and each of fp32 / bf16; onnxruntime in fp32 only): user path ms,
+  network ms, instances kept, the user path and the network as fractions of the fp32 and bf16 floors, and the
+  instances matched to fp32 PyTorch's (same class, mask IoU >= 0.9);
 * "official order": the unfused fp32 network and the official post-processing (all 100 top-k masks upsampled to the
   padded and then the full size) in the same process: our network code standing in for the official one, whose
   FrozenBN is slower still (issue #16 measured the official code itself on an AMX machine);
@@ -81,13 +83,44 @@ def photo_of(size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(base).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
+def runtime(model, backend: str, dtype: str):
+    """The model on `backend`: the PyTorch module itself, or its export run by onnxruntime / OpenVINO."""
+    if backend == "torch":
+        return model
+    import tempfile
+
+    from fastinst.export import export_onnx
+    from fastinst.runtimes import OnnxModel, OpenVinoModel
+
+    folder = Path(tempfile.mkdtemp(prefix="fastinst-realtime-"))
+    path = export_onnx(model, folder / "model.onnx", dynamic=True)
+    if backend == "onnxruntime":
+        return OnnxModel(path, threads=torch.get_num_threads())
+    return OpenVinoModel(path, dtype=dtype)
+
+
+def matched(reference, found) -> float:
+    """The share of `reference`'s instances with one of the same class in `found` at mask IoU >= 0.9."""
+    hits = 0
+    for mask, label in zip(reference.masks, reference.labels, strict=True):
+        same = found.masks[found.labels == label]
+        if len(same):
+            inter = (same & mask).reshape(len(same), -1).sum(1)
+            union = (same | mask).reshape(len(same), -1).sum(1)
+            hits += float((inter / np.maximum(union, 1)).max()) >= 0.9
+    return hits / max(len(reference), 1)
+
+
 def network_ms(predictor, photo: np.ndarray, iters: int) -> float:
     """The network alone (normalised padded batch of the resized photo -> logits, masks) in the predictor's
-    precision."""
+    precision, on its backend."""
     from fastinst.model.preprocess import to_model_input
 
     model = predictor.model
     item = to_model_input(photo, model.cfg.input.min_size_test, model.cfg.input.max_size_test)
+    if not isinstance(model, torch.nn.Module):  # an exported runtime
+        images, _ = model._preprocess([item])
+        return median_ms(lambda: model.forward_raw(images), iters)
     with torch.inference_mode():
         images, _ = model.preprocess([item])
 
@@ -125,6 +158,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--dtypes", default="auto,fp32,bf16", help="precisions to time (comma-separated)")
+    ap.add_argument("--backends", default="torch,openvino,onnxruntime", help="backends to time (comma-separated)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -141,12 +175,26 @@ def main() -> int:
     print(f"network at {h}x{w}: {macs / 1e9:.2f} GMAC")
 
     rows = []
-    for name in dict.fromkeys(args.dtypes.split(",")):
-        predictor = Predictor(model, dtype=name)
-        user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
-        kept = len(predictor.predict_batch([photo])[0])
-        net = network_ms(predictor, photo, args.iters)
-        rows.append({"dtype": name, "runs_as": predictor.dtype, "user_ms": user, "network_ms": net, "kept": kept})
+    reference = Predictor(model, dtype="fp32").predict_batch([photo])[0]
+    for backend in dict.fromkeys(args.backends.split(",")):
+        for name in dict.fromkeys(args.dtypes.split(",")):
+            if backend == "onnxruntime" and name != "fp32":
+                continue  # onnxruntime runs the exported fp32 graph
+            predictor = Predictor(runtime(model, backend, name), dtype=name)
+            user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
+            found = predictor.predict_batch([photo])[0]
+            net = network_ms(predictor, photo, args.iters)
+            rows.append(
+                {
+                    "backend": backend,
+                    "dtype": name,
+                    "runs_as": predictor.dtype,
+                    "user_ms": user,
+                    "network_ms": net,
+                    "kept": len(found),
+                    "matched": matched(reference, found),
+                }
+            )
 
     # the official order: unfused fp32 network, all 100 top-k masks upsampled to the padded and then the full size
     def official():
@@ -188,19 +236,26 @@ def main() -> int:
     print(f"matmul GFLOP/s: fp32 {rate['fp32']:.0f}, bf16 {rate['bf16']:.0f} (before/after: {rates})")
     print(f"floors: fp32 {floor['fp32']:.0f} ms, bf16 {floor['bf16']:.0f} ms")
     print()
-    print("| dtype | runs as | user path ms | network ms | kept | of fp32 floor | of bf16 floor |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | dtype | runs as | user path ms | network ms | kept | matched fp32 | user / fp32 floor "
+        "| network / fp32 floor | network / bf16 floor | vs official order |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         r["of_fp32_floor"] = floor["fp32"] / r["user_ms"]
         r["of_bf16_floor"] = floor["bf16"] / r["user_ms"]
+        r["network_of_fp32_floor"] = floor["fp32"] / r["network_ms"]
+        r["network_of_bf16_floor"] = floor["bf16"] / r["network_ms"]
+        r["vs_official_order"] = official_ms / r["user_ms"]
         print(
-            f"| {r['dtype']} | {r['runs_as']} | {r['user_ms']:.0f} | {r['network_ms']:.0f} | {r['kept']} "
-            f"| {r['of_fp32_floor']:.0%} | {r['of_bf16_floor']:.0%} |"
+            f"| {r['backend']} | {r['dtype']} | {r['runs_as']} | {r['user_ms']:.0f} | {r['network_ms']:.0f} "
+            f"| {r['kept']} | {r['matched']:.0%} | {r['of_fp32_floor']:.0%} | {r['network_of_fp32_floor']:.0%} "
+            f"| {r['network_of_bf16_floor']:.0%} | {r['vs_official_order']:.2f}x |"
         )
     auto = rows[0]
     print(
-        f"| official order (fp32, unfused, 100 masks) | fp32 | {official_ms:.0f} | | | "
-        f"{floor['fp32'] / official_ms:.0%} | {floor['bf16'] / official_ms:.0%} |"
+        f"| official order (fp32, unfused, 100 masks) | fp32 | fp32 | {official_ms:.0f} | | | | "
+        f"{floor['fp32'] / official_ms:.0%} | | | 1.00x |"
     )
     print(f"\n{auto['dtype']} path vs the official order: {official_ms / auto['user_ms']:.2f}x faster")
     print(

@@ -28,12 +28,12 @@ from fastinst.export import (
     ExportAdaptiveAvgPool2d,
     ExportDeformConv,
     OnnxModel,
-    _pad_batch,
     export_onnx,
     verify_onnx,
 )
 from fastinst.model.backbone import DeformConv
 from fastinst.model.fastinst import FastInst
+from fastinst.runtimes import pad_batch
 
 SIZE = (128, 160)
 
@@ -191,9 +191,9 @@ def test_one_preprocessing_for_pytorch_and_onnx(demo):
     for i, (h, w) in enumerate(shapes):
         assert torch.equal(images[i, :, :h, :w], (batch[i]["image"].float() - mean) / std)
         assert not images[i, :, h:].any() and not images[i, :, :, w:].any()
-    ours, ours_sizes = _pad_batch(model.cfg, batch)
+    ours, ours_sizes = pad_batch(model.cfg, batch)
     assert torch.equal(ours, images) and ours_sizes == sizes
-    fixed, _ = _pad_batch(model.cfg, batch, (96, 160))  # a fixed-size file's input: more zeros, same pixels
+    fixed, _ = pad_batch(model.cfg, batch, (96, 160))  # a fixed-size file's input: more zeros, same pixels
     assert fixed.shape == (2, 3, 96, 160) and torch.equal(fixed[..., :64, :128], images)
     assert not fixed[..., 64:, :].any() and not fixed[..., 128:].any()
 
