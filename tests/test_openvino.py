@@ -192,3 +192,26 @@ def test_bad_files_are_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "gone.xml" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack via glibc")
+def test_compiling_leaves_the_signal_stack_as_it_was(named, tmp_path):
+    """OpenVINO's compile_model leaves the thread's alternate signal stack on memory of its own, which a later
+    signal (Python's handlers run on that stack) then hits with SIGSEGV once freed: OpenVinoModel puts it back."""
+    import ctypes
+
+    from fastinst.export import export_onnx
+    from fastinst.runtimes import _StackT
+
+    libc = ctypes.CDLL(None)
+    libc.sigaltstack.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+
+    def current() -> tuple[int, int]:
+        s = _StackT()
+        libc.sigaltstack(None, ctypes.byref(s))
+        return int(s.ss_sp or 0), int(s.ss_size)
+
+    before = current()
+    ov = OpenVinoModel(export_onnx(named[0], tmp_path / "two.onnx"), dtype="fp32")
+    ov.detect([np.zeros((64, 80, 3), np.uint8)])
+    assert current() == before

@@ -24,7 +24,7 @@ from fastinst.config import VARIANTS
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = {"torch", "torchvision", "numpy", "pillow", "scipy", "pycocotools", "pyyaml", "tqdm"}
-EXTRAS = {"video", "onnx", "tensorboard", "plots", "test", "dev", "all"}
+EXTRAS = {"video", "onnx", "openvino", "tensorboard", "plots", "test", "dev", "all"}
 
 
 def _pip(*args: str, cwd: Path) -> None:

@@ -19,10 +19,14 @@ Exporting is in `fastinst.export`; nothing here writes a model except `from_torc
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import hashlib
 import json
+import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +259,41 @@ def _ov_meta(model: Any) -> dict[str, str]:
     return meta
 
 
+@contextlib.contextmanager
+def _keeping_signal_stack() -> Iterator[None]:
+    """Around OpenVINO's `compile_model`: the calling thread's alternate signal stack is put back as it was.
+
+    OpenVINO 2026.4's CPU plugin leaves the thread's `sigaltstack` pointing at a small stack of its own after compiling
+    (seen on Linux x86-64); once that memory is released, the next signal whose handler runs on the alternate stack
+    (Python's handlers do, and faulthandler's) kills the process with SIGSEGV. Linux/glibc only; elsewhere a no-op."""
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    before = _StackT()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.sigaltstack.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
 class OpenVinoModel(ExportedModel):
     """An OpenVINO IR (`.xml`) or ONNX file from `fastinst export`, compiled by OpenVINO for the CPU.
 
@@ -308,7 +347,8 @@ class OpenVinoModel(ExportedModel):
             "PERFORMANCE_HINT": "LATENCY",
         }
         try:
-            compiled = self.core.compile_model(network, "CPU", config)
+            with _keeping_signal_stack():
+                compiled = self.core.compile_model(network, "CPU", config)
         except _ov_errors() as e:
             reason = str(e).strip().splitlines()[0][:200]
             raise FastInstError(f"{self.path}: OpenVINO cannot compile it ({reason})") from None
@@ -319,7 +359,8 @@ class OpenVinoModel(ExportedModel):
 
     def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         array = images.float().contiguous().numpy()
-        out = self.compiled(tuple(array.shape))({0: array})
+        # copies in and out: OpenVINO keeps no pointer into memory Python frees (its zero-copy input would)
+        out = self.compiled(tuple(array.shape))({0: array}, share_inputs=False, share_outputs=False)
         logits, masks = (np.asarray(out[i]) for i in (0, 1))
         return torch.from_numpy(logits.astype(np.float32, copy=False)), torch.from_numpy(masks.astype(np.float32))
 
