@@ -101,14 +101,9 @@ def runtime(model, backend: str, dtype: str):
 
 def matched(reference, found) -> float:
     """The share of `reference`'s instances with one of the same class in `found` at mask IoU >= 0.9."""
-    hits = 0
-    for mask, label in zip(reference.masks, reference.labels, strict=True):
-        same = found.masks[found.labels == label]
-        if len(same):
-            inter = (same & mask).reshape(len(same), -1).sum(1)
-            union = (same | mask).reshape(len(same), -1).sum(1)
-            hits += float((inter / np.maximum(union, 1)).max()) >= 0.9
-    return hits / max(len(reference), 1)
+    from fastinst.engine.predictor import found_again
+
+    return found_again(reference, found) / max(len(reference), 1)
 
 
 def network_ms(predictor, photo: np.ndarray, iters: int) -> float:

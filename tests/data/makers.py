@@ -186,3 +186,19 @@ def check_against(ds, expected: dict) -> None:
             for a, m in zip(r["annotations"], decoded(r), strict=True)
         ]
         assert sorted(map(_instance_key, got)) == sorted(map(_instance_key, want)), r["file_name"]
+
+
+def write_labelme(path: Path, shapes: list, image_path: str, image_data: str | None = None, h=H, w=W) -> Path:
+    """A labelme 5.x json (`shapes` as labelme writes them) at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "version": "5.5.0",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": image_data,
+        "imageHeight": h,
+        "imageWidth": w,
+    }
+    path.write_text(json.dumps(data, indent=2))
+    return path

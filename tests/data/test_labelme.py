@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from fastinst.data.labelme import load_labelme, read_labelme, write_embedded_ima
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from makers import H, W, box_mask, box_polygon, decoded, polygon_mask, write_image
+from makers import H, W, box_mask, box_polygon, decoded, polygon_mask, write_image, write_labelme
 
 # the mask of the `mask` shape: 7 rows x 6 columns, pasted with its top-left pixel at (x=5, y=20)
 SMALL_MASK = np.array(
@@ -55,21 +54,6 @@ def shape(label, points, shape_type="polygon", group_id=None, mask=None) -> dict
 
 def corners(poly: list[float]) -> list[tuple[float, float]]:
     return list(zip(poly[0::2], poly[1::2], strict=True))
-
-
-def write_labelme(path: Path, shapes: list, image_path: str, image_data: str | None = None, h=H, w=W) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "version": "5.5.0",
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_path,
-        "imageData": image_data,
-        "imageHeight": h,
-        "imageWidth": w,
-    }
-    path.write_text(json.dumps(data, indent=2))
-    return path
 
 
 def placed(small: np.ndarray, x0: int, y0: int) -> np.ndarray:

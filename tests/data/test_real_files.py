@@ -25,7 +25,7 @@ from fastinst.data.labelme import read_labelme, write_embedded_images
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from makers import box_polygon, decoded, polygon_mask, write_image
+from makers import box_polygon, decoded, polygon_mask, write_image, write_labelme
 
 # labels.txt of labelme's examples/instance_segmentation: the specials first, then the 20 VOC classes
 VOC_LABELS = [
@@ -81,20 +81,6 @@ def _labelme_shape(label: str, points: list, shape_type: str = "polygon", mask: 
     return out
 
 
-def _labelme_file(path: Path, shapes: list, image_path: str, h: int, w: int, image_data: str | None = None) -> None:
-    data = {
-        "version": "5.5.0",
-        "flags": {},
-        "shapes": shapes,
-        "imagePath": image_path,
-        "imageData": image_data,
-        "imageHeight": h,
-        "imageWidth": w,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
-
-
 def _corners(poly: list[float]) -> list[tuple[float, float]]:
     return list(zip(poly[0::2], poly[1::2], strict=True))
 
@@ -117,7 +103,7 @@ def _voc_example(tmp_path: Path) -> Path:
     for n, (stem, objects) in enumerate(files.items()):
         write_image(data / f"{stem}.jpg", seed=n)
         shapes = [_labelme_shape(label, _corners(box_polygon(*box))) for label, box in objects]
-        _labelme_file(data / f"{stem}.json", shapes, f"{stem}.jpg", 32, 40)
+        write_labelme(data / f"{stem}.json", shapes, f"{stem}.jpg", h=32, w=40)
     return data
 
 
@@ -271,7 +257,7 @@ def test_labelme_embedded_png_with_mask_and_rectangle_shapes_as_one_json(tmp_pat
     ]
     path = tmp_path / "lm" / "shot.json"
     image_data = base64.b64encode(_png_bytes(picture)).decode("ascii")
-    _labelme_file(path, shapes, "../photos/shot.png", 32, 40, image_data)
+    write_labelme(path, shapes, "../photos/shot.png", image_data, h=32, w=40)
     (record,) = load_dataset(path).records
     assert Path(record["file_name"]).name == "shot.png" and Path(record["file_name"]).is_relative_to(cache)
     assert np.array_equal(read_image(record["file_name"]), picture)
@@ -534,7 +520,7 @@ def test_broken_labelme_mask_names_the_file_and_the_shape(tmp_path, damage, reas
         _labelme_shape("dog", _corners(box_polygon(2, 2, 9, 9))),
         _labelme_shape("cat", [(10, 10), (17, 17)], "mask", mask=mask),
     ]
-    _labelme_file(folder / "a.json", shapes, "a.jpg", 32, 40)
+    write_labelme(folder / "a.json", shapes, "a.jpg", h=32, w=40)
     with pytest.raises(DatasetError) as e:
         load_dataset(folder)
     msg = str(e.value)
@@ -554,7 +540,7 @@ def test_broken_labelme_mask_names_the_file_and_the_shape(tmp_path, damage, reas
 def test_broken_labelme_image_data_names_the_file(tmp_path, data, reason):
     folder = tmp_path / "lm"
     shapes = [_labelme_shape("dog", _corners(box_polygon(2, 2, 9, 9)))]
-    _labelme_file(folder / "a.json", shapes, "gone.jpg", 32, 40, image_data=base64.b64encode(data).decode("ascii"))
+    write_labelme(folder / "a.json", shapes, "gone.jpg", base64.b64encode(data).decode("ascii"), h=32, w=40)
     with pytest.raises(DatasetError) as e:
         read_labelme(folder, embedded_dir=tmp_path / "out")
     msg = str(e.value)

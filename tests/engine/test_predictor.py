@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import COMPACT_FIXTURE
-from fastinst.engine.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, Results, masks_to_boxes
+from fastinst.engine.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, Results, found_again, masks_to_boxes
 from fastinst.errors import FastInstError
 from fastinst.factory import load_model, parse_classes
 
@@ -91,20 +91,8 @@ def test_bf16_instances_agree_with_fp32_on_a_photo():
     fast = Predictor(model, dtype="bf16").predict(photo)[0]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert len(exact) >= 10  # the fixture weights spread their class scores: a real test
-    matched = _matched(exact, fast)
+    matched = found_again(exact, fast)
     assert matched >= 0.9 * len(exact), f"{matched} of {len(exact)}"
-
-
-def _matched(exact: Results, fast: Results) -> int:
-    """How many of `exact`'s instances have one of the same class in `fast` with mask IoU >= 0.9."""
-    matched = 0
-    for mask, label in zip(exact.masks, exact.labels, strict=True):
-        same = fast.masks[fast.labels == label]
-        if len(same):
-            inter = (same & mask).reshape(len(same), -1).sum(1)
-            union = (same | mask).reshape(len(same), -1).sum(1)
-            matched += float((inter / np.maximum(union, 1)).max()) >= 0.9
-    return matched
 
 
 @pytest.mark.parametrize("amx", [True, False], ids=["amx", "no_amx"])
@@ -127,7 +115,7 @@ def test_auto_precision_on_every_cpu_kind(monkeypatch, amx):
     got = auto.predict(photo)[0]
     assert len(exact) >= 10
     if amx:
-        assert _matched(exact, got) >= 0.9 * len(exact)
+        assert found_again(exact, got) >= 0.9 * len(exact)
     else:
         _same(got, exact)
 

@@ -85,3 +85,16 @@ def add_dtype(parser: argparse.ArgumentParser, default: str, help: str) -> None:
 def add_size(parser, help: str) -> None:
     """`--size H W`, two positive integers; `parser` may be a mutually exclusive group."""
     parser.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), help=help)
+
+
+def add_backend(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--backend torch|onnxruntime|openvino` and `--onnx FILE` (`fastinst.factory.load_backend`); `what` names the
+    PyTorch model the torch backend runs (e.g. "--model/--weights")."""
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "openvino"],
+        help=f"run {what} in PyTorch (default), an exported --onnx file in onnxruntime, or OpenVINO (an --onnx "
+        "file, ONNX or IR .xml; else the weights, exported once into the fastinst cache)",
+    )
+    parser.add_argument("--onnx", help="exported file (`fastinst export`): ONNX, or an OpenVINO IR .xml for openvino")

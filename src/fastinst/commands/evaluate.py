@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from ..errors import FastInstError
-from ._options import add_device, add_dtype, positive_int
+from ._options import add_backend, add_device, add_dtype, positive_int
 
 
 def add_parser(sub) -> None:
@@ -42,14 +42,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--split", default="val", help="dataset split (default val)")
     p.add_argument("--output", default="runs/eval", help="output folder (default runs/eval)")
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnxruntime", "openvino"],
-        help="run --model/--weights in PyTorch (default), an exported --onnx file in onnxruntime, or OpenVINO (an "
-        "--onnx file, ONNX or IR .xml; else --weights, exported once into the cache)",
-    )
-    p.add_argument("--onnx", help="exported file (`fastinst export`) for --backend onnxruntime / openvino")
+    add_backend(p, "--model/--weights")
     add_device(p)
     add_dtype(
         p,

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..engine.sources import FrameFeed, LiveSource, StopSignals, camera_source, collect_sources
 from ..errors import FastInstError
-from ._options import add_device, add_dtype, positive_int, probability
+from ._options import add_backend, add_device, add_dtype, positive_int, probability
 
 THRESHOLD_HELP = (
     "keep instances scoring at least this (default 0.3; --confidence-threshold is the official demo's name for it). "
@@ -106,14 +106,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--split", default="val", help="split of --data (default val)")
     p.add_argument("--save-json", action="store_true", help="also write predictions.json (COCO results format)")
-    p.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnxruntime", "openvino"],
-        help="run the PyTorch model, an exported ONNX file (--onnx) in onnxruntime, or OpenVINO (an --onnx file: "
-        "ONNX or IR .xml; else --weights, exported once into the cache)",
-    )
-    p.add_argument("--onnx", help="exported file (`fastinst export`): ONNX, or an OpenVINO IR .xml for openvino")
+    add_backend(p, "the --model/--weights")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

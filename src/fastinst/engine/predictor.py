@@ -137,6 +137,19 @@ class Results:
         return out
 
 
+def found_again(reference: Results, other: Results, iou: float = 0.9) -> int:
+    """How many of `reference`'s instances `other` finds again: one of the same class with mask IoU >= `iou` (how
+    a faster precision or backend is checked against fp32 PyTorch)."""
+    hits = 0
+    for mask, label in zip(reference.masks, reference.labels, strict=True):
+        same = other.masks[other.labels == label]  # (m, H, W)
+        if len(same):
+            inter = (same & mask).reshape(len(same), -1).sum(1)
+            union = (same | mask).reshape(len(same), -1).sum(1)
+            hits += float((inter / np.maximum(union, 1)).max()) >= iou
+    return hits
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------------------------------
