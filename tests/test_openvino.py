@@ -110,9 +110,9 @@ def test_auto_precision_follows_the_cpu(named, tmp_path, monkeypatch, amx):
     from fastinst.export import export_onnx
     from fastinst.model import fuse
 
-    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: amx)
+    monkeypatch.setattr(fuse, "bf16_hardware", lambda: "AMX" if amx else None)
     ov = OpenVinoModel(export_onnx(named[0], tmp_path / "two.onnx"))  # an ONNX file runs in OpenVINO too
-    assert (ov.dtype, ov.dtype_reason) == (("bf16", "auto: AMX") if amx else ("fp32", "auto: no AMX"))
+    assert (ov.dtype, ov.dtype_reason) == (("bf16", "auto: AMX") if amx else ("fp32", "auto: no bf16 hardware"))
     assert OpenVinoModel(tmp_path / "two.onnx", dtype="fp16").dtype == "bf16"  # as PyTorch on a CPU
 
 

@@ -52,7 +52,8 @@ def load(
 ):
     """A ready-to-use predictor: `fastinst.load("fastinst-d1-r50", weights="file.pth").predict(images)`.
 
-    `dtype`: "auto" (fp16 on CUDA, bf16 on CPUs with AMX, else fp32), "fp32", "bf16" or "fp16" (see `Predictor`).
+    `dtype`: "auto" (fp16 on CUDA, bf16 on CPUs with bf16 hardware: AMX, AVX512-BF16; else fp32), "fp32", "bf16"
+    or "fp16" (see `Predictor`).
     `backend`: "torch", "onnxruntime" (an `exported` ONNX file) or "openvino" (an `exported` IR / ONNX file, or the
     weights exported once into the cache); see `fastinst.factory.load_backend`."""
     from .engine.predictor import Predictor

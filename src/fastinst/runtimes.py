@@ -229,7 +229,7 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 def openvino_dtype(name: str) -> tuple[str, str]:
     """(the precision OpenVINO runs, why) for `--dtype name` on the CPU: "auto" is bf16 where the CPU has bf16
-    matrix hardware (`fastinst.model.fuse.native_bf16_cpu`), else fp32; fp16 asked for runs as bf16, as in PyTorch."""
+    matrix hardware (`fastinst.model.fuse.bf16_hardware`), else fp32; fp16 asked for runs as bf16, as in PyTorch."""
     from .model.fuse import DTYPE_CHOICES, dtype_reason, inference_dtype
 
     if name not in DTYPE_CHOICES:

@@ -237,11 +237,11 @@ def test_predict_says_what_ran(demo_weights, tmp_path, capsys, monkeypatch, amx)
     and predictions.run.json records it beside predictions.json."""
     from fastinst.model import fuse
 
-    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: amx)
+    monkeypatch.setattr(fuse, "bf16_hardware", lambda: "AMX" if amx else None)
     Image.fromarray(_image(1)).save(tmp_path / "a.png")
     args = ["predict", "--model", "fastinst-demo", "--weights", demo_weights, "--device", "cpu", "--save-json"]
     assert main([*args, "--output", str(tmp_path / "out"), str(tmp_path / "a.png")]) == 0
-    dtype, why = ("bf16", "auto: AMX") if amx else ("fp32", "auto: no AMX")
+    dtype, why = ("bf16", "auto: AMX") if amx else ("fp32", "auto: no bf16 hardware")
     assert capsys.readouterr().out.splitlines()[0] == f"predict: fastinst-demo · cpu · torch · {dtype} ({why})"
     run = json.loads((tmp_path / "out" / "predictions.run.json").read_text())["run"]
     assert (run["dtype"], run["dtype_reason"], run["backend"], run["device"]) == (dtype, why, "torch", "cpu")

@@ -103,14 +103,14 @@ def test_auto_precision_on_every_cpu_kind(monkeypatch, amx):
     from fastinst.model import fuse
     from parity.fixture import fixture_model, open_fixture
 
-    monkeypatch.setattr(fuse, "native_bf16_cpu", lambda: amx)
+    monkeypatch.setattr(fuse, "bf16_hardware", lambda: "AMX" if amx else None)
     fx = open_fixture(FIXTURE)
     model = fixture_model(fx)
     photo = fx["input.0.original"]
     auto = Predictor(model)  # the default every command and fastinst.load use
     assert auto.dtype == ("bf16" if amx else "fp32")
-    assert auto.describe().endswith(f"cpu · torch · {auto.dtype} (auto: {'AMX' if amx else 'no AMX'})")
-    assert auto.run_info["dtype_reason"] == ("auto: AMX" if amx else "auto: no AMX")
+    assert auto.describe().endswith(f"cpu · torch · {auto.dtype} (auto: {'AMX' if amx else 'no bf16 hardware'})")
+    assert auto.run_info["dtype_reason"] == ("auto: AMX" if amx else "auto: no bf16 hardware")
     exact = Predictor(model, dtype="fp32").predict(photo)[0]
     got = auto.predict(photo)[0]
     assert len(exact) >= 10

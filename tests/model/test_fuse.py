@@ -88,3 +88,20 @@ def test_cli_precisions_are_the_predictor_s():
     from fastinst.model.fuse import DTYPE_CHOICES
 
     assert PRECISIONS == DTYPE_CHOICES
+
+
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected",
+    [(True, True, ("bf16", "auto: AMX")), (False, True, ("bf16", "auto: AVX512-BF16")),
+     (False, False, ("fp32", "auto: no bf16 hardware"))],
+    ids=["amx", "zen4", "cascade_lake"],
+)  # fmt: skip
+def test_auto_on_each_cpu_kind(monkeypatch, amx, avx512_bf16, expected):
+    """Every CPU kind seen (Intel AMX, AMD Zen 4/5 with AVX512-BF16, Cascade Lake without bf16 hardware), the probe
+    forced: auto picks bf16 where bf16 is hardware (measured faster on both kinds that have it), fp32 elsewhere."""
+    import fastinst.model.fuse as fuse
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert (fuse.inference_dtype("auto", "cpu"), fuse.dtype_reason("auto", "cpu")) == expected
+    assert fuse.dtype_reason("bf16", "cpu") == "" and fuse.dtype_reason("fp16", "cpu") == "fp16 asked: CPUs run bf16"

@@ -74,7 +74,9 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PRECISION_HELP = "auto = fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp16 runs as bf16 on a CPU"
+PRECISION_HELP = (
+    "auto = fp16 on CUDA, bf16 on CPUs with bf16 hardware (AMX, AVX512-BF16), else fp32; fp16 runs as bf16 on a CPU"
+)
 
 
 def add_dtype(parser: argparse.ArgumentParser, default: str, help: str) -> None:

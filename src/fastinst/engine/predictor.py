@@ -202,8 +202,9 @@ class Predictor:
     cuDNN's faster conv layout: D1-R50 network 1151 vs 1365 ms in fp32 on a 2-core Cascade Lake), and the precision
     `dtype`:
 
-    * "auto" (default): fp16 on CUDA, bf16 on CPUs with AMX, fp32 on other CPUs (`fastinst.model.fuse.inference_dtype`
-      says why); "fp32", "bf16", "fp16" force one (fp16 runs as bf16 on a CPU). Results are float32 either way.
+    * "auto" (default): fp16 on CUDA, bf16 on CPUs with bf16 hardware (AMX, AVX512-BF16), fp32 on other CPUs
+      (`fastinst.model.fuse.inference_dtype` says why); "fp32", "bf16", "fp16" force one (fp16 runs as bf16 on a
+      CPU). Results are float32 either way.
     * bf16 / fp16: conv and linear weights cast once, autocast for the rest (norms stay fp32).
     """
 

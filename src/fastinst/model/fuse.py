@@ -33,20 +33,32 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
 DTYPE_CHOICES = ("auto", *DTYPES)
 
 
+def bf16_hardware() -> str | None:
+    """The bf16 matrix hardware of this CPU: "AMX" (Intel AMX tiles), "AVX512-BF16" (bf16 dot products: AMD Zen 4
+    and later, Intel Cooper Lake), or None (bf16 would be emulated, e.g. Cascade Lake)."""
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return None
+
+
 def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 matrix hardware (Intel AMX tiles), where bf16 convs and matmuls run several times
-    faster than fp32."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether this CPU has bf16 matrix hardware (`bf16_hardware`), where bf16 convs and matmuls run faster than
+    fp32."""
+    return bf16_hardware() is not None
 
 
 def inference_dtype(name: str, device: torch.device | str) -> str:
     """The precision the user path runs in: `name` as given, or for "auto" the fastest one measured per device.
 
     * CUDA: fp16 (tensor cores; FastInst's logits and masks are well inside fp16's range);
-    * CPU with AMX: bf16 (a bf16 matmul ~6x an fp32 one; accuracy measured in benchmarks/README.md);
-    * other CPUs: fp32, exact. Without any bf16 hardware bf16 is emulated (D1-R50 network 2.7x slower than fp32 on
-      Cascade Lake); with AVX-512-BF16 dot products but no AMX (AMD Zen 4) inference has not been measured yet, so
-      fp32 stays the default there.
+    * CPU with bf16 hardware (`bf16_hardware`): bf16. Measured on the D1-R50 user path, 2 threads: AMX ~2x faster
+      than fp32 end to end; AMD Zen 4 (AVX512-BF16) 470 vs 740 ms, 95 % of the fp32 instances found again
+      (benchmarks/README.md);
+    * other CPUs: fp32, exact. Without bf16 hardware bf16 is emulated (D1-R50 network 2.7x slower than fp32 on
+      Cascade Lake).
     fp16 asked for on a CPU runs as bf16 (CPU autocast's half type).
     """
     if name not in DTYPE_CHOICES:
@@ -63,11 +75,12 @@ def inference_dtype(name: str, device: torch.device | str) -> str:
 
 def dtype_reason(name: str, device: torch.device | str) -> str:
     """Why `inference_dtype(name, device)` picked what it did, for the line that says what ran: "auto: AMX",
-    "auto: no AMX", "auto: CUDA", "fp16 asked: CPUs run bf16", or "" for a precision asked for and run as is."""
+    "auto: AVX512-BF16", "auto: no bf16 hardware", "auto: CUDA", "fp16 asked: CPUs run bf16", or "" for a precision
+    asked for and run as is."""
     kind = torch.device(device).type
     if name == "auto":
         if kind == "cpu":
-            return "auto: AMX" if native_bf16_cpu() else "auto: no AMX"
+            return f"auto: {bf16_hardware() or 'no bf16 hardware'}"
         return f"auto: {kind.upper() if kind == 'cuda' else kind}"
     if name == "fp16" and kind == "cpu":
         return "fp16 asked: CPUs run bf16"
