@@ -98,71 +98,59 @@ def match_classes(
 ) -> ClassMatch:
     """Map each model class to a dataset category id (see the module docstring for the rule); a `DatasetError`
     naming both sides when they share no class."""
+    model_names, data_names = [str(n) for n in model_names], [str(n) for n in data_names]
     model_ids, data_ids = [int(i) for i in model_ids], [int(i) for i in data_ids]
     if has_names(model_names, model_ids) and has_names(data_names, data_ids):
-        return _by_name(list(model_names), model_ids, list(data_names), data_ids, data_label, model_label)
-    return _by_id(list(model_names), model_ids, list(data_names), data_ids, data_label, model_label)
-
-
-def _by_name(
-    model_names: list[str],
-    model_ids: list[int],
-    data_names: list[str],
-    data_ids: list[int],
-    data_label: str,
-    model_label: str,
-) -> ClassMatch:
-    by_key: dict[str, int] = {}
-    for name, cid in zip(data_names, data_ids, strict=True):
-        by_key.setdefault(name_key(name), cid)  # a name listed twice: its first category
-    ids: list[int | None] = [by_key.get(name_key(n)) for n in model_names]
-    if all(i is None for i in ids):
-        raise DatasetError(
-            f"{data_label}: none of its {len(data_names)} classes ({_listed(list(data_names))}) is among "
-            f"{model_label}'s {len(model_names)} ({_listed(list(model_names))}); classes are matched by name"
-        )
+        ids, by = _ids_by_name(model_names, data_names, data_ids), "name"
+        if all(i is None for i in ids):
+            raise DatasetError(
+                f"{data_label}: none of its {len(data_names)} classes ({_listed(data_names)}) is among "
+                f"{model_label}'s {len(model_names)} ({_listed(model_names)}); classes are matched by name"
+            )
+    else:
+        found, by = _ids_by_id(model_names, model_ids, data_ids)
+        if found is None:
+            raise DatasetError(
+                f"{model_label}: the model has {len(model_names)} classes (category ids {model_ids[:5]}...), "
+                f"{data_label} has {len(data_ids)} ({data_ids[:5]}...), and one side has no class names to match "
+                "them by"
+            )
+        ids = found
     used = set(ids)
-    own = model_ids if len(model_ids) == len(model_names) else [None] * len(model_names)
+    # a model's stored ids: one per class, or none to compare with
+    own: list[int | None] = list(model_ids) if len(model_ids) == len(model_names) else [None] * len(model_names)
     return ClassMatch(
         ids=ids,
-        by="name",
-        model_only=[str(n) for n, i in zip(model_names, ids, strict=True) if i is None],
-        data_only=[str(n) for n, c in zip(data_names, data_ids, strict=True) if c not in used],
+        by=by,
+        model_only=[n for n, i in zip(model_names, ids, strict=True) if i is None],
+        data_only=[n for n, c in zip(data_names, data_ids, strict=True) if c not in used],
         renumbered=[
-            (str(n), int(old), int(new))
+            (n, old, new)
             for n, old, new in zip(model_names, own, ids, strict=True)
-            if new is not None and old is not None and old != new
+            if by == "name" and new is not None and old is not None and old != new
         ],
     )
 
 
-def _by_id(
-    model_names: list[str],
-    model_ids: list[int],
-    data_names: list[str],
-    data_ids: list[int],
-    data_label: str,
-    model_label: str,
-) -> ClassMatch:
-    n = len(model_names)
+def _ids_by_name(model_names: list[str], data_names: list[str], data_ids: list[int]) -> list[int | None]:
+    """Per model class, the id of the dataset category with the same `name_key` (a name listed twice: its first)."""
+    by_key: dict[str, int] = {}
+    for name, cid in zip(data_names, data_ids, strict=True):
+        by_key.setdefault(name_key(name), cid)
+    return [by_key.get(name_key(n)) for n in model_names]
+
+
+def _ids_by_id(
+    model_names: list[str], model_ids: list[int], data_ids: list[int]
+) -> tuple[list[int | None] | None, str]:
+    """Per model class, its stored id when one side's ids hold the other's ("id"), else the dataset's k-th id when the
+    counts agree ("order"); (None, "") when neither applies."""
     own, known = set(model_ids), set(data_ids)
-    if len(model_ids) == n and own and (own <= known or known <= own):
-        ids: list[int | None] = [c if c in known else None for c in model_ids]
-        by = "id"
-    elif n == len(data_ids):
-        ids, by = list(data_ids), "order"
-    else:
-        raise DatasetError(
-            f"{model_label}: the model has {n} classes (category ids {model_ids[:5]}...), {data_label} has "
-            f"{len(data_ids)} ({data_ids[:5]}...), and one side has no class names to match them by"
-        )
-    used = set(ids)
-    return ClassMatch(
-        ids=ids,
-        by=by,
-        model_only=[str(nm) for nm, i in zip(model_names, ids, strict=True) if i is None],
-        data_only=[str(nm) for nm, c in zip(data_names, data_ids, strict=True) if c not in used],
-    )
+    if len(model_ids) == len(model_names) and own and (own <= known or known <= own):
+        return [c if c in known else None for c in model_ids], "id"
+    if len(model_names) == len(data_ids):
+        return list(data_ids), "order"
+    return None, ""
 
 
 def match_model(model: Any, dataset: Any, source: str | None = None) -> ClassMatch:

@@ -385,14 +385,12 @@ def export_openvino(
     opset: int = DYNAMO_OPSET,
 ) -> Path:
     """Write `model` as an OpenVINO IR: `path` (.xml, the graph) and the .bin beside it (fp32 weights), the same
-    graph and metadata as `export_onnx` (converted by `openvino.convert_model`; the metadata under rt_info
-    `fastinst`). Both files appear only once complete. Returns the .xml path."""
+    graph and metadata as `export_onnx` (converted by `openvino.convert_model`, which keeps the ONNX metadata under
+    rt_info `framework`). Both files appear only once complete. Returns the .xml path."""
     try:
         import openvino as ov
     except ImportError as e:
         raise FastInstError(f"OpenVINO export is unavailable ({e}); pip install 'fastinst[openvino]'") from None
-    import onnx
-
     path = Path(path)
     if path.suffix.lower() != ".xml":
         raise FastInstError(f"{path}: an OpenVINO IR is written as NAME.xml (+ NAME.bin)")
@@ -400,11 +398,8 @@ def export_openvino(
     scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
         onnx_file = export_onnx(model, scratch / "model.onnx", size=size, dynamic=dynamic, opset=opset)
-        meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
         with _quiet_exporter():
             network = ov.convert_model(str(onnx_file))
-        for key, value in meta.items():
-            network.set_rt_info(value, ["fastinst", key])
         ov.save_model(network, str(scratch / "model.xml"), compress_to_fp16=False)
         os.replace(scratch / "model.bin", path.with_suffix(".bin"))  # the weights first: an .xml is never alone
         os.replace(scratch / "model.xml", path)

@@ -247,16 +247,12 @@ def _ov_errors() -> tuple[type[Exception], ...]:
 
 
 def _ov_meta(model: Any) -> dict[str, str]:
-    """The `fastinst.*` metadata of an OpenVINO model: ONNX metadata arrives under rt_info `framework`, what
-    `fastinst export --format openvino` writes under `fastinst`."""
-    meta: dict[str, str] = {}
-    for section in ("framework", "fastinst"):
-        if not model.has_rt_info([section]):
-            continue
-        for key in model.get_rt_info([section]).astype(dict):
-            if str(key).startswith("fastinst.") and model.has_rt_info([section, key]):
-                meta[str(key)] = model.get_rt_info([section, key]).astype(str)
-    return meta
+    """The `fastinst.*` metadata of an OpenVINO model: the ONNX file's metadata, which OpenVINO keeps under rt_info
+    `framework` (in an IR written by `fastinst export --format openvino` too)."""
+    if not model.has_rt_info(["framework"]):
+        return {}
+    keys = [str(k) for k in model.get_rt_info(["framework"]).astype(dict)]
+    return {k: model.get_rt_info(["framework", k]).astype(str) for k in keys if k.startswith("fastinst.")}
 
 
 @contextlib.contextmanager

@@ -137,39 +137,26 @@ def _torch_backend(model, args, device, autocast):
     return network, pipeline
 
 
-def _onnx_backend(model, args, size, workdir: Path):
-    import torch
-
-    from ..export import INPUT, OnnxModel, export_onnx
-
-    path = export_onnx(model, workdir / "model.onnx", size=size, dynamic=args.batch_size > 1)
-    onnx_model = OnnxModel(path, model.cfg, threads=args.threads or None)
-
-    def network(images):
-        return onnx_model.session.run(None, {INPUT: images.numpy()})
-
-    def pipeline(arrays):
-        batch = [{"image": torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))} for a in arrays]
-        return [{k: v.numpy() for k, v in o.items()} for o in onnx_model(batch)]
-
-    return network, pipeline
-
-
-def _openvino_backend(model, args, size, workdir: Path):
+def _exported_backend(model, args, size, workdir: Path):
+    """The model exported to ONNX in `workdir`, run by onnxruntime or OpenVINO (`fastinst.runtimes`)."""
     import torch
 
     from ..export import export_onnx
-    from ..runtimes import OpenVinoModel
+    from ..runtimes import OnnxModel, OpenVinoModel
 
     path = export_onnx(model, workdir / "model.onnx", size=size, dynamic=args.batch_size > 1)
-    ov_model = OpenVinoModel(path, model.cfg, dtype=args.dtype, threads=args.threads or None)
+    threads = args.threads or None
+    if args.backend == "onnxruntime":
+        runtime: OnnxModel | OpenVinoModel = OnnxModel(path, model.cfg, threads=threads)
+    else:
+        runtime = OpenVinoModel(path, model.cfg, dtype=args.dtype, threads=threads)
 
     def network(images):
-        return ov_model.forward_raw(images)
+        return runtime.forward_raw(images)
 
     def pipeline(arrays):
         batch = [{"image": torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))} for a in arrays]
-        return [{k: v.numpy() for k, v in o.items()} for o in ov_model(batch)]
+        return [{k: v.numpy() for k, v in o.items()} for o in runtime(batch)]
 
     return network, pipeline
 
@@ -226,8 +213,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exported:
-            make = _onnx_backend if args.backend == "onnxruntime" else _openvino_backend
-            network, pipeline = make(model, args, size, Path(tmp))
+            network, pipeline = _exported_backend(model, args, size, Path(tmp))
             images = torch.zeros(args.batch_size, 3, *size)
         else:
             network, pipeline = _torch_backend(model, args, device, autocast)

@@ -70,7 +70,7 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     from ..engine.evaluator import warn_crowded_images
     from ..engine.predictor import Predictor, describe_run, run_info
     from ..errors import note
-    from ..factory import load_backend, load_model, resolve_device
+    from ..factory import load_backend, resolve_device
 
     if not args.weights and not args.onnx:
         raise FastInstError("--model needs --weights PATH (a checkpoint file) or --weights official")
@@ -78,11 +78,10 @@ def predict_dataset(args: argparse.Namespace, dataset) -> tuple[list[dict], list
     _rank, world, local = dist_utils.init_distributed(device.type)
     if device.type == "cuda" and world > 1:
         device = resolve_device(f"cuda:{local}")
-    if args.backend == "torch" and not args.onnx:
-        model = load_model(args.model, args.weights, device)
-    else:  # an exported network: its runtime's detect, in its precision (OpenVINO: --dtype)
-        model = load_backend(args.backend, args.model, args.weights, device, None, args.dtype, args.onnx)
-    match = match_model(model, dataset, source=args.weights)  # the classes fit the split, before any image is run
+    # torch: the PyTorch model; an exported network: its runtime's detect, in its precision (OpenVINO: --dtype)
+    model = load_backend(args.backend, args.model, args.weights, device, None, args.dtype, args.onnx)
+    # the classes fit the split, before any image is run
+    match = match_model(model, dataset, source=args.weights or args.onnx)
     for line in match.notes(dataset.name):
         note(line)
     cfg = getattr(model, "cfg", None)

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     output = check_output(args.output or f"{cfg.name}.{'xml' if openvino else 'onnx'}", kind="file")
     if openvino and output.suffix.lower() != ".xml":
         raise FastInstError(f"{output}: an OpenVINO IR is written as NAME.xml (+ NAME.bin beside it)")
-    existing = [p for p in ([output, output.with_suffix(".bin")] if openvino else [output]) if p.exists()]
+    written = [output, output.with_suffix(".bin")] if openvino else [output]
+    existing = [p for p in written if p.exists()]
     if existing and not args.overwrite:  # before the export (the default name is known once loaded)
         raise FastInstError(f"{existing[0]}: already exists; pass --overwrite to replace it, or another --output")
     size = (int(args.size[0]), int(args.size[1])) if args.size else None
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {output} (failed the parity check)")
             raise
     kind = "dynamic" if args.dynamic else "x".join(map(str, args.size or default_size(cfg)))
-    megabytes = sum(p.stat().st_size for p in ([output, output.with_suffix(".bin")] if openvino else [output])) / 1e6
+    megabytes = sum(p.stat().st_size for p in written) / 1e6
     print(f"wrote {output} ({kind}, opset {args.opset}, {megabytes:.1f} MB)")
     print(f"{'OpenVINO (fp32)' if openvino else 'onnxruntime'} vs PyTorch: max abs diff {diff:.3g}")
     return 0

@@ -147,12 +147,11 @@ def predict_dataset(
     """
     from tqdm import tqdm
 
+    from ..classes import match_model
     from ..data.loader import build_test_loader
     from . import distributed as dist_utils
 
     records = dataset.records[:max_images] if max_images else dataset.records
-    from ..classes import match_model
-
     ids = category_ids if category_ids is not None else match_model(model, dataset).ids
     evaluator = COCOEvaluator(dataset.coco, ids)
     mine = records[dist_utils.rank() :: dist_utils.world_size()]
