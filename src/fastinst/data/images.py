@@ -22,11 +22,13 @@ Every failure raises `fastinst.errors.ImageReadError` with a one-line message na
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import struct
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,36 +171,41 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ex
         raise ImageReadError(f"{p}: cannot open image ({_one_line(e)})") from None
     with img:
         wide = _sixteen_bit_colour(img)  # read before load(), which empties the tiles
-        low_file = None
-        try:
-            try:
-                img.load()
-                if wide is not None:
-                    low_file = _low_bytes(p, max_pixels, wide)
-            except MemoryError:
-                raise ImageReadError(f"{p}: image too large to decode in memory") from None
-            except PIL_ERRORS as e:  # OSError "truncated", SyntaxError "broken PNG", ...
-                raise ImageReadError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
-            low = low_file
-            if exif:
-                try:
-                    turned = ImageOps.exif_transpose(img) or img
-                    low = (ImageOps.exif_transpose(low) or low) if low is not None else None
-                    img = turned
-                except PIL_ERRORS:  # a broken EXIF block should not lose the picture
-                    low = low_file
-            try:
-                out = _pil_to_rgb(img)
-                if low is not None:  # 16 bits a channel: Pillow gave the high bytes, `low` has the low ones
-                    out = used_bits_to_uint8((out.astype(np.uint16) << 8) | _pil_to_rgb(low))
-            except ValueError as e:
-                raise ImageReadError(f"{p}: {e}") from None
-        finally:
-            if low_file is not None:
-                low_file.close()
+        out = _decoded(p, img, exif)
+        if wide is not None:  # 16 bits a channel: Pillow gave the high bytes; a second decode gives the low ones
+            with _decoding(p):
+                low = _low_bytes(p, max_pixels, wide)
+            with low:
+                out = used_bits_to_uint8((out.astype(np.uint16) << 8) | _decoded(p, low, exif))
     if out.size and out.min() == out.max():  # e.g. a 16-bit file whose data is all at one value
         print(f"warning: {p}: decodes to a constant image (every pixel {int(out.flat[0])})", file=sys.stderr)
     return out
+
+
+@contextlib.contextmanager
+def _decoding(p: Path) -> Iterator[None]:
+    """Decoder failures of `p` as one-line `ImageReadError`s."""
+    try:
+        yield
+    except MemoryError:
+        raise ImageReadError(f"{p}: image too large to decode in memory") from None
+    except PIL_ERRORS as e:  # OSError "truncated", SyntaxError "broken PNG", ...
+        raise ImageReadError(f"{p}: image data is truncated or corrupt ({_one_line(e)})") from None
+
+
+def _decoded(p: Path, img: Image.Image, exif: bool) -> np.ndarray:
+    """An opened image decoded, turned upright by its EXIF orientation (when `exif`), as 8-bit RGB."""
+    with _decoding(p):
+        img.load()
+    if exif:
+        try:
+            img = ImageOps.exif_transpose(img) or img
+        except PIL_ERRORS:  # a broken EXIF block should not lose the picture
+            pass
+    try:
+        return _pil_to_rgb(img)
+    except ValueError as e:
+        raise ImageReadError(f"{p}: {e}") from None
 
 
 # Pillow decodes colour images with 16 bits a channel (TIFF, PNG) to 8-bit RGB/RGBA by keeping each value's high
@@ -222,7 +229,8 @@ def _sixteen_bit_colour(img: Image.Image) -> list[str] | None:
 
 
 def _low_bytes(path: Path, max_pixels: int | None, modes: list[str]) -> Image.Image:
-    """The image at `path` decoded a second time keeping the low byte of each 16-bit value (`_SWAPPED`), loaded."""
+    """The image at `path` decoded a second time keeping the low byte of each 16-bit value (`_SWAPPED`), loaded
+    (the caller closes it)."""
     img = _open(path, max_pixels)
     try:
         if not isinstance(img, ImageFile.ImageFile) or len(img.tile) != len(modes):
