@@ -19,7 +19,7 @@ import torch
 from fastinst.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from makers import rle, write_image
+from makers import mask_annotation, write_image
 
 H, W = 48, 64
 NAMES = ["bottle", "chair", "sofa"]
@@ -27,18 +27,11 @@ ORDERED = {"bottle": 1, "chair": 2, "sofa": 3}
 PERMUTED = {"Chair": 1, "SOFA": 2, "bottle": 3}  # the same names under other ids, listed in another order
 
 
-def _annotation(n: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
-    ys, xs = mask.nonzero()
-    box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-    return {"id": n, "image_id": image_id, "category_id": category_id, "segmentation": rle(mask), "iscrowd": 0,
-            "area": float(mask.sum()), "bbox": box}  # fmt: skip
-
-
 def _write_coco(path: Path, images: list[dict], found: dict[int, list[tuple[str, np.ndarray]]], ids: dict) -> Path:
     """A COCO json whose annotations are `found` (per image id: (class name, mask)), categories named as `ids`."""
     key = {name.lower(): cid for name, cid in ids.items()}
     pairs = [(image_id, key[name.lower()], mask) for image_id, items in found.items() for name, mask in items]
-    anns = [_annotation(n + 1, image_id, cid, mask) for n, (image_id, cid, mask) in enumerate(pairs)]
+    anns = [mask_annotation(n + 1, image_id, cid, mask) for n, (image_id, cid, mask) in enumerate(pairs)]
     path.parent.mkdir(parents=True, exist_ok=True)
     cats = [{"id": cid, "name": name} for name, cid in ids.items()]
     path.write_text(json.dumps({"images": images, "categories": cats, "annotations": anns}))
@@ -201,7 +194,7 @@ def test_a_coco_model_evaluates_on_a_coco_subset(tmp_path, capsys):
         found[i + 1] = _best_of_each_class(out, range(0, 20, 4), COCO_NAMES)
     data = _write_coco(tmp_path / "ann.json", images, found, {**subset, "unicorn": 999})
     gt = json.loads(data.read_text())
-    gt["annotations"].append(_annotation(99, 1, 999, np.ones((H, W), bool)))
+    gt["annotations"].append(mask_annotation(99, 1, 999, np.ones((H, W), bool)))
     data.write_text(json.dumps(gt))
     capsys.readouterr()
     assert main(["eval", "--model", "fastinst-demo", "--weights", str(coco80), "--data", str(data), "--device",

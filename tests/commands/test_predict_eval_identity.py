@@ -18,7 +18,7 @@ import torch
 from fastinst.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from makers import make_yolo, rle, write_image
+from makers import make_yolo, mask_annotation, write_image
 
 H, W = 48, 64
 IDS = {"a.jpg": 42, "b.jpg": 7, "c.jpg": 19}
@@ -39,24 +39,8 @@ def _dataset(root: Path, model) -> Path:
         found = model.detect([read_image(root / "val2017" / name)], score_threshold=0.0, max_detections=100)[0]
         kept = [k for k in range(len(found["scores"])) if found["masks"][k].sum() >= 20][:2]
         for k in kept:
-            mask = found["masks"][k].numpy()
-            ys, xs = mask.nonzero()
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": IDS[name],
-                    "category_id": (3, 7)[int(found["labels"][k])],
-                    "segmentation": rle(mask),
-                    "iscrowd": 0,
-                    "area": float(mask.sum()),
-                    "bbox": [
-                        float(xs.min()),
-                        float(ys.min()),
-                        float(xs.max() - xs.min() + 1),
-                        float(ys.max() - ys.min() + 1),
-                    ],
-                }
-            )
+            category = (3, 7)[int(found["labels"][k])]
+            annotations.append(mask_annotation(len(annotations) + 1, IDS[name], category, found["masks"][k].numpy()))
     data = {"images": images, "categories": [{"id": 3, "name": "dog"}, {"id": 7, "name": "cat"}]}
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data | {"annotations": annotations}))

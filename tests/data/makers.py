@@ -41,6 +41,14 @@ def rle(mask: np.ndarray) -> dict:
     return {"size": list(r["size"]), "counts": r["counts"].decode("ascii")}
 
 
+def mask_annotation(ann_id: int, image_id: int, category_id: int, mask: np.ndarray) -> dict:
+    """A non-crowd COCO annotation of a bool mask: RLE segmentation, area and the mask's XYWH box."""
+    ys, xs = mask.nonzero()
+    box = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle(mask), "iscrowd": 0,
+            "area": float(mask.sum()), "bbox": box}  # fmt: skip
+
+
 def coco_dict() -> dict:
     """Two images, categories 3 ("dog") and 7 ("cat"), polygons, one crowd RLE."""
     return {
