@@ -210,3 +210,92 @@ def test_compiling_leaves_the_signal_stack_as_it_was(named, tmp_path):
     ov = OpenVinoModel(export_onnx(named[0], tmp_path / "two.onnx"), dtype="fp32")
     ov.detect([np.zeros((64, 80, 3), np.uint8)])
     assert current() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# INT8: `fastinst export --int8 --data D`
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of 12 photos (no annotations): what a user calibrates on."""
+    folder = tmp_path_factory.mktemp("calibration")
+    for i in range(12):
+        Image.fromarray(render_sample(40 + i, "train", i, 320)[0]).save(folder / f"p{i:02d}.jpg")
+    return folder
+
+
+def test_int8_export_writes_a_quantized_ir_that_every_command_runs(named, photos, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'fastinst[openvino]')")
+    # random weights: their instances sit on knife edges, so INT8 keeps fewer of them than a trained model's (the
+    # trained demo model keeps 42 of 44); the check itself is tested below
+    monkeypatch.setattr("fastinst.commands.export.INT8_AGREEMENT", 0.3)
+    _, weights, _, base = named
+    out = tmp_path / "two-int8.xml"
+    args = ["export", "--model", "fastinst-demo", "--weights", str(weights), "--int8", "--data", str(photos)]
+    assert main([*args, "--calibration", "6", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "INT8: calibrating on 6 images of" in text and "INT8, " in text and "instances found again" in text
+    xml = out.read_text()
+    assert "FakeQuantize" in xml or 'element_type="i8"' in xml or 'element_type="u8"' in xml  # 8-bit in the file
+    fp32 = tmp_path / "two.xml"
+    assert main(["export", "--model", "fastinst-demo", "--weights", str(weights), "--format", "openvino",
+                 "--output", str(fp32)]) == 0  # fmt: skip
+    assert out.with_suffix(".bin").stat().st_size < 0.5 * fp32.with_suffix(".bin").stat().st_size
+    runtime = OpenVinoModel(out)
+    assert runtime.dtype == "int8" and "calibrated on 6 images" in runtime.dtype_reason
+    assert runtime.names == ["dog", "cat"] and runtime.size is not None
+    capsys.readouterr()
+    assert main(["predict", str(base / "photo0.png"), "--backend", "openvino", "--onnx", str(out),
+                 "--output", str(tmp_path / "pred"), "--save-json"]) == 0  # fmt: skip
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "openvino · int8 (INT8 IR calibrated on 6 images" in first
+
+
+def test_int8_check_refuses_an_ir_that_loses_the_instances(tmp_path):
+    """The export's check compares instances with PyTorch fp32: a runtime that finds none of them fails it."""
+    from fastinst.commands.export import _check_int8
+    from parity.fixture import fixture_model, open_fixture
+
+    model = fixture_model(open_fixture(COMPACT_FIXTURE))
+    photo = open_fixture(COMPACT_FIXTURE)["input.0.original"]
+
+    class Lost:  # the detect() contract, finding nothing
+        cfg, names, category_ids, dtype, dtype_reason, float_dtype = (
+            model.cfg,
+            model.names,
+            model.category_ids,
+            "int8",
+            "",
+            "fp32",
+        )
+        path = tmp_path / "lost.xml"
+
+        def detect(self, images, score_threshold=0.0, max_detections=None):
+            none = torch.zeros(0, dtype=torch.long)
+            masks = torch.zeros((0, *images[0].shape[:2]), dtype=torch.bool)
+            return [{"masks": masks, "scores": torch.zeros(0), "labels": none, "queries": none} for _ in images]
+
+    with pytest.raises(FastInstError, match=r"lost.xml: INT8 .* 0/\d+ instances found again .* under 80%"):
+        _check_int8(model, Lost(), [photo])
+    line = _check_int8(model, model, [photo])  # the model itself (bf16 on bf16 hardware): passes
+    found, total = (int(v) for v in line.split(": ")[1].split(" ")[0].split("/"))
+    assert total > 10 and found >= 0.9 * total
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--int8"], "--int8 needs --data"),
+        (["--int8", "--data", "D", "--dynamic"], "--int8 writes a fixed-size IR"),
+        (["--int8", "--data", "D", "--format", "onnx"], "--int8 writes an OpenVINO IR"),
+        (["--data", "D"], "--data is for --int8"),
+        (["--int8", "--data", "no/such/folder"], "no/such/folder"),
+    ],
+)
+def test_int8_option_mistakes_are_one_line(extra, message, tmp_path, capsys):
+    assert main(["export", "--model", "fastinst-demo", "--output", str(tmp_path / "m.xml"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not list(tmp_path.iterdir())

@@ -293,8 +293,10 @@ def _libc() -> Any:
 class OpenVinoModel(ExportedModel):
     """An OpenVINO IR (`.xml`) or ONNX file from `fastinst export`, compiled by OpenVINO for the CPU.
 
-    `dtype`: "auto", "fp32", "bf16" (or "fp16", run as bf16); `threads`: OpenVINO's `INFERENCE_NUM_THREADS` (default
-    torch's thread count, so `OMP_NUM_THREADS` / `--threads` hold for every backend)."""
+    `dtype`: "auto", "fp32", "bf16" (or "fp16", run as bf16): the precision of the layers an INT8 IR (`fastinst export
+    --int8`, whose `dtype` reads "int8") keeps in float, and of the whole network otherwise; `threads`: OpenVINO's
+    `INFERENCE_NUM_THREADS` (default torch's thread count, so `OMP_NUM_THREADS` / `--threads` hold for every backend).
+    """
 
     backend = "openvino"
 
@@ -322,8 +324,17 @@ class OpenVinoModel(ExportedModel):
         except _ov_errors() as e:
             reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
             raise FastInstError(f"{path}: OpenVINO cannot read it ({reason})") from None
-        super().__init__(path, _ov_meta(self.network), cfg, "OpenVINO")
-        self.dtype, self.dtype_reason = openvino_dtype(dtype)
+        meta = _ov_meta(self.network)
+        super().__init__(path, meta, cfg, "OpenVINO")
+        # the precision of the layers left in float: the hint OpenVINO compiles with
+        self.float_dtype, self.dtype_reason = openvino_dtype(dtype)
+        self.dtype = self.float_dtype
+        if "fastinst.int8" in meta:  # `fastinst export --int8`: convolutions and matmuls are 8-bit in the file
+            self.dtype = "int8"
+            why = f", {self.dtype_reason}" if self.dtype_reason else ""
+            self.dtype_reason = (
+                f"INT8 IR calibrated on {meta['fastinst.int8']} images; other layers {self.float_dtype}{why}"
+            )
         self.threads = int(threads or torch.get_num_threads())
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
 
@@ -338,7 +349,7 @@ class OpenVinoModel(ExportedModel):
             network = network.clone()
             network.reshape({network.inputs[0].get_any_name(): list(shape)})
         config = {
-            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.dtype],
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.float_dtype],
             "INFERENCE_NUM_THREADS": self.threads,
             "PERFORMANCE_HINT": "LATENCY",
         }
