@@ -1,5 +1,7 @@
 """`fastinst predict` on live sources: a stream URL served over HTTP here, stopping by --max-frames, by the stream's
-end and by SIGTERM; an unreachable URL and a missing camera; which SOURCE string is which kind of source."""
+end and by SIGTERM; an unreachable URL and a missing camera; which SOURCE string is which kind of source; a live
+source faster than the model (frames dropped, counted, the overlay keeping the source's timing); --save-json's memory
+flat over a long stream; image URLs."""
 
 from __future__ import annotations
 
@@ -7,17 +9,24 @@ import functools
 import http.server
 import json
 import os
+import re
 import signal
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+import fastinst.commands.predict as command
+import fastinst.engine.predictor as predictor_module
 from fastinst.cli import build_parser, main
+from fastinst.engine.predictor import Predictor
 from fastinst.engine.sources import camera_source, parse_source
 from fastinst.errors import FastInstError
+from live_fakes import FakeReader, SlowModel
 
 av = pytest.importorskip("av")
 
@@ -34,6 +43,7 @@ def served(tmp_path_factory):
     """An MPEG-TS clip of FRAMES frames at http://127.0.0.1:PORT/clip.ts, and /stall.ts: the first half of a LONG
     frame clip, then the connection stays open without data until the test ends (a live stream that stalls)."""
     folder = tmp_path_factory.mktemp("www")
+    Image.fromarray(_image(99)).save(folder / "photo.png")
     for name, count in (("clip.ts", FRAMES), ("long.ts", LONG)):
         with av.open(str(folder / name), mode="w", format="mpegts") as container:
             stream = container.add_stream("mpeg4", rate=5)
@@ -110,9 +120,14 @@ def test_sigterm_while_the_stream_stalls_finishes_the_video(demo_weights, served
     blocking PyAV read does not see Python signals: the reading thread keeps the wait interruptible)."""
     from fastinst.engine import writers
 
-    written: list[int] = []
+    written: list[int] = []  # the source index of each frame written
     write = writers.VideoWriter.write
-    monkeypatch.setattr(writers.VideoWriter, "write", lambda self, frame: written.append(1) or write(self, frame))
+
+    def logged(self, frame, index=None):
+        written.append(index)
+        write(self, frame, index)
+
+    monkeypatch.setattr(writers.VideoWriter, "write", logged)
 
     def terminate_when_stalled():
         deadline = time.monotonic() + 60
@@ -133,8 +148,13 @@ def test_sigterm_while_the_stream_stalls_finishes_the_video(demo_weights, served
     assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "predictions.run.json", "stall.mp4"]
     frames = _frames(out / "stall.mp4")
     assert 1 <= len(frames) < LONG and len(frames) == len(written)
+    # a stream without a known length is live: frames the model was too slow for are dropped, and each entry's
+    # `frame` is its index in the stream
+    assert written == sorted(set(written)) and written[-1] < LONG
     entries = json.loads((out / "predictions.json").read_text())
-    assert sorted({e["frame"] for e in entries}) == list(range(len(frames)))
+    assert sorted({e["frame"] for e in entries}) == written
+    (video,) = json.loads((out / "predictions.run.json").read_text())["videos"]
+    assert video["live"] is True and video["frames"] == len(written) and video["dropped"] + len(written) <= LONG
 
 
 def test_unreachable_url_and_missing_camera_are_one_line(demo_weights, tmp_path, capsys):
@@ -187,3 +207,106 @@ def test_webcam_and_threshold_options():
     args = parser.parse_args(["predict", "--webcam", "2", "--confidence-threshold", "0.6", "--max-frames", "10"])
     assert (args.webcam, args.score_threshold, args.max_frames) == (2, 0.6, 10)
     assert main(["predict", "--weights", "x.pth"]) == 2  # neither SOURCE nor --webcam
+
+
+def test_webcam_and_threshold_options_include_live_ones():
+    parser, _ = build_parser()
+    args = parser.parse_args(["predict", "0"])
+    assert (args.every_frame, args.timeout) == (False, 10.0)
+    args = parser.parse_args(["predict", "0", "--every-frame", "--timeout", "2.5"])
+    assert (args.every_frame, args.timeout) == (True, 2.5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "0", "--timeout", "0"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Live means live: fake streams (`live_fakes`) into a fake model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _fake_run(monkeypatch, reader: FakeReader, model: SlowModel) -> None:
+    """`fastinst predict` reads `reader` for any camera or stream, with `model` as the network."""
+    monkeypatch.setattr(predictor_module, "open_video", lambda source, timeout=None: reader)
+    monkeypatch.setattr(command, "build_predictor", lambda args, dataset=None: Predictor(model))
+
+
+def _frame_numbers(video: Path, rate: float = 25.0) -> list[int]:
+    """Each frame of an overlay video as its source frame number (its time x the source's rate)."""
+    with av.open(str(video)) as container:
+        return [round(float(f.time) * rate) for f in container.decode(video=0)]
+
+
+def test_a_live_stream_faster_than_the_model_drops_frames(monkeypatch, tmp_path, capsys):
+    """150 frames sent at 200 fps into a model that takes 20 ms a frame: most frames are dropped, the summary line,
+    the stream's own line and predictions.run.json count them, the entries name each predicted frame by its index in
+    the stream, and the overlay video shows each predicted frame at its time in the stream."""
+    reader = FakeReader(150, interval=0.005, name="udp://127.0.0.1:9/cam")
+    _fake_run(monkeypatch, reader, SlowModel(delay=0.02))
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", "x.pth", "--output", str(out), "--save-json", "udp://127.0.0.1:9/cam"]) == 0
+    captured = capsys.readouterr()
+    summary = captured.out.strip().splitlines()[-1]
+    found = re.search(r"(\d+) video frames \((\d+) dropped to keep up with live sources\)", summary)
+    assert found, summary
+    frames, dropped = int(found[1]), int(found[2])
+    assert dropped >= 75 and frames + dropped <= 150
+    assert f"udp://127.0.0.1:9/cam: {frames} frames ({dropped} dropped to keep up);" in captured.err
+    (video,) = json.loads((out / "predictions.run.json").read_text())["videos"]
+    assert video == {"source": "udp://127.0.0.1:9/cam", "frames": frames, "dropped": dropped, "live": True}
+    entries = json.loads((out / "predictions.json").read_text())
+    numbers = sorted({e["frame"] for e in entries})
+    assert len(numbers) == frames and numbers[-1] >= 140 and len(entries) == frames
+    assert _frame_numbers(out / "cam.mp4") == numbers  # held on screen until the next predicted frame
+
+    reader = FakeReader(40, interval=0.001, name="udp://127.0.0.1:9/cam")  # --every-frame: none dropped
+    _fake_run(monkeypatch, reader, SlowModel(delay=0.005))
+    assert (
+        main(["predict", "--weights", "x.pth", "--output", str(tmp_path / "all"), "--every-frame", "udp://h:9/cam"])
+        == 0
+    )
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "40 video frames, 40 instances" in summary and "dropped" not in summary
+    assert _frame_numbers(tmp_path / "all" / "cam.mp4") == list(range(40))
+
+
+def test_save_json_memory_is_flat_over_a_long_stream(monkeypatch, tmp_path, capsys):
+    """2,000 frames with two instances each through --save-json: the Python memory in use once 500 frames are done
+    and once all 2,000 are differs by far less than the entries written in between (which the run used to hold
+    until the end), and the file holds them all, one a line."""
+    frames, first, last = 2000, 500, 2000
+    traced: dict[int, int] = {}
+
+    def probe(calls: int) -> None:
+        if calls in (first, last):
+            traced[calls] = tracemalloc.get_traced_memory()[0]
+
+    _fake_run(monkeypatch, FakeReader(frames), SlowModel(instances=2, hook=probe))
+    out = tmp_path / "out"
+    tracemalloc.start()
+    try:
+        argv = ["predict", "--weights", "x.pth", "--output", str(out), "--save-json", "--every-frame", "0"]
+        assert main(argv) == 0
+    finally:
+        tracemalloc.stop()
+    assert f"{frames} video frames, {2 * frames} instances" in capsys.readouterr().out
+    text = (out / "predictions.json").read_text()
+    entries = json.loads(text)
+    assert len(entries) == 2 * frames and len(text.splitlines()) == 2 * frames + 2  # "[", one entry a line, "]"
+    written = len(text) * (last - first) / frames  # bytes of JSON the frames between the two probes made
+    growth = traced[last] - traced[first]
+    assert growth < written / 10, f"memory grew by {growth} bytes over {last - first} frames ({written:.0f} of JSON)"
+
+
+def test_image_urls(demo_weights, served, tmp_path, capsys):
+    """An http(s) URL ending in an image extension is an image: downloaded, its overlay `<stem>.png`, its entries
+    naming the URL; a missing one is one line."""
+    out = tmp_path / "out"
+    url = f"{served}/photo.png"
+    assert _predict(demo_weights, out, url, extra=("--save-json", "--score-threshold", "0", "--max-dets", "3")) == 0
+    assert "predict: 1 image, 3 instances" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "predictions.json", "predictions.run.json"]
+    assert Image.open(out / "photo.png").size == (64, 48)
+    entries = json.loads((out / "predictions.json").read_text())
+    assert len(entries) == 3 and {e["file_name"] for e in entries} == {url} and "frame" not in entries[0]
+    assert _predict(demo_weights, tmp_path / "none", f"{served}/missing.jpg") == 2
+    assert capsys.readouterr().err.strip() == f"error: {served}/missing.jpg: HTTP 404 File not found"

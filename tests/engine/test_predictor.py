@@ -238,3 +238,85 @@ def test_fixture_instances_through_fastinst_load(tmp_path_factory):
     for i, r in enumerate(results):
         assert r.masks.shape[1:] == images[i].shape[:2]
         compare_with_fixture(npz, i, r.labels, r.scores, r.masks)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results in users' tools (issue #25): supervision, JSON, Ultralytics' names
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_summary_and_to_json(demo, photo):
+    """`summary()`: one dict per instance (name, class, confidence, box, the mask as COCO RLE); `to_json()`: the same
+    as a JSON string."""
+    from fastinst.data.datasets import masks_to_rles
+
+    r = demo.predict(photo, score_threshold=0.0, max_dets=3)[0]
+    summary = r.summary()
+    assert [s["name"] for s in summary] == r.instance_names and [s["class"] for s in summary] == r.labels.tolist()
+    assert [s["confidence"] for s in summary] == [round(float(v), 5) for v in r.scores]
+    x1, y1, x2, y2 = r.boxes[0].tolist()
+    assert summary[0]["box"] == {"x1": x1, "y1": y1, "x2": x2, "y2": y2}
+    assert [s["segmentation"] for s in summary] == masks_to_rles(r.masks)
+    assert json.loads(r.to_json()) == summary
+    short = json.loads(r.to_json(masks=False, decimals=2))
+    assert "segmentation" not in short[0] and short[0]["confidence"] == round(float(r.scores[0]), 2)
+    assert r[:0].summary() == [] and r[:0].to_json() == "[]"
+    assert r.orig_img is r.image
+
+
+def test_to_supervision_with_a_stand_in_module(demo, photo, monkeypatch):
+    """supervision is not installed here: a stand-in module records what `sv.Detections` is given."""
+    import sys
+    import types
+
+    got: dict = {}
+
+    class Detections:
+        def __init__(self, **kwargs):
+            got.update(kwargs)
+
+    monkeypatch.setitem(sys.modules, "supervision", types.SimpleNamespace(Detections=Detections))
+    r = demo.predict(photo, score_threshold=0.0, max_dets=4)[0]
+    assert isinstance(r.to_supervision(), Detections)
+    assert sorted(got) == ["class_id", "confidence", "data", "mask", "xyxy"]
+    assert got["xyxy"].dtype == np.float32 and np.array_equal(got["xyxy"], r.boxes)
+    assert got["mask"].dtype == bool and got["mask"].shape == (4, 60, 80) and np.array_equal(got["mask"], r.masks)
+    assert np.array_equal(got["confidence"], r.scores) and np.array_equal(got["class_id"], r.labels)
+    assert got["data"]["class_name"].tolist() == r.instance_names
+
+
+def test_to_supervision_without_supervision_is_one_line(demo, photo, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "supervision", None)  # import fails as if not installed
+    r = demo.predict(photo)[0]
+    with pytest.raises(FastInstError, match=r"^to_supervision needs the supervision package: pip install supervision$"):
+        r.to_supervision()
+
+
+def test_ultralytics_names_that_mean_the_same(demo, photo):
+    """`conf=` is the score threshold, `max_det=` the cap, `stream=True` the lazy generator (`Predictor.stream`);
+    both names at once with different values is a one-line error."""
+    import inspect
+
+    full = demo.predict(photo, score_threshold=0.0)[0]
+    thr = float(full.scores[5])
+    by_conf = demo.predict(photo, conf=thr)[0]
+    _same(by_conf, demo.predict(photo, score_threshold=thr)[0])
+    assert len(demo(photo, conf=0.0, max_det=3)[0]) == 3
+    assert len(demo.predict(photo, score_threshold=0.0, conf=0.0)[0]) == len(full)  # the same value twice is fine
+    with pytest.raises(FastInstError, match="pass one"):
+        demo.predict(photo, score_threshold=0.2, conf=0.5)
+    with pytest.raises(FastInstError, match="pass one"):
+        demo.predict(photo, max_dets=5, max_det=3)
+    lazy = demo.predict([photo, photo], stream=True, conf=0.0)
+    assert inspect.isgenerator(lazy)
+    for r in lazy:
+        _same(r, full)
+
+
+def test_videos_in_predict_point_to_stream(demo, tmp_path):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    with pytest.raises(FastInstError, match=r"clip\.mp4: is a video, one result per frame: use Predictor\.stream"):
+        demo.predict(video)

@@ -1,6 +1,7 @@
-"""A network stream whose server accepts the connection but never answers (or stops sending) fails in one line that
-says it timed out after N s and names the URL without its password, instead of FFmpeg's words for the interruption
-("Invalid data found when processing input", "Immediate exit requested")."""
+"""A network stream whose server accepts the connection but never answers (or stops sending), or a UDP port nobody
+sends to, fails in one line in our words, `URL: no data for N s (timeout)`, naming the URL without its password,
+instead of FFmpeg's words for the interruption ("Invalid data found when processing input", "Immediate exit
+requested"); the same from the Python API (`predict_video(url, timeout=...)`)."""
 
 from __future__ import annotations
 
@@ -104,12 +105,14 @@ def test_a_server_that_never_answers_times_out_in_one_line(silent_port, scheme):
     assert time.monotonic() - start < 5
     message = str(raised.value)
     name = f"{scheme}://admin:***@127.0.0.1:{silent_port}/live"
-    assert message == f"{name}: cannot open the video (timed out after {TIMEOUT:g} s)"
+    assert message == f"{name}: no data for {TIMEOUT:g} s (timeout)"
     assert "secret" not in message and "Invalid data" not in message
 
 
 def test_a_url_reader_without_a_name_hides_the_password(silent_port):
-    with pytest.raises(FastInstError, match=r"^rtsp://u:\*\*\*@127\.0\.0\.1:\d+/x: .*timed out after 0\.5 s") as e:
+    with pytest.raises(
+        FastInstError, match=r"^rtsp://u:\*\*\*@127\.0\.0\.1:\d+/x: no data for 0\.5 s \(timeout\)$"
+    ) as e:
         VideoReader(f"rtsp://u:pw@127.0.0.1:{silent_port}/x", timeout=TIMEOUT)
     assert "pw" not in str(e.value)
 
@@ -124,10 +127,7 @@ def test_a_stream_that_stops_sending_times_out_waiting_for_the_next_frame():
             for _ in reader:
                 pass
         assert time.monotonic() - start < 5
-        assert (
-            str(raised.value)
-            == f"http://127.0.0.1:{port}/live.ts: timed out after {TIMEOUT:g} s waiting for the next frame"
-        )
+        assert str(raised.value) == f"http://127.0.0.1:{port}/live.ts: no data for {TIMEOUT:g} s (timeout)"
     finally:
         server.close()
 
@@ -139,17 +139,59 @@ def test_a_refused_connection_is_not_called_a_timeout():
     probe.close()  # nothing listens there now
     with pytest.raises(FastInstError) as raised:
         _open(f"http://127.0.0.1:{port}/x")
-    assert "cannot open the video" in str(raised.value) and "timed out" not in str(raised.value)
+    assert "cannot open the video" in str(raised.value) and "timeout" not in str(raised.value)
 
 
-def test_predict_on_a_silent_stream_is_one_line(silent_port, demo_weights, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sources, "STREAM_TIMEOUT", (TIMEOUT, TIMEOUT))
+def test_predict_on_a_silent_stream_is_one_line(silent_port, demo_weights, tmp_path, capsys):
     out = tmp_path / "out"
     url = f"rtsp://admin:secret@127.0.0.1:{silent_port}/live"
     argv = ["predict", "--model", "fastinst-demo", "--weights", demo_weights, "--device", "cpu", "--output", str(out)]
-    assert main([*argv, url]) == 2
+    assert main([*argv, "--timeout", str(TIMEOUT), url]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (
-        f"error: rtsp://admin:***@127.0.0.1:{silent_port}/live: cannot open the video (timed out after {TIMEOUT:g} s)"
-    )
+    assert err == f"error: rtsp://admin:***@127.0.0.1:{silent_port}/live: no data for {TIMEOUT:g} s (timeout)"
     assert not out.exists() or not any(out.iterdir())
+
+
+def _free_udp_port() -> int:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def test_a_udp_port_nobody_sends_to_times_out_in_our_words():
+    """FFmpeg says "Immediate exit requested" when PyAV's timeout interrupts a UDP read; we say what happened."""
+    url = f"udp://127.0.0.1:{_free_udp_port()}"
+    start = time.monotonic()
+    with pytest.raises(FastInstError) as raised:
+        _open(url)
+    assert time.monotonic() - start < 5
+    assert str(raised.value) == f"{url}: no data for {TIMEOUT:g} s (timeout)"
+
+
+def test_the_python_api_takes_stream_urls_with_the_same_timeouts(silent_port):
+    """`predict_video("udp://...")` with no sender, and a server that never answers, end in the same one line (the
+    default is 10 s, as for the CLI; `timeout=` sets it) instead of hanging."""
+    from fastinst.engine.predictor import Predictor
+
+    class Never:  # the model is never reached
+        names, category_ids = ["thing"], [1]
+
+        def detect(self, images, score_threshold=0.0, max_detections=None):
+            raise AssertionError("no frame should arrive")
+
+    predictor = Predictor(Never())
+    assert sources.STREAM_TIMEOUT == (10.0, 10.0)
+    for url in (
+        f"udp://127.0.0.1:{_free_udp_port()}",
+        f"tcp://127.0.0.1:{silent_port}",
+        f"http://127.0.0.1:{silent_port}/x",
+    ):
+        start = time.monotonic()
+        with pytest.raises(FastInstError) as raised:
+            next(iter(predictor.predict_video(url, timeout=TIMEOUT)))
+        assert time.monotonic() - start < 5, url
+        assert str(raised.value) == f"{url}: no data for {TIMEOUT:g} s (timeout)"
+        with pytest.raises(FastInstError, match=r"no data for 0\.5 s \(timeout\)$"):
+            list(predictor.stream(url, timeout=TIMEOUT))

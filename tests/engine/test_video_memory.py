@@ -102,14 +102,14 @@ class PostprocessLog:
 def test_video_streams_frames_and_upsamples_only_passing_masks(clip, monkeypatch, sharpen, batch_size):
     predictor = _demo(sharpen)
     read: list[int] = []
-    frames = predictor_module.video_frames
+    frames = predictor_module.VideoReader.__iter__
 
-    def counted_frames(path):
-        for frame in frames(path):
+    def counted_frames(self):
+        for frame in frames(self):
             read.append(1)
             yield frame
 
-    monkeypatch.setattr(predictor_module, "video_frames", counted_frames)
+    monkeypatch.setattr(predictor_module.VideoReader, "__iter__", counted_frames)
     log = PostprocessLog(monkeypatch, DEFAULT_SCORE_THRESHOLD)
 
     results = predictor.predict_video(clip, batch_size=batch_size)  # default score threshold 0.3

@@ -18,21 +18,27 @@ Classes: the model's classes take the ids of the dataset's (or a COCO `--classes
 
 Live sources (`parse_source`): a camera index (`0`, or `--webcam [N]`), a camera device (`/dev/video0`) or a stream
 URL (rtsp, rtmp, http(s), udp, tcp) is read with PyAV frame by frame as frames arrive; `--max-frames`, Ctrl-C,
-SIGTERM or the end of the stream finish the overlay video (complete, under its final name) and the JSON.
+SIGTERM or the end of the stream finish the overlay video (complete, under its final name) and the JSON. A source
+without a known end (a camera, a live stream) is kept live: the frames that arrive while the model is busy are
+dropped and counted (the summary line, `predictions.run.json`), unless `--every-frame`; the overlay video keeps the
+source's timing. An http(s) URL whose path ends in an image extension is downloaded as an image. `--timeout` is how
+long a URL may send nothing (`URL: no data for 10 s (timeout)`). With `--save-json` the entries go to disk as they
+come (`JsonListWriter`): memory stays flat over a stream of any length.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..engine.sources import FrameFeed, LiveSource, StopSignals, camera_source, collect_sources
+from ..engine.sources import STREAM_TIMEOUT, LiveSource, StopSignals, camera_source, collect_sources
 from ..errors import FastInstError
-from ._options import add_backend, add_device, add_dtype, positive_int, probability
+from ._options import add_backend, add_device, add_dtype, positive_float, positive_int, probability
 
 THRESHOLD_HELP = (
     "keep instances scoring at least this (default 0.3; --confidence-threshold is the official demo's name for it). "
@@ -60,7 +66,7 @@ def add_parser(sub) -> None:
         nargs="*",
         metavar="SOURCE",
         help="image file, folder, glob pattern, video (mp4/avi/mov/ts...), camera index (0), camera device "
-        "(/dev/video0) or stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://)",
+        "(/dev/video0), stream URL (rtsp://, rtmp://, http(s)://, udp://, tcp://) or image URL (http(s)://.../x.jpg)",
     )
     p.add_argument(
         "--webcam",
@@ -76,6 +82,20 @@ def add_parser(sub) -> None:
         metavar="N",
         help="stop each video, camera or stream after N frames (a live source otherwise runs until Ctrl-C, "
         "SIGTERM or its end)",
+    )
+    p.add_argument(
+        "--every-frame",
+        action="store_true",
+        help="predict every frame of cameras and live streams, even when the model is slower than the source (it "
+        "then falls behind); by default such frames are dropped so that results stay live (video files and "
+        "recordings always give every frame)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=STREAM_TIMEOUT[1],
+        metavar="SECONDS",
+        help=f"give up on a URL that sends nothing for this long (default {STREAM_TIMEOUT[1]:g})",
     )
     p.add_argument(
         "--model", default="fastinst-d1-r50", help="variant name, alias or YAML config (default fastinst-d1-r50)"
@@ -139,10 +159,11 @@ def build_predictor(args: argparse.Namespace, dataset: Any = None):
     return Predictor(model, dtype=args.dtype)
 
 
-def run_record(predictor) -> dict:
+def run_record(predictor, videos: list[dict] | None = None) -> dict:
     """The side file of predictions.json (`predictions.run.json`): what ran (`Predictor.run_info`), the fastinst
     version, and the classes the entries' category ids stand for ({id, name}), which `fastinst eval --results` uses
-    to match them to the ground truth's by name and to score only the classes the model knows."""
+    to match them to the ground truth's by name and to score only the classes the model knows; with `videos`, one
+    {source, frames (predicted), dropped (to keep up with a live source), live} per video, camera or stream."""
     from .. import __version__
 
     classes = [
@@ -150,7 +171,10 @@ def run_record(predictor) -> dict:
         for n, c in zip(predictor.names, predictor.category_ids, strict=True)
         if c is not None
     ]
-    return {"run": dict(predictor.run_info, fastinst=__version__), "classes": classes}
+    record: dict[str, Any] = {"run": dict(predictor.run_info, fastinst=__version__), "classes": classes}
+    if videos:
+        record["videos"] = videos
+    return record
 
 
 def _identity(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -193,13 +217,23 @@ def _image_ids(paths: list[Path]) -> dict[Path, int] | None:
 
 
 class _Run:
-    """State of one `fastinst predict` call: counters, output names, COCO entries, image ids."""
+    """State of one `fastinst predict` call: counters, output names, the streamed JSON entries, image ids."""
 
-    def __init__(self, args: argparse.Namespace, predictor, out: Path, progress: bool, index: Any, inputs: list[Path]):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        predictor,
+        out: Path,
+        progress: bool,
+        index: Any,
+        inputs: list[Path],
+        json_writer: Any = None,
+    ):
         self.args, self.predictor, self.out = args, predictor, out
         self.used: set[Path] = {p.resolve() for p in inputs}  # overlays never take an input's path
-        self.entries: list[dict] = []
-        self.images = self.frames = self.instances = self.skipped = 0
+        self.json = json_writer  # a JsonListWriter with --save-json: entries go to disk as they come
+        self.images = self.frames = self.instances = self.skipped = self.dropped = 0
+        self.videos: list[dict] = []  # per video / camera / stream: {source, frames, dropped, live}
         self.index = index  # ImageIndex of --data / a COCO --classes json, or None
         self.next_id = index.max_id + 1 if index is not None else 1
         self.unmatched: list[Path] = []
@@ -216,7 +250,7 @@ class _Run:
         self.used.add(candidate.resolve())
         return candidate
 
-    def skip(self, path: Path, reason: str, bar=None) -> None:
+    def skip(self, path: Path | str, reason: str, bar=None) -> None:
         line = f"skipped {path}: {reason}"
         if bar is not None:
             bar.write(line)
@@ -228,14 +262,18 @@ class _Run:
         self.next_id += 1
         return self.next_id - 1
 
-    def image_id(self, path: Path, stems: dict[Path, int] | None) -> int:
+    def image_id(self, path: Path | str, stems: dict[Path, int] | None) -> int:
         if self.index is None:
-            return stems[path] if stems else self._new_id()
+            return stems[path] if stems and isinstance(path, Path) else self._new_id()
         found = self.index.find(str(path))
-        if found is not None and self.taken.setdefault(found, path) == path:
+        if found is not None and self.taken.setdefault(found, Path(path)) == Path(path):
             return found
-        self.unmatched.append(path)  # not in the dataset, or its image was already taken by another file
+        self.unmatched.append(Path(path))  # not in the dataset, or its image was already taken by another file
         return self._new_id()
+
+    def save_json(self, entries: list[dict]) -> None:
+        if self.json is not None:
+            self.json.add(entries)
 
     def images_batch(self, batch: list[tuple[np.ndarray, Path]], stems: dict[Path, int] | None) -> None:
         a = self.args
@@ -244,7 +282,7 @@ class _Run:
         for r, path in zip(results, paths, strict=True):
             r.save(self.output(f"{path.stem}.png"))
             if a.save_json:
-                self.entries += r.to_coco(self.image_id(path, stems))
+                self.save_json(r.to_coco(self.image_id(path, stems)))
             self.images += 1
             self.instances += len(r)
 
@@ -273,6 +311,24 @@ class _Run:
             self.images_batch(batch, stems)
         bar.close()
 
+    def run_image_url(self, source: LiveSource) -> None:
+        """An http(s) image URL: downloaded (`--timeout`), predicted, its overlay `<stem>.png`; JSON entries name
+        the URL (password hidden) and take a `--data` image's id when its path names one (`.../val2017/x.jpg`)."""
+        from urllib.parse import urlsplit
+
+        from ..engine.sources import fetch_image
+
+        a = self.args
+        image = fetch_image(source, a.timeout)
+        (r,) = self.predictor.predict_batch([image], None, a.score_threshold, a.max_dets)
+        r.source = source.name
+        r.save(self.output(f"{source.stem}.png"))
+        if a.save_json:
+            where = urlsplit(source.url).path if self.index is not None else source.name
+            self.save_json(r.to_coco(self.image_id(where, None)))
+        self.images += 1
+        self.instances += len(r)
+
     def run_video(self, path: Path, lenient: bool) -> None:
         from ..engine.predictor import VideoReader
 
@@ -283,92 +339,88 @@ class _Run:
                 raise
             return self.skip(path, str(e).removeprefix(f"{path}: "))
         try:
-            self.frames_of(reader, str(path), f"{path.stem}.mp4", live=False)
+            self.frames_of(reader, str(path), f"{path.stem}.mp4", device=False)
         except FastInstError as e:
             if not lenient:
                 raise
             self.skip(path, str(e).removeprefix(f"{path}: "))
 
     def run_live(self, source: LiveSource) -> None:
-        from ..engine.predictor import VideoReader
+        from ..engine.predictor import open_video
 
-        reader = VideoReader(
-            source.url, format=source.format, options=source.options, timeout=source.timeout, name=source.name
-        )
-        self.frames_of(reader, source.name, f"{source.stem}.mp4", live=True)
+        timeout = self.args.timeout if source.kind == "url" else None
+        self.frames_of(open_video(source, timeout), source.name, f"{source.stem}.mp4", device=True)
 
-    def frames_of(self, reader, name: str, overlay: str, live: bool) -> None:
+    def frames_of(self, reader, name: str, overlay: str, device: bool) -> None:
         """Predict the frames of an opened `VideoReader` (up to --max-frames) into an overlay video, each batch going
-        through the model as soon as it is read. For a file, a decoding error or an interrupt discards the overlay.
-        A live source ends at its end, on Ctrl-C / SIGTERM, or on a read error after some frames; its overlay (and
-        JSON entries) then hold every frame read, and the overlay is complete under its final name."""
+        through the model as soon as it is read, and each result's JSON entries to disk.
+
+        A source without a known end (`reader.ends`: a camera, a live stream) is live: unless --every-frame, frames
+        that arrive while the model is busy are dropped (counted; the overlay keeps the source's timing, each overlay
+        held until the next, and the entries' `frame` is the index in the source). Cameras and streams (`device`)
+        are read in a thread, and end at their end, on Ctrl-C / SIGTERM, or on a read error after some frames; their
+        overlay (and JSON entries) then hold every frame predicted, and the overlay is complete under its final
+        name. For a file, a decoding error or an interrupt discards the overlay."""
         from tqdm import tqdm
 
+        from ..engine.sources import FrameBatches
         from ..engine.writers import VideoWriter
 
         a = self.args
+        live = not reader.ends
+        drop = live and not a.every_frame
         try:
             writer = VideoWriter(self.output(overlay), reader.rate)
         except BaseException:
             reader.close()
             raise
         bar = tqdm(total=reader.frames, unit="frame", desc=Path(overlay).stem, disable=not self.progress)
-        batch: list[np.ndarray] = []
         count = 0
         ended: str | None = None
 
-        def flush() -> None:
+        def predict(batch: list[tuple[int, np.ndarray]], frames: FrameBatches) -> None:
             nonlocal count
-            for r in self.predictor.predict_batch(batch, None, a.score_threshold, a.max_dets):
-                writer.write(r.plot())
+            results = self.predictor.predict_batch([f for _, f in batch], None, a.score_threshold, a.max_dets)
+            for (index, _), r in zip(batch, results, strict=True):
+                r.source, r.frame = name, index
+                writer.write(r.plot(), index)
                 if a.save_json:
-                    self.entries += [dict(e, file_name=name, frame=count) for e in r.to_coco(self._new_id())]
+                    self.save_json(r.to_coco(self._new_id()))
                 count += 1
                 self.frames += 1
                 self.instances += len(r)
                 bar.update(1)
-            batch.clear()
-
-        def wanted() -> bool:
-            return a.max_frames is None or count + len(batch) < a.max_frames
+            if drop:
+                bar.set_postfix(dropped=frames.dropped, refresh=False)
 
         try:
-            if live:
-                with StopSignals() as stop:
-                    feed = FrameFeed(reader, a.batch_size)
-                    try:
-                        while wanted() and (frame := feed.next(stop)) is not None:
-                            batch.append(frame)
-                            if len(batch) == a.batch_size:
-                                flush()
-                    except FastInstError as e:
-                        if count + len(batch) == 0:
-                            raise
-                        ended = f"ended with an error: {str(e).removeprefix(f'{name}: ')}"
-                    finally:
-                        feed.close()
-                    if batch:
-                        flush()  # the frames already read are written too
-                    if stop.received:
-                        ended = f"stopped by {stop.received}"
-            else:
-                with reader:
-                    for frame in reader:
-                        if not wanted():
-                            break
-                        batch.append(frame)
-                        if len(batch) == a.batch_size:
-                            flush()
-                    if batch:
-                        flush()
+            with StopSignals() if device else contextlib.nullcontext() as stop:
+                frames = FrameBatches(
+                    reader, a.batch_size, drop=drop, threaded=device, stop=stop, max_frames=a.max_frames
+                )
+                try:
+                    for batch in frames:
+                        predict(batch, frames)
+                except FastInstError as e:
+                    if not device or count == 0:
+                        raise
+                    ended = f"ended with an error: {str(e).removeprefix(f'{name}: ')}"
+                finally:
+                    frames.close()
+                if stop is not None and stop.received:
+                    ended = f"stopped by {stop.received}"
         except BaseException:
             writer.abort()
             bar.close()
             raise
         writer.close()
         bar.close()
-        if ended:
-            print(f"{name}: {ended} after {count} frames; {writer.path} is complete", file=sys.stderr)
+        self.dropped += frames.dropped
+        self.videos.append({"source": name, "frames": count, "dropped": frames.dropped, "live": live})
+        if ended or frames.dropped:
+            how = f"{ended} after {count} frames" if ended else f"{count} frames"
+            lost = f" ({frames.dropped} dropped to keep up)" if frames.dropped else ""
+            print(f"{name}: {how}{lost}; {writer.path} is complete", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -380,6 +432,8 @@ def run(args: argparse.Namespace) -> int:
     if not files and not live:
         raise FastInstError("name a SOURCE (image, folder, glob, video, camera index or stream URL) or --webcam N")
     out = check_output(args.output, inputs=[p for p, _ in files], kind="dir")
+    if args.save_json:
+        _check_json_outputs(out, args)
     dataset, index = _identity(args)
     predictor = build_predictor(args, dataset)
     print(f"predict: {predictor.describe()}", flush=True)
@@ -393,21 +447,43 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
+def _check_json_outputs(out: Path, args: argparse.Namespace) -> None:
+    """--save-json never replaces a file the run reads (a `--classes` or `--data` json named predictions.json)."""
+    from ..files import same_file
+
+    for spec in (args.classes, args.data):
+        if spec and Path(spec).is_file():
+            for name in ("predictions.json", "predictions.run.json"):
+                if same_file(out / name, spec):
+                    raise FastInstError(f"{out / name}: --save-json would replace {spec}, an input; choose --output")
+
+
 def _predict_into(args, out: Path, files, live, dataset, index, predictor) -> int:
     from ..data.images import is_video
+    from ..engine.writers import JsonListWriter
     from ..files import write_json
 
     images = [(p, lenient) for p, lenient in files if not is_video(p)]
     videos = [(p, lenient) for p, lenient in files if is_video(p)]
-    progress = any(lenient for _, lenient in files) or bool(videos) or bool(live)
-    state = _Run(args, predictor, out, progress, index, [p for p, _ in files])
-    if images:
-        state.run_images(images)
-    for path, lenient in videos:
-        state.run_video(path, lenient)
-    for source in live:
-        state.run_live(source)
-    if args.save_json:
+    urls = [s for s in live if s.kind == "image"]
+    streams = [s for s in live if s.kind != "image"]
+    progress = any(lenient for _, lenient in files) or bool(videos) or bool(streams)
+    entries = JsonListWriter(out / "predictions.json") if args.save_json else None
+    state = _Run(args, predictor, out, progress, index, [p for p, _ in files], entries)
+    try:
+        if images:
+            state.run_images(images)
+        for source in urls:
+            state.run_image_url(source)
+        for path, lenient in videos:
+            state.run_video(path, lenient)
+        for source in streams:
+            state.run_live(source)
+    except BaseException:
+        if entries is not None:
+            entries.abort()
+        raise
+    if entries is not None:
         if state.unmatched:
             where = dataset.name if dataset is not None else args.classes
             print(
@@ -415,11 +491,12 @@ def _predict_into(args, out: Path, files, live, dataset, index, predictor) -> in
                 f"ids above its largest, {index.max_id}",
                 file=sys.stderr,
             )
-        write_json(out / "predictions.json", state.entries)
-        write_json(out / "predictions.run.json", run_record(predictor))
+        entries.close()
+        write_json(out / "predictions.run.json", run_record(predictor, state.videos))
     parts = [f"{state.images} image{'s' * (state.images != 1)}"]
-    if videos or live:
-        parts.append(f"{state.frames} video frames")
+    if videos or streams:
+        dropped = f" ({state.dropped} dropped to keep up with live sources)" if state.dropped else ""
+        parts.append(f"{state.frames} video frames{dropped}")
     parts.append(f"{state.instances} instances (score >= {args.score_threshold:g})")
     if state.skipped:
         parts.append(f"{state.skipped} skipped")

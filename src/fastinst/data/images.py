@@ -395,13 +395,19 @@ def _array_to_rgb(arr: np.ndarray, what: str) -> np.ndarray:
 
 
 def resize_shape(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """(new_h, new_w): shorter side -> `short`, longer side capped at `max_size`, each rounded with int(v + 0.5)."""
+    """(new_h, new_w): shorter side -> `short`, longer side capped at `max_size`, each rounded with int(v + 0.5).
+
+    A side is never rounded to 0: past an aspect ratio of about 2 * max_size : 1 (a 30000x1 strip) the cap would
+    make the short side under half a pixel, so it is kept at 1 (the long side stays `max_size`, so the padded input
+    stays small). Below that ratio this is detectron2's ResizeShortestEdge rule exactly."""
+    if h < 1 or w < 1:
+        raise ValueError(f"resize_shape: image size {h}x{w} has an empty side")
     scale = short / min(h, w)
     nh, nw = (short, scale * w) if h < w else (scale * h, short)
     if max(nh, nw) > max_size:
         s = max_size / max(nh, nw)
         nh, nw = nh * s, nw * s
-    return int(nh + 0.5), int(nw + 0.5)
+    return max(1, int(nh + 0.5)), max(1, int(nw + 0.5))
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -5,6 +5,9 @@
         print(r.instance_names, r.scores, r.boxes)                         # per instance
         r.save("a_overlay.png")                                            # or r.plot() -> RGB array
 
+    for r in predictor.stream(0):                                          # a camera, a stream URL or a video:
+        print(r.frame, r.summary())                                        # one Results per frame, the newest
+
 The Predictor only reads sources and wraps results: the model owns image -> instances (`FastInst.detect`: resize,
 normalise + pad, network, post-processing at each image's own size; `OnnxModel.detect` for an exported file).
 Writers for overlays, COCO JSON and videos are in `fastinst.engine.writers`.
@@ -13,16 +16,19 @@ Writers for overlays, COCO JSON and videos are in `fastinst.engine.writers`.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import FastInstError
+from .sources import FrameBatches, LiveSource, camera_source, fetch_image, parse_source, timeout_message
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Results
@@ -56,6 +62,8 @@ class Results:
     names: list[str]  # the model's class names, by contiguous class index (as Ultralytics' `names`)
     category_ids: list[int | None] | None = None  # contiguous index -> the dataset's own category id (None: not in it)
     path: Path | None = None
+    source: str | None = None  # what the image came from when it is not a file: an image URL, a stream, a camera
+    frame: int | None = None  # a video frame's index in its source (gaps: frames dropped to keep up with a live one)
     _boxes: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -73,7 +81,14 @@ class Results:
             self.names,
             self.category_ids,
             self.path,
+            self.source,
+            self.frame,
         )
+
+    @property
+    def orig_img(self) -> np.ndarray:
+        """The image as given (`image`; Ultralytics' name for it)."""
+        return self.image
 
     @property
     def instance_names(self) -> list[str]:
@@ -118,7 +133,8 @@ class Results:
         from ..data.datasets import masks_to_rles
 
         rles = masks_to_rles(self.masks[[k for k, _ in keep]])
-        file_name = str(self.path) if self.path is not None else ""
+        file_name = str(self.path) if self.path is not None else (self.source or "")
+        frame = {} if self.frame is None else {"frame": int(self.frame)}
         out = []
         for (k, cid), rle in zip(keep, rles, strict=True):
             x0, y0, x1, y1 = (float(v) for v in self.boxes[k])
@@ -132,9 +148,53 @@ class Results:
                     "segmentation": rle,
                     "bbox": [x0, y0, x1 - x0, y1 - y0],
                     "score": float(self.scores[k]),
+                    **frame,
                 }
             )
         return out
+
+    def summary(self, decimals: int = 5, masks: bool = True) -> list[dict]:
+        """One dict per instance, best first, for logs and JSON (the keys Ultralytics' `summary()` uses where they
+        mean the same): `name` (class name), `class` (contiguous class index), `confidence` (score), `box` ({x1, y1,
+        x2, y2} in pixels, around the mask) and, with `masks`, `segmentation`: the mask as COCO RLE ({size: [H, W],
+        counts: str}; `pycocotools.mask.decode` reads it). Values rounded to `decimals`."""
+        rles: list[dict] = []
+        if masks and len(self):
+            from ..data.datasets import masks_to_rles
+
+            rles = masks_to_rles(self.masks)
+        out = []
+        for k in range(len(self)):
+            x1, y1, x2, y2 = (round(float(v), decimals) for v in self.boxes[k])
+            item: dict[str, Any] = {
+                "name": self.names[int(self.labels[k])],
+                "class": int(self.labels[k]),
+                "confidence": round(float(self.scores[k]), decimals),
+                "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
+            }
+            if masks:
+                item["segmentation"] = rles[k]
+            out.append(item)
+        return out
+
+    def to_json(self, decimals: int = 5, masks: bool = True, indent: int | None = None) -> str:
+        """`summary()` as a JSON string (a list, one object per instance)."""
+        return json.dumps(self.summary(decimals, masks), indent=indent)
+
+    def to_supervision(self):
+        """The instances as `supervision.Detections` (xyxy boxes, bool masks, confidence, class_id, and the class
+        names in `data["class_name"]`, which supervision's annotators label with). Needs `pip install supervision`."""
+        try:
+            sv = importlib.import_module("supervision")
+        except ImportError:
+            raise FastInstError("to_supervision needs the supervision package: pip install supervision") from None
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float32),
+            mask=self.masks,
+            confidence=self.scores,
+            class_id=self.labels,
+            data={"class_name": np.array(self.instance_names, dtype=str)},
+        )
 
 
 def found_again(reference: Results, other: Results, iou: float = 0.9) -> int:
@@ -155,34 +215,78 @@ def found_again(reference: Results, other: Results, iou: float = 0.9) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _flatten(source: Any) -> list[tuple[Any, Path | None]]:
-    """Any accepted input (or list of them) -> [(array/PIL/tensor or path, path or None)]."""
+@dataclass(frozen=True)
+class _Item:
+    """One input: `kind` "image" (`value`: array, PIL image, tensor, file path or image-URL `LiveSource`) or "video"
+    (`value`: a video file's path, or a camera / stream `LiveSource`); `path`: the file, when it is one."""
+
+    kind: str
+    value: Any
+    path: Path | None = None
+
+
+def _items(source: Any) -> list[_Item]:
+    """Any accepted input (or list of them) -> its `_Item`s, in order: files, folders and globs expand to their
+    images (a video named directly is a video), a camera index or stream URL is a video, an http(s) image URL is an
+    image."""
     if isinstance(source, (list, tuple)):
-        return [item for s in source for item in _flatten(s)]
+        return [item for s in source for item in _items(s)]
+    if isinstance(source, LiveSource):
+        return [_Item("image" if source.kind == "image" else "video", source)]
+    if isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
+        return [_Item("video", camera_source(int(source)))]
+    if isinstance(source, str):
+        live = parse_source(source)
+        if live is not None:
+            return _items(live)
     if isinstance(source, (str, Path)):
         from ..data.images import is_video, list_images
 
         paths = list_images(source)
         if not paths:
             raise FastInstError(f"{source}: no image files found")
-        for p in paths:
-            if is_video(p):
-                raise FastInstError(f"{p}: is a video; use Predictor.predict_video or `fastinst predict`")
-        return [(p, p) for p in paths]
-    if isinstance(source, np.ndarray) and source.ndim == 4:
-        return [(im, None) for im in source]
-    if isinstance(source, torch.Tensor) and source.ndim == 4:
-        return [(im, None) for im in source]
-    return [(source, None)]
+        return [_Item("video" if is_video(p) else "image", p, p) for p in paths]
+    if isinstance(source, (np.ndarray, torch.Tensor)) and source.ndim == 4:
+        return [_Item("image", im) for im in source]
+    return [_Item("image", source)]
 
 
-def load_image(item: Any) -> np.ndarray:
-    """One input (path, numpy, PIL, tensor) -> uint8 (H, W, 3) RGB."""
+def _name(value: Any) -> str:
+    return value.name if isinstance(value, LiveSource) else str(value)
+
+
+def load_image(item: Any, timeout: float | tuple[float, float] | None = None) -> np.ndarray:
+    """One input (path, http(s) image URL, numpy, PIL, tensor) -> uint8 (H, W, 3) RGB. An image URL is downloaded
+    with `timeout` (default `STREAM_TIMEOUT`; `fastinst.engine.sources.fetch_image`)."""
     from ..data.images import read_image, to_rgb_array
 
+    if isinstance(item, str):
+        live = parse_source(item)
+        if live is not None:
+            item = live
+    if isinstance(item, LiveSource):
+        if item.kind != "image":
+            raise FastInstError(f"{item.name}: is a video source, not an image; use Predictor.stream or predict_video")
+        return fetch_image(item, timeout)
     if isinstance(item, (str, Path)):
         return read_image(item)
     return to_rgb_array(item)
+
+
+def _threshold(score_threshold: float | None, conf: float | None) -> float:
+    """The score threshold from `score_threshold` or its Ultralytics name `conf` (one of them; default 0.3)."""
+    if conf is not None and score_threshold is not None and conf != score_threshold:
+        raise FastInstError(f"score_threshold={score_threshold} and conf={conf}: pass one (conf is its other name)")
+    value = conf if conf is not None else score_threshold
+    return DEFAULT_SCORE_THRESHOLD if value is None else float(value)
+
+
+def _max_dets(max_dets: int | None, max_det: int | None) -> int:
+    """`max_dets` or its Ultralytics name `max_det` (one of them; default 100)."""
+    if max_det is not None and max_dets is not None and max_det != max_dets:
+        raise FastInstError(f"max_dets={max_dets} and max_det={max_det}: pass one (max_det is its other name)")
+    value = max_det if max_det is not None else max_dets
+    return 100 if value is None else int(value)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,46 +385,203 @@ class Predictor:
         self,
         source,
         batch_size: int = 1,
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        max_dets: int = 100,
+        score_threshold: float | None = None,
+        max_dets: int | None = None,
+        *,
+        conf: float | None = None,
+        max_det: int | None = None,
+        every_frame: bool | None = None,
+        timeout: float | None = None,
     ) -> Iterator[Results]:
-        """Like `predict`, but reads and yields one batch at a time (for long lists of files)."""
-        items = _flatten(source)
-        for s in range(0, len(items), max(1, batch_size)):
-            chunk = items[s : s + max(1, batch_size)]
-            images = [load_image(item) for item, _ in chunk]
-            yield from self.predict_batch(images, [p for _, p in chunk], score_threshold, max_dets)
+        """Like `predict`, but lazy: reads and yields one batch at a time (for long lists of files), and takes
+        videos, cameras (`0`) and stream URLs too, one `Results` per frame as `predict_video` gives them (live
+        sources: the newest frames, unless `every_frame`). The sources are checked now; nothing is read before the
+        first result is asked for."""
+        threshold, dets = _threshold(score_threshold, conf), _max_dets(max_dets, max_det)
+        return self._stream(_items(source), max(1, batch_size), threshold, dets, every_frame, timeout)
+
+    def _stream(
+        self,
+        items: list[_Item],
+        batch_size: int,
+        threshold: float,
+        dets: int,
+        every_frame: bool | None,
+        timeout: float | None,
+    ) -> Iterator[Results]:
+        chunk: list[_Item] = []
+
+        def images() -> list[Results]:
+            results = self.predict_batch(
+                [load_image(i.value, timeout) for i in chunk], [i.path for i in chunk], threshold, dets
+            )
+            for r, i in zip(results, chunk, strict=True):
+                if isinstance(i.value, LiveSource):
+                    r.source = i.value.name
+            chunk.clear()
+            return results
+
+        for item in items:
+            if item.kind == "video":
+                if chunk:
+                    yield from images()
+                yield from self._video(item.value, batch_size, threshold, dets, every_frame, timeout, None)
+                continue
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield from images()
+        if chunk:
+            yield from images()
+
+    @overload
+    def predict(
+        self,
+        source,
+        batch_size: int = 1,
+        score_threshold: float | None = None,
+        max_dets: int | None = None,
+        *,
+        conf: float | None = None,
+        max_det: int | None = None,
+        stream: Literal[False] = False,
+        timeout: float | None = None,
+    ) -> list[Results]: ...
+
+    @overload
+    def predict(
+        self,
+        source,
+        batch_size: int = 1,
+        score_threshold: float | None = None,
+        max_dets: int | None = None,
+        *,
+        conf: float | None = None,
+        max_det: int | None = None,
+        stream: Literal[True],
+        timeout: float | None = None,
+    ) -> Iterator[Results]: ...
 
     def predict(
         self,
         source,
         batch_size: int = 1,
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        max_dets: int = 100,
-    ) -> list[Results]:
-        """Instances in each image of `source`: a numpy RGB array, PIL image, path (file, folder or glob), tensor,
-        or a list of them. Results come sorted by score, filtered by `score_threshold`, at most `max_dets` each."""
-        return list(self.stream(source, batch_size, score_threshold, max_dets))
+        score_threshold: float | None = None,
+        max_dets: int | None = None,
+        *,
+        conf: float | None = None,
+        max_det: int | None = None,
+        stream: bool = False,
+        timeout: float | None = None,
+    ) -> list[Results] | Iterator[Results]:
+        """Instances in each image of `source`: a numpy RGB array, PIL image, path (file, folder or glob), http(s)
+        image URL (downloaded with `timeout`, default 10 s), tensor, or a list of them. Results come sorted by score,
+        filtered by `score_threshold` (default 0.3; `conf` is the same, by its Ultralytics name), at most `max_dets`
+        (or `max_det`) each. Videos, cameras and streams give one result per frame: use `stream=True` (the same as
+        `Predictor.stream`) or `predict_video`, which yield them as they come instead of a list."""
+        if stream:
+            return self.stream(
+                source, batch_size, score_threshold, max_dets, conf=conf, max_det=max_det, timeout=timeout
+            )
+        threshold, dets = _threshold(score_threshold, conf), _max_dets(max_dets, max_det)
+        items = _items(source)
+        for item in items:
+            if item.kind == "video":
+                what = "is a video" if isinstance(item.value, Path) else f"is a live source ({item.value.kind})"
+                if isinstance(item.value, LiveSource) and item.value.url.lower().startswith(("http:", "https:")):
+                    what = "has no image extension (.jpg, .png...), so it is read as a video stream"
+                raise FastInstError(
+                    f"{_name(item.value)}: {what}, one result per frame: use Predictor.stream (or predict(..., "
+                    "stream=True)) or predict_video, which yield them as they come"
+                )
+        return list(self._stream(items, max(1, batch_size), threshold, dets, None, timeout))
 
     __call__ = predict
 
     def predict_video(
         self,
-        path: str | Path,
+        source: str | Path | int | LiveSource,
         batch_size: int = 1,
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        max_dets: int = 100,
+        score_threshold: float | None = None,
+        max_dets: int | None = None,
+        *,
+        every_frame: bool | None = None,
+        timeout: float | None = None,
+        max_frames: int | None = None,
+        conf: float | None = None,
+        max_det: int | None = None,
     ) -> Iterator[Results]:
-        """Decode a video with PyAV and yield one `Results` per frame (`path` = the video)."""
-        path = Path(path)
-        batch: list[np.ndarray] = []
-        for frame in video_frames(path):
-            batch.append(frame)
-            if len(batch) == max(1, batch_size):
-                yield from self.predict_batch(batch, [path] * len(batch), score_threshold, max_dets)
-                batch = []
-        if batch:
-            yield from self.predict_batch(batch, [path] * len(batch), score_threshold, max_dets)
+        """One `Results` per frame of a video file, a camera (an index: `predict_video(0)`, or a device such as
+        `/dev/video0`) or a stream URL (rtsp, rtmp, http(s), udp, tcp), decoded with PyAV as frames arrive.
+
+        * Which frames: a source with a known end (a file; a URL whose length or duration is known) gives every frame
+          in order. A live source (a camera, a live stream) gives the newest frames: those that arrive while the
+          model is busy are dropped, so the results stay live however slow the model; `r.frame` is each frame's
+          index in the source, so its gaps are the dropped frames. `every_frame=True` keeps every frame of any
+          source (a live one then falls behind); `every_frame=False` drops on any source.
+        * `timeout` (seconds, default `STREAM_TIMEOUT` = 10 for URLs, none for cameras and files): a source that
+          does not open, or sends nothing for that long, raises `FastInstError("URL: no data for 10 s (timeout)")`.
+        * `max_frames`: stop after that many results. Leaving the loop early (`break`) closes the source.
+        * `r.path` is the file (None for a camera or stream), `r.source` the camera's or URL's name (password
+          hidden). Every failure is a one-line `FastInstError` naming the source."""
+        threshold, dets = _threshold(score_threshold, conf), _max_dets(max_dets, max_det)
+        spec = _video_source(source)
+        return self._video(spec, max(1, batch_size), threshold, dets, every_frame, timeout, max_frames)
+
+    def _video(
+        self,
+        spec: Path | LiveSource,
+        batch_size: int,
+        threshold: float,
+        dets: int,
+        every_frame: bool | None,
+        timeout: float | None,
+        max_frames: int | None,
+    ) -> Iterator[Results]:
+        reader = open_video(spec, timeout)
+        drop = not reader.ends if every_frame is None else not every_frame
+        path, name = (spec, None) if isinstance(spec, Path) else (None, spec.name)
+        frames = FrameBatches(
+            reader, batch_size, drop=drop, threaded=isinstance(spec, LiveSource), max_frames=max_frames
+        )
+        try:
+            for batch in frames:
+                results = self.predict_batch([f for _, f in batch], [path] * len(batch), threshold, dets)
+                for (index, _), r in zip(batch, results, strict=True):
+                    r.source, r.frame = name, index
+                    yield r
+        finally:
+            frames.close()
+
+
+def _video_source(source: Any) -> Path | LiveSource:
+    """What `predict_video` takes -> a video file's path, or a camera / stream `LiveSource` (checked, not opened)."""
+    live: LiveSource | None = None
+    if isinstance(source, LiveSource):
+        live = source
+    elif isinstance(source, (int, np.integer)) and not isinstance(source, (bool, np.bool_)):
+        live = camera_source(int(source))
+    elif isinstance(source, str):
+        live = parse_source(source)
+    elif not isinstance(source, Path):
+        raise FastInstError(
+            f"predict_video: a {type(source).__name__} is not a video source (a file path, a camera index or a "
+            "stream URL; for images use predict)"
+        )
+    if live is None:
+        return Path(source)
+    if live.kind == "image":
+        raise FastInstError(f"{live.name}: is an image URL; use Predictor.predict")
+    return live
+
+
+def open_video(source: Path | LiveSource | str, timeout: float | None = None) -> VideoReader:
+    """Open a video file or a camera / stream `LiveSource` with PyAV (`VideoReader`); `timeout` (seconds) replaces
+    the source's own (`STREAM_TIMEOUT` for URLs, none for cameras and files)."""
+    if isinstance(source, LiveSource):
+        limit = (float(timeout), float(timeout)) if timeout is not None else source.timeout
+        return VideoReader(source.url, format=source.format, options=source.options, timeout=limit, name=source.name)
+    limit = (float(timeout), float(timeout)) if timeout is not None else None
+    return VideoReader(source, timeout=limit)
 
 
 def run_info(model: Any, dtype: str = "fp32", reason: str = "") -> dict[str, str]:
@@ -363,12 +624,14 @@ class VideoReader:
     `source` is what `av.open` takes (a path, `/dev/video0`, a URL); `format` forces a demuxer (`v4l2`,
     `avfoundation`, `dshow` for cameras), `options` are its options, `timeout` is PyAV's (open, read) timeout in
     seconds, `name` is what messages call the source (default `str(source)`, a URL's password hidden). Attributes:
-    `rate` (frames per second, 25 when unknown) and `frames` (the container's count, or None). Iterating yields uint8
-    (H, W, 3) RGB frames, one decoded at a time (nothing is buffered beyond the decoder's own queue). A missing file or
-    device, a refused connection, a source without a video stream and a decoding error raise `FastInstError` naming
-    `name`; so does a stream that does not answer within the timeout (a server that accepts the connection and sends
-    nothing): `NAME: cannot open the video (timed out after N s)`, later `NAME: timed out after N s waiting for the
-    next frame`, instead of what FFmpeg makes of the interruption ("Invalid data found when processing input").
+    `rate` (frames per second, 25 when unknown), `frames` (the container's count, or None) and `ends` (whether the
+    source has a known end: a file, or a URL whose duration or length FFmpeg knows; a camera, a device or a live
+    stream has none). Iterating yields uint8 (H, W, 3) RGB frames, one decoded at a time (nothing is buffered beyond
+    the decoder's own queue). A missing file or device, a refused connection, a source without a video stream and a
+    decoding error raise `FastInstError` naming `name`; so does a stream that does not answer within the timeout (a
+    server that accepts the connection and sends nothing, a UDP port nobody sends to, a stream that stops):
+    `NAME: no data for N s (timeout)`, instead of what FFmpeg makes of the interruption ("Immediate exit requested",
+    "Invalid data found when processing input").
     """
 
     def __init__(
@@ -388,22 +651,43 @@ class VideoReader:
 
         self.name = name or redact_url(str(source))
         self.open_timeout, self.read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self._closed = False
         start = time.monotonic()
         try:
             self.container = av.open(str(source), format=format, options=options or {}, timeout=timeout)
         except (av.FFmpegError, OSError, ValueError) as e:
-            limit = self.open_timeout
-            if limit is not None and self._timed_out(e, time.monotonic() - start, limit):
-                raise FastInstError(f"{self.name}: cannot open the video (timed out after {limit:g} s)") from None
+            waited = time.monotonic() - start
+            if self._timed_out(e, waited, self.open_timeout):
+                raise FastInstError(timeout_message(self.name, self.open_timeout or waited)) from None
             raise FastInstError(f"{self.name}: cannot open the video ({_reason(e)})") from None
         if not self.container.streams.video:
-            self.container.close()
+            self.close()
             raise FastInstError(f"{self.name}: has no video stream")
         stream = self.container.streams.video[0]
         self.rate = float(stream.average_rate or stream.guessed_rate or 25)
         self.frames: int | None = stream.frames or None
+        self.ends = self._ends()
+
+    def _ends(self) -> bool:
+        """Whether FFmpeg knows where the source ends: its duration, or (outside playlists, whose size is the
+        playlist's) its length in bytes, as a file or a recording served over HTTP with its length has."""
+        container = self.container
+        if container.duration is not None and container.duration > 0:
+            return True
+        if container.format.name in ("hls", "dash"):
+            return False
+        try:
+            return int(container.size) > 0  # avio_size: < 0 for a live stream, a pipe, a device, RTSP
+        except (AttributeError, TypeError, ValueError, OSError):
+            return False
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        for frame in self.decoded():
+            yield frame.to_ndarray(format="rgb24")
+
+    def decoded(self) -> Iterator[Any]:
+        """The decoded PyAV frames, before their conversion to RGB (`frame.to_ndarray(format="rgb24")`), which a
+        live source's reader (`fastinst.engine.sources.FrameFeed`) leaves to the frames it does not drop."""
         import time
 
         import av
@@ -411,26 +695,28 @@ class VideoReader:
         asked = time.monotonic()  # when the next frame was asked for: the read timeout counts from there
         try:
             for frame in self.container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+                yield frame
                 asked = time.monotonic()
         except (av.FFmpegError, OSError) as e:
-            limit = self.read_timeout
-            if limit is not None and self._timed_out(e, time.monotonic() - asked, limit):
-                raise FastInstError(f"{self.name}: timed out after {limit:g} s waiting for the next frame") from None
+            waited = time.monotonic() - asked
+            if self._timed_out(e, waited, self.read_timeout):
+                raise FastInstError(timeout_message(self.name, self.read_timeout or waited)) from None
             raise FastInstError(f"{self.name}: cannot decode the video ({_reason(e)})") from None
 
     @staticmethod
-    def _timed_out(e: BaseException, waited: float, limit: float) -> bool:
+    def _timed_out(e: BaseException, waited: float, limit: float | None) -> bool:
         """Whether PyAV's timeout ended the call that raised `e` after `waited` seconds, rather than the source: its
-        interrupt callback makes FFmpeg return AVERROR_EXIT (`av.error.ExitError`, raised for nothing else here), or
-        an error the demuxer makes of the cut-off input ("Invalid data found when processing input" from RTSP's
-        probe) once the call has waited the whole timeout."""
+        interrupt callback makes FFmpeg return AVERROR_EXIT (`av.error.ExitError`, "Immediate exit requested",
+        raised for nothing else here), or an error the demuxer makes of the cut-off input ("Invalid data found when
+        processing input" from RTSP's probe) once the call has waited the whole timeout."""
         import av
 
-        return isinstance(e, av.error.ExitError) or waited >= limit
+        return isinstance(e, av.error.ExitError) or (limit is not None and waited >= limit)
 
     def close(self) -> None:
-        self.container.close()
+        if not self._closed:
+            self._closed = True
+            self.container.close()
 
     def __enter__(self) -> VideoReader:
         return self
