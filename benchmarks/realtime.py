@@ -83,8 +83,12 @@ def photo_of(size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(base).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def runtime(model, backend: str, dtype: str):
-    """The model on `backend`: the PyTorch module itself, or its export run by onnxruntime / OpenVINO."""
+INT8_CALIBRATION = 30  # synthetic scenes (+ the photo) an INT8 IR is calibrated on here
+
+
+def runtime(model, backend: str, dtype: str, photo: np.ndarray, size: tuple[int, int]):
+    """The model on `backend`: the PyTorch module itself, or its export run by onnxruntime / OpenVINO ("int8": a
+    fixed-size INT8 IR of `size`, float layers in the auto precision)."""
     if backend == "torch":
         return model
     import tempfile
@@ -93,6 +97,13 @@ def runtime(model, backend: str, dtype: str):
     from fastinst.runtimes import OnnxModel, OpenVinoModel
 
     folder = Path(tempfile.mkdtemp(prefix="fastinst-realtime-"))
+    if dtype == "int8":  # a fixed-size INT8 IR at the photo's padded size, calibrated on synthetic scenes
+        from fastinst.data.synthetic import render_sample
+        from fastinst.export import export_openvino
+
+        scenes = [render_sample(i, "train", i, 640)[0] for i in range(INT8_CALIBRATION)]
+        xml = export_openvino(model, folder / "int8.xml", size=size, calibration=[*scenes, photo])
+        return OpenVinoModel(xml, dtype="auto")
     path = export_onnx(model, folder / "model.onnx", dynamic=True)
     if backend == "onnxruntime":
         return OnnxModel(path, threads=torch.get_num_threads())
@@ -126,6 +137,34 @@ def network_ms(predictor, photo: np.ndarray, iters: int) -> float:
         return median_ms(run, iters)
 
 
+def compiled_network(model, photo: np.ndarray, iters: int) -> dict:
+    """The default predictor's network under torch.compile (inductor, weights frozen as constants): the seconds the
+    first call takes (compiling) and the median ms after."""
+    import time
+
+    import torch._inductor.config as inductor
+
+    from fastinst.engine.predictor import Predictor
+    from fastinst.model.preprocess import to_model_input
+
+    inductor.freezing = True
+    predictor = Predictor(model, dtype="auto")
+    net = predictor.model
+    item = to_model_input(photo, net.cfg.input.min_size_test, net.cfg.input.max_size_test)
+    with torch.inference_mode():
+        images, _ = net.preprocess([item])
+    fn = torch.compile(lambda x: net.sem_seg_head.predictor(net.features(x)))
+
+    def run():
+        with torch.inference_mode(), predictor._autocast():
+            fn(images)
+
+    start = time.perf_counter()
+    run()
+    compile_s = time.perf_counter() - start
+    return {"dtype": predictor.dtype, "compile_s": compile_s, "network_ms": median_ms(run, iters)}
+
+
 def top_ops(predictor, photo: np.ndarray, count: int = 8) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -152,7 +191,8 @@ def main() -> int:
     ap.add_argument("--photo", type=int, nargs=2, default=(1080, 810), metavar=("H", "W"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--dtypes", default="auto,fp32,bf16", help="precisions to time (comma-separated)")
+    ap.add_argument("--dtypes", default="auto,fp32,bf16,int8", help="precisions to time (comma-separated)")
+    ap.add_argument("--compile", action="store_true", help="also time the network under torch.compile (inductor)")
     ap.add_argument("--backends", default="torch,openvino,onnxruntime", help="backends to time (comma-separated)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -168,6 +208,8 @@ def main() -> int:
     cpu, flags = cpu_flags()
     print(f"CPU: {cpu}\nflags: {flags}\ntorch {torch.__version__}, {args.threads} threads, photo {photo.shape[:2]}")
     print(f"network at {h}x{w}: {macs / 1e9:.2f} GMAC")
+    div = cfg.model.size_divisibility
+    padded_size = (-(-h // div) * div, -(-w // div) * div)
 
     rows = []
     reference = Predictor(model, dtype="fp32").predict_batch([photo])[0]
@@ -175,7 +217,10 @@ def main() -> int:
         for name in dict.fromkeys(args.dtypes.split(",")):
             if backend == "onnxruntime" and name != "fp32":
                 continue  # onnxruntime runs the exported fp32 graph
-            predictor = Predictor(runtime(model, backend, name), dtype=name)
+            if name == "int8" and backend != "openvino":
+                continue  # INT8 is an OpenVINO IR (fastinst export --int8)
+            exported = runtime(model, backend, name, photo, padded_size)
+            predictor = Predictor(exported, dtype="auto" if name == "int8" else name)
             user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
             found = predictor.predict_batch([photo])[0]
             net = network_ms(predictor, photo, args.iters)
@@ -190,6 +235,8 @@ def main() -> int:
                     "matched": matched(reference, found),
                 }
             )
+
+    compiled = compiled_network(model, photo, args.iters) if args.compile else None
 
     # the official order: unfused fp32 network, all 100 top-k masks upsampled to the padded and then the full size
     def official():
@@ -232,10 +279,10 @@ def main() -> int:
     print(f"floors: fp32 {floor['fp32']:.0f} ms, bf16 {floor['bf16']:.0f} ms")
     print()
     print(
-        "| backend | dtype | runs as | user path ms | network ms | kept | matched fp32 | user / fp32 floor "
-        "| network / fp32 floor | network / bf16 floor | vs official order |"
+        "| backend | dtype | runs as | user path ms | network ms | pre+post ms (share) | kept | matched fp32 "
+        "| user / fp32 floor | network / fp32 floor | network / bf16 floor | vs official order |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         r["of_fp32_floor"] = floor["fp32"] / r["user_ms"]
         r["of_bf16_floor"] = floor["bf16"] / r["user_ms"]
@@ -244,14 +291,21 @@ def main() -> int:
         r["vs_official_order"] = official_ms / r["user_ms"]
         print(
             f"| {r['backend']} | {r['dtype']} | {r['runs_as']} | {r['user_ms']:.0f} | {r['network_ms']:.0f} "
-            f"| {r['kept']} | {r['matched']:.0%} | {r['of_fp32_floor']:.0%} | {r['network_of_fp32_floor']:.0%} "
+            f"| {r['user_ms'] - r['network_ms']:.0f} ({1 - r['network_ms'] / r['user_ms']:.0%}) | {r['kept']} "
+            f"| {r['matched']:.0%} | {r['of_fp32_floor']:.0%} | {r['network_of_fp32_floor']:.0%} "
             f"| {r['network_of_bf16_floor']:.0%} | {r['vs_official_order']:.2f}x |"
         )
     auto = rows[0]
     print(
-        f"| official order (fp32, unfused, 100 masks) | fp32 | fp32 | {official_ms:.0f} | | | | "
+        f"| official order (fp32, unfused, 100 masks) | fp32 | fp32 | {official_ms:.0f} | | | | | "
         f"{floor['fp32'] / official_ms:.0%} | | | 1.00x |"
     )
+    if compiled is not None:
+        print(
+            f"\ntorch.compile (inductor, freezing) network, {compiled['dtype']}: {compiled['network_ms']:.0f} ms "
+            f"({floor[compiled['dtype'] if compiled['dtype'] in floor else 'fp32'] / compiled['network_ms']:.0%} of "
+            f"its floor) after {compiled['compile_s']:.0f} s compiling"
+        )
     print(f"\n{auto['dtype']} path vs the official order: {official_ms / auto['user_ms']:.2f}x faster")
     print(
         f"1920x1080 frame ({auto['runs_as']}): user path {frame_user:.0f} ms; post-processing with 8 instances "
@@ -276,6 +330,7 @@ def main() -> int:
         "speedup_vs_official_order": official_ms / auto["user_ms"],
         "frame_1080p": {"user_ms": frame_user, "post_8_ms": frame_post, "post_share": frame_post / frame_user},
         "top_ops": ops,
+        "compiled_network": compiled,
         "auto_resolves_to": inference_dtype("auto", "cpu"),
     }
     if args.json:
