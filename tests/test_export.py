@@ -26,7 +26,6 @@ from fastinst.engine.predictor import Predictor
 from fastinst.errors import FastInstError
 from fastinst.export import (
     ExportAdaptiveAvgPool2d,
-    ExportDeformConv,
     OnnxModel,
     export_onnx,
     verify_onnx,
@@ -82,15 +81,24 @@ def test_adaptive_pool_standin_equals_torch(n):
         torch.testing.assert_close(ExportAdaptiveAvgPool2d(s)(x), nn.AdaptiveAvgPool2d(s)(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_deform_standin_equals_torchvision(stride):
+@pytest.mark.parametrize(("stride", "size"), [(1, (9, 11)), (2, (9, 11)), (1, (1, 7)), (2, (6, 1))])
+def test_inference_deform_conv_equals_torchvision(stride, size):
+    """Without autograd DeformConv is grid_sample + matmul (fast, exportable): torchvision's numbers, at any size
+    (one-pixel-wide maps included: a thin image's stride-32 map)."""
     torch.manual_seed(1)
     conv = DeformConv(5, 4, stride)
-    x = torch.randn(2, 5, 9, 11)
-    ho, wo = (9 - 1) // stride + 1, (11 - 1) // stride + 1
+    h, w = size
+    x = torch.randn(2, 5, h, w)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     offset = torch.randn(2, 18, ho, wo) * 3  # many taps land between pixels and outside the image
     expected = deform_conv2d(x, offset, conv.weight, stride=stride, padding=1)
-    torch.testing.assert_close(ExportDeformConv(conv)(x, offset), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(conv(x, offset), expected)  # autograd on: torchvision's op itself
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, offset), expected, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmul in bf16, the sampling in fp32
+            low = conv(x, offset)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, expected, rtol=0.05, atol=0.05 * float(expected.detach().abs().max()))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

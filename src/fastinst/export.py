@@ -16,15 +16,14 @@ onnxscript translates and optimises it). Its operators start at opset 18, and on
 its graphs down to 17 (no adapter for Split-18, non-constant ReduceMean axes), so opset 17 alone is written by the
 legacy TorchScript exporter, with a warning. Dynamic files (`dynamic=True`) have a free batch and H, W = 32 × free
 sizes; the query count is `min(num_queries, H/16 × W/16)` inside the graph, as in PyTorch.
-Two ops are swapped for numerically equal stand-ins in a copy of the model, only while exporting (the PyTorch model is
-never changed), and only where the exporter needs them:
+One op is swapped for a numerically equal stand-in in a copy of the model, only while exporting (the PyTorch model
+is never changed), and only where the exporter needs it:
 * `AdaptiveAvgPool2d(s)` with H, W not multiples of s (PPM sizes 3 and 6), for dynamic H/W and the legacy exporter:
   two averaging matmuls built from the shape. (torch's decomposition of adaptive pooling bakes the traced size into
   the graph, which then fails in onnxruntime at any other size; at a fixed size it exports as is.)
-* torchvision's `deform_conv2d` (DCNv1, the -vd-dcn variants), always: one `grid_sample` (bilinear, zero padding,
-  align_corners) gathers the 9 taps, a matmul applies the weight. The dynamo exporter maps it to ONNX `DeformConv`,
-  which needs opset 19 (an invalid graph at 18) and runs in onnxruntime >= 1.20 CPU but is missing in most other
-  runtimes, so the decomposition is used at every opset.
+The deformable convs of the -vd-dcn variants need nothing: without autograd (export runs under `torch.no_grad`) they
+are `fastinst.model.backbone.sampled_deform_conv`, a `grid_sample` and a matmul. (torchvision's `deform_conv2d`
+exports to ONNX `DeformConv`, which needs opset 19 and is missing in most runtimes.)
 """
 
 from __future__ import annotations
@@ -45,13 +44,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import Config, to_dict
 from .errors import FastInstError
 from .files import atomic_path, temp_path
-from .model.backbone import DeformConv
 from .model.preprocess import resize_image, resize_shape
 from .runtimes import INPUT, OUTPUTS, ExportedModel, OnnxModel, enough_cells, pad_batch
 
@@ -105,38 +102,8 @@ class ExportAdaptiveAvgPool2d(nn.Module):
         return torch.matmul(torch.matmul(ph, x), pw.transpose(0, 1))  # (B, C, s, s)
 
 
-class ExportDeformConv(nn.Module):
-    """`DeformConv` (3x3, padding 1, one offset group, no mask/bias) as grid_sample + matmul."""
-
-    def __init__(self, conv: DeformConv):
-        super().__init__()
-        self.stride = conv.stride
-        self.weight = conv.weight
-
-    def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        x, offset = x.float(), offset.float()
-        b, c, h, w = x.shape
-        ho, wo = offset.shape[-2:]
-        off = offset.reshape(b, 9, 2, ho, wo)  # tap k = 3i + j: (dy, dx)
-        taps = torch.arange(9, device=x.device)
-        ki = torch.div(taps, 3, rounding_mode="floor").to(x.dtype).view(1, 9, 1, 1)
-        kj = (taps % 3).to(x.dtype).view(1, 9, 1, 1)
-        ys = (torch.arange(ho, device=x.device) * self.stride - 1).to(x.dtype).view(1, 1, -1, 1)
-        xs = (torch.arange(wo, device=x.device) * self.stride - 1).to(x.dtype).view(1, 1, 1, -1)
-        py = ys + ki + off[:, :, 0]  # (B, 9, Ho, Wo) sample rows
-        px = xs + kj + off[:, :, 1]
-        grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
-        cols = F.grid_sample(
-            x, grid.reshape(b, 9 * ho, wo, 2), mode="bilinear", padding_mode="zeros", align_corners=True
-        )  # (B, C, 9 Ho, Wo)
-        cols = cols.reshape(b, c * 9, ho * wo)
-        out = torch.matmul(self.weight.float().reshape(self.weight.shape[0], c * 9), cols)
-        return out.reshape(b, -1, ho, wo)
-
-
 def exportable_copy(model: _M, pooling: bool = True) -> _M:
-    """A deep copy of `model` (eval) with deformable convs — and adaptive pooling if `pooling` — replaced by the
-    stand-ins above."""
+    """A deep copy of `model` (eval) with adaptive pooling replaced by the stand-in above if `pooling`."""
     model = copy.deepcopy(model).eval()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
@@ -147,8 +114,6 @@ def exportable_copy(model: _M, pooling: bool = True) -> _M:
                 if not isinstance(size, int):
                     raise FastInstError(f"cannot export adaptive pooling to {size}")
                 setattr(module, name, ExportAdaptiveAvgPool2d(size))
-            elif isinstance(child, DeformConv):
-                setattr(module, name, ExportDeformConv(child))
     return model
 
 
