@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -32,7 +32,27 @@ def save_image(image: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-class JsonListWriter:
+class _Completed:
+    """A writer used as a context manager: `close()` (the file appears complete) when the block ends normally,
+    `abort()` (the temporary file removed, an earlier file left as it was) when it raises."""
+
+    def close(self) -> Path | None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class JsonListWriter(_Completed):
     """A JSON list written item by item, so that memory stays flat however many items a long stream makes:
     `with JsonListWriter(path) as w: w.add(entries)`.
 
@@ -75,17 +95,8 @@ class JsonListWriter:
         finally:
             self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> JsonListWriter:
-        return self
 
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class VideoWriter:
+class VideoWriter(_Completed):
     """RGB frames -> an H.264 (or MPEG-4 part 2) MP4 via PyAV, under a temporary name until `close()`.
 
     `with VideoWriter(path, fps) as w: w.write(frame)` closes on success and removes the partial file on error.
@@ -155,12 +166,3 @@ class VideoWriter:
             self.container.close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, kind, value, traceback) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
