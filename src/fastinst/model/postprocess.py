@@ -73,8 +73,8 @@ def binary_masks(
         probs = _full_size(logits[s : s + step], padded, resized, original).sigmoid_()  # (2, H0, W0)
         inside = torch.gt(probs, 0.5, out=binary[s : s + step])
         area = inside.view(torch.uint8).flatten(1).sum(1, dtype=torch.int32)  # exact, without an int64 copy
-        # = (probs * binary).sum / binary.sum: an in-place threshold zeroes p <= 0.5 in one pass (masked_fill_ with ~inside took
-        # two more passes over the masks and was 7x slower per pair), the same values, the same sums
+        # = (probs * binary).sum / binary.sum: an in-place threshold zeroes p <= 0.5 in one pass (masked_fill_ with
+        # ~inside took two more passes over the masks and was 7x slower per pair); the same values, the same sums
         scores[s : s + step] = F.threshold(probs, 0.5, 0.0, inplace=True).flatten(1).sum(1) / (area + 1e-6)
     return binary, scores
 
