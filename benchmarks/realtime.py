@@ -125,7 +125,7 @@ def network_ms(predictor, photo: np.ndarray, iters: int) -> float:
     model = predictor.model
     item = to_model_input(photo, model.cfg.input.min_size_test, model.cfg.input.max_size_test)
     if not isinstance(model, torch.nn.Module):  # an exported runtime
-        images, _ = model._preprocess([item])
+        images, _ = model.preprocess([item])
         return median_ms(lambda: model.forward_raw(images), iters)
     with torch.inference_mode():
         images, _ = model.preprocess([item])

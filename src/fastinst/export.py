@@ -125,8 +125,7 @@ class InferenceNet(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.sem_seg_head.predictor(self.model.features(images))
-        return out["pred_logits"], out["pred_masks"]
+        return self.model.forward_raw(images)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

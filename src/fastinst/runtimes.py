@@ -138,7 +138,7 @@ class ExportedModel:
         results = []
         with torch.inference_mode():
             for chunk in chunks:
-                images, sizes = self._preprocess(chunk)  # (B, 3, H, W), [(h, w)] before padding
+                images, sizes = self.preprocess(chunk)  # (B, 3, H, W), [(h, w)] before padding
                 logits, masks = self.forward_raw(images)  # (B, Q, K+1), (B, Q, H/8, W/8)
                 padded = (int(images.shape[-2]), int(images.shape[-1]))
                 for i, d in enumerate(chunk):
@@ -146,7 +146,9 @@ class ExportedModel:
                     results.append(instances(logits[i], masks[i], padded, sizes[i], original, k, score_threshold))
         return results
 
-    def _preprocess(self, chunk: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    def preprocess(self, chunk: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """`FastInst.preprocess`: uint8 (3, h, w) images -> normalised (B, 3, H, W) padded to this file's fixed size
+        (or a multiple of 32), and the [(h, w)] before padding; one line when the file cannot take them."""
         try:
             images, sizes = pad_batch(self.cfg, chunk, self.size)
         except ValueError as e:  # larger than the fixed input of this file

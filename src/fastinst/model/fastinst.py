@@ -97,6 +97,12 @@ class FastInst(nn.Module):
         """Normalised padded batch -> [E5, E4, E3]."""
         return self.sem_seg_head.pixel_decoder(self.backbone(images))
 
+    def forward_raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network alone (eval): normalised padded (B, 3, H, W) -> pred_logits (B, Q, K+1), pred_masks (B, Q, H/8,
+        W/8); the same contract as the exported runtimes' `forward_raw` (`fastinst.runtimes`)."""
+        out = self.sem_seg_head.predictor(self.features(images))
+        return out["pred_logits"], out["pred_masks"]
+
     def targets(self, batch: list[dict], padded: tuple[int, int]) -> list[dict]:
         out = []
         for d in batch:
