@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -30,7 +31,18 @@ from PIL import Image
 from fastinst.cli import build_parser
 from fastinst.config import PUBLISHED
 from fastinst.data.synthetic import render_sample
-from fastinst.engine.app import PAGE, App, Choice, Server, default_choices, png_bytes, safe_name, serve
+from fastinst.engine import compact
+from fastinst.engine.app import (
+    PAGE,
+    App,
+    Choice,
+    Server,
+    content_disposition,
+    default_choices,
+    png_bytes,
+    safe_name,
+    serve,
+)
 from fastinst.engine.predictor import Predictor
 from fastinst.errors import FastInstError
 from fastinst.factory import build_model, load_model
@@ -167,7 +179,7 @@ def test_predict_and_downloads(running, checkpoints):
     assert status == 200 and 'filename="shapes 1_coco.json"' in headers["Content-Disposition"]
     entries = json.loads(body)
     assert len(entries) == len(r["instances"])
-    assert {e["file_name"] for e in entries} == {"shapes 1.png"}
+    assert {e["file_name"] for e in entries} == {"shapes 1.png"} and {e["image_id"] for e in entries} == {r["image_id"]}
     assert [int(mask_util.area(e["segmentation"])) for e in entries] == [i["area"] for i in r["instances"]]
     assert [e["category_id"] for e in entries] == [direct.category_ids[int(k)] for k in direct.labels]
 
@@ -228,7 +240,7 @@ def test_an_unexpected_failure_is_a_generic_line_and_a_log_entry(running, monkey
     def broken(*args, **kwargs):
         raise RuntimeError("something deep inside broke")
 
-    monkeypatch.setattr(Predictor, "predict_batch", broken)
+    monkeypatch.setattr(compact, "find_instances", broken)
     status, r = predict(running.url, png_bytes(photo(7)))
     assert status == 500 and r["error"].startswith("internal error") and "deep inside" not in r["error"]
     assert any("RuntimeError: something deep inside broke" in line for line in running.logs)
@@ -238,18 +250,18 @@ def test_an_unexpected_failure_is_a_generic_line_and_a_log_entry(running, monkey
 
 def test_requests_are_served_on_threads_and_inference_runs_one_at_a_time(running, monkeypatch):
     active, most = [0], [0]
-    original = Predictor.predict_batch
+    original = compact.find_instances
 
-    def slow(self, *args, **kwargs):
+    def slow(*args, **kwargs):
         active[0] += 1
         most[0] = max(most[0], active[0])
         time.sleep(0.3)
         try:
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
             active[0] -= 1
 
-    monkeypatch.setattr(Predictor, "predict_batch", slow)
+    monkeypatch.setattr(compact, "find_instances", slow)
     data = png_bytes(photo(8))
     statuses: list[int] = []
     threads = [threading.Thread(target=lambda: statuses.append(predict(running.url, data)[0])) for _ in range(3)]
@@ -269,8 +281,8 @@ def test_requests_under_another_name_or_origin_are_refused(running):
     req_headers = {"Origin": "http://attacker.example", "Content-Type": "application/octet-stream"}
     status, _, body = request(running.url + "/api/predict?name=x.png", png_bytes(photo(0)), req_headers)
     assert status == 403
-    status, _, body = request(running.url + "/api/results/r9999/coco.json")
-    assert status == 404 and "no longer kept" in json.loads(body)["error"]
+    status, _, body = request(running.url + "/api/results/r0123456789abcdef/coco.json")
+    assert status == 404 and "expired" in json.loads(body)["error"]
     status, _, body = request(running.url + "/../../etc/passwd")
     assert status == 404
 
@@ -284,6 +296,9 @@ def test_port_in_use_and_choices(running):
     assert len(labels) == 2 + len(PUBLISHED) - 1  # every other published variant, once
     assert safe_name("C:\\Users\\me\\cat?.jpg") == "cat_.jpg"
     assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("写真.jpg") == "写真.jpg" and safe_name("a\u202egpj.exe") == "a_gpj.exe"  # no bidi override
+    assert content_disposition("a b.png") == 'attachment; filename="a b.png"'
+    assert content_disposition("写真.png") == "attachment; filename=\"__.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.png"
 
 
 def test_cli_defaults():
@@ -372,7 +387,7 @@ def browser():
 
 def test_in_a_browser(running, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     files = []
     for i in (1, 2):
@@ -382,13 +397,14 @@ def test_in_a_browser(running, tmp_path):
     broken = tmp_path / "notes.jpg"
     broken.write_text("a text file renamed .jpg\n")
 
+    choices = running.app.choices
     driver = browser()
     try:
         wait = WebDriverWait(driver, 60)
         driver.get(running.url + "/")
         wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
         options = [o.text for o in driver.find_elements(By.CSS_SELECTOR, "#model option")]
-        assert options == ["demo.pth", "other.pth"]
+        assert [o.removesuffix(" (unavailable)") for o in options] == ["demo.pth", "other.pth"]
 
         def run_number() -> int:
             return int(driver.execute_script("return document.body.dataset.run || '0'"))
@@ -454,5 +470,39 @@ def test_in_a_browser(running, tmp_path):
         assert urls and all(u.startswith(running.url + "/") for u in urls), urls
         console = [e["message"] for e in driver.get_log("browser")]
         assert not [m for m in console if "Content Security Policy" in m or "Uncaught" in m], console
+
+        # a download the server no longer keeps: said on its card (keep 1: the second result pushes out the first)
+        running.app.results.keep = 1
+        cards = upload(files, 2)
+        cards[1].find_element(By.CSS_SELECTOR, "a.coco-link").click()
+        cards[0].find_element(By.CSS_SELECTOR, "a.coco-link").click()
+        wait.until(lambda d: cards[0].find_elements(By.CSS_SELECTOR, ".expired"))
+        assert "expired" in cards[0].find_element(By.CSS_SELECTOR, ".expired").text
+        assert not cards[1].find_elements(By.CSS_SELECTOR, ".expired")
+
+        # a model that cannot be loaded: one message above the results, the run stopped, the choice marked
+        before = run_number()
+        Select(driver.find_element(By.ID, "model")).select_by_value("1")
+        wait.until(lambda d: run_number() > before)
+        wait.until(lambda d: d.execute_script("return document.body.dataset.busy") is None)
+        banner = driver.find_element(By.ID, "banner").text
+        assert banner.startswith("other.pth could not be loaded (") and "Choose it again" in banner
+        assert not driver.find_elements(By.CSS_SELECTOR, ".card")  # no card repeats the message
+        assert driver.find_element(By.CSS_SELECTOR, "#model option[value='1']").text == "other.pth (unavailable)"
+
+        # 420 px wide (a phone), with the long labels of the published variants: no sideways scrolling
+        long = " · official weights (download) · fastinst-d3-r50-vd-dcn"
+        running.app.choices = [replace(c, label=c.label + long) for c in choices]
+        metrics = {"width": 420, "height": 900, "deviceScaleFactor": 1, "mobile": False}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+        driver.get(running.url + "/")
+        wait.until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
+        upload(files[:1], 1)
+        scroll, client = driver.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert client <= 420 and scroll <= client, f"the page is {scroll} px wide in a {client} px window"
     finally:
+        running.app.results.keep = 500
+        running.app.choices = choices
         driver.quit()

@@ -21,7 +21,9 @@ def add_parser(sub) -> None:
         "app",
         help="a local web page: drop in photos, see the instances",
         description="Start a local web page (standard library server, one self-contained page, works offline) to "
-        "try a model on uploaded, dropped or camera images; prints its URL and serves until Ctrl-C.",
+        "try a model on uploaded, dropped or camera images; prints its URL and serves until Ctrl-C. Scripts can post "
+        "images too: curl -F file=@photo.jpg http://127.0.0.1:7860/api/predict (docs/app.md: the API, the memory "
+        "bound).",
     )
     p.add_argument(
         "--model",
