@@ -112,7 +112,7 @@ def runtime(model, backend: str, dtype: str, photo: np.ndarray, size: tuple[int,
 
 def matched(reference, found) -> float:
     """The share of `reference`'s instances with one of the same class in `found` at mask IoU >= 0.9."""
-    from fastinst.engine.predictor import found_again
+    from fastinst.engine.results import found_again
 
     return found_again(reference, found) / max(len(reference), 1)
 

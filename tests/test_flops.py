@@ -161,6 +161,28 @@ def test_count_flops_parts_and_original_size():
     assert count_flops(meta, 64, 90, original=(100, 141)) == parts
 
 
+def test_info_counts_on_the_meta_device_what_a_real_model_counts(monkeypatch):
+    """`fastinst info` builds its model on the meta device (no weights, no real forward): the same parameters and
+    flops, exactly, as a real model on the CPU."""
+    import fastinst.flops
+    from fastinst.commands.info import model_info
+
+    seen = []
+
+    def counted(model, *args, **kwargs):
+        seen.append((next(model.parameters()).device.type, count_flops(model, *args, **kwargs)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(fastinst.flops, "count_flops", counted)
+    info = model_info("fastinst-demo", (64, 90))
+    model = build_model("fastinst-demo")
+    assert [device for device, _ in seen] == ["meta"]
+    assert seen[0][1] == count_flops(model, 64, 90)
+    assert info["gflops"] == {k: round(v / 1e9, 2) for k, v in seen[0][1].items()}
+    assert info["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert info["params"]["backbone"] == sum(p.numel() for p in model.backbone.parameters())
+
+
 def test_frozen_and_eval_batch_norm_count_alike():
     """The same backbone with FrozenBN or eval-mode BN: the same convs and 2 flops per normalised element."""
     bn = count_flops(build_model("fastinst-demo"), 64, 96)

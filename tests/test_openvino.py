@@ -23,7 +23,8 @@ from conftest import COMPACT_FIXTURE
 from fastinst.cli import main
 from fastinst.config import get_config, to_dict
 from fastinst.data.synthetic import render_sample
-from fastinst.engine.predictor import Predictor, found_again
+from fastinst.engine.predictor import Predictor
+from fastinst.engine.results import found_again
 from fastinst.errors import FastInstError
 from fastinst.runtimes import OpenVinoModel
 

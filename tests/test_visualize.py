@@ -106,9 +106,9 @@ def test_best_instance_on_top_and_labels_do_not_cover_each_other(monkeypatch) ->
     masks[2, 40:70, 30:70] = True
     scores = [0.4, 0.9, 0.6]  # instance 1 is the best
     boxes: list[tuple[tuple[int, int, int, int], tuple]] = []
-    draw_label = vis._draw_label
+    draw_label = vis.draw_label
     monkeypatch.setattr(
-        vis, "_draw_label", lambda out, box, colour, *a: boxes.append((box, colour)) or draw_label(out, box, colour, *a)
+        vis, "draw_label", lambda out, box, colour, *a: boxes.append((box, colour)) or draw_label(out, box, colour, *a)
     )
     out = draw_instances(image, masks, [0, 1, 2], scores, ["a", "b", "c"], alpha=1.0, contour_width=0)
     rects = [xy for xy, _ in boxes]

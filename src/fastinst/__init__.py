@@ -5,13 +5,14 @@ predictor = fastinst.load("fastinst-d1-r50", weights="official")     # results =
 predictor = fastinst.load("fastinst-d1-r50", weights="w.pth", backend="openvino")   # the same, compiled by OpenVINO
 model = fastinst.load_model("runs/train/last.pth")                    # nn.Module; model.detect([rgb_uint8_array])
 model = fastinst.build_model("fastinst-d1-r50")                       # random init, official state-dict layout
+run = fastinst.fit("fastinst-d1-r50", "data/mine", weights="w.pth")  # train: run.output, run.metrics["AP"]
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_model", "get_config", "load", "load_checkpoint", "load_model"]
+__all__ = ["__version__", "build_model", "fit", "get_config", "load", "load_checkpoint", "load_model"]
 
 
 def get_config(name: str):
@@ -39,6 +40,14 @@ def load_model(model=None, weights=None, device: str = "auto", classes=None):
     from .factory import load_model as _load_model
 
     return _load_model(model, weights, device, classes)
+
+
+def fit(model, data, **kwargs):
+    """Train `model` (a variant name, YAML or `Config`) on `data`, as `fastinst train` does; -> `TrainResult` (the run
+    folder, the final metrics, the config, the trained model). Keywords: see `fastinst.engine.training.fit`."""
+    from .engine.training import fit as _fit
+
+    return _fit(model, data, **kwargs)
 
 
 def load(

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, runners = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # the words as given: `train --num-gpus N` passes them on to its processes
     if not args.command:
         parser.print_help()
         return 0

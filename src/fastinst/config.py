@@ -277,12 +277,18 @@ def load_yaml(path: str | Path) -> Config:
     """A YAML config: `base: <variant>` plus nested sections (model, loss, input, solver) that override it."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read YAML config ({str(e).splitlines()[0]})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:  # ValueError: a 5,000-digit number
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: cannot read YAML config ({first})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot read YAML config (nested more deeply than the parser can follow)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
-    cfg = get_config(data.pop("base", "fastinst-demo"))
+    base = data.pop("base", "fastinst-demo")
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a variant name (a string), got {_shown(base)}")
+    cfg = get_config(base)
     overrides = []
     for section, values in data.items():
         if isinstance(values, dict):
@@ -296,7 +302,20 @@ def load_yaml(path: str | Path) -> Config:
 
 
 def _yaml_scalar(v) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+    return yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
+
+
+def _shown(value, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters, for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def to_dict(cfg: Config) -> dict:
@@ -346,8 +365,12 @@ def _coerce(value, tp, key: str):
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and (not math.isfinite(value) or int(value) != value))
+        ):
+            raise ConfigError(f"{key} must be an integer, got {_shown(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
@@ -355,11 +378,13 @@ def _coerce(value, tp, key: str):
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise ConfigError(f"{key} must be a finite number, got {_shown(value)}")
         return float(value)
     if tp is str:
-        return str(value)
+        if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {_shown(value)}")
     return value
 
 
@@ -410,8 +435,22 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+# The settings that take one of a few values (what the backbone, its norm layers and the trainer implement).
+_CHOICES: dict[str, tuple] = {
+    "model.backbone": ("resnet", "resnet_vd"),
+    "model.depth": (18, 34, 50, 101),
+    "model.backbone_norm": ("FrozenBN", "BN", "GN"),
+    "solver.optimizer": ("adamw", "sgd"),
+}
+
+
 def validate(cfg: Config) -> Config:
-    """`cfg`, or `ConfigError` naming the first setting outside its range (`_RANGES`)."""
+    """`cfg`, or `ConfigError` naming the first setting outside its range (`_RANGES`) or its choices (`_CHOICES`)."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={_shown(value)}: must be one of {', '.join(map(str, choices))}")
     for key, (low, high, low_ok) in _RANGES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -420,6 +459,7 @@ def validate(cfg: Config) -> Config:
                 bound = f"at least {low:g}" if low_ok else f"above {low:g}"
                 top = f" and at most {high:g}" if high < 1e6 else ""
                 shown = _yaml_scalar(list(value) if isinstance(value, tuple) else value)
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 raise ConfigError(f"{key}={shown}: must be {bound}{top}")
     if list(cfg.solver.steps) != sorted(cfg.solver.steps):
         raise ConfigError(f"solver.steps={list(cfg.solver.steps)}: must be in increasing order")
@@ -507,7 +547,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         except yaml.YAMLError:
             value = raw
         if len(parts) == 1 and parts[0] in ("name", "weights_url", "coco_ap"):
-            setattr(cfg, parts[0], value)
+            setattr(cfg, parts[0], _coerce(value, _field_type(Config, parts[0]), key))
             continue
         sections = [f.name for f in dataclasses.fields(Config) if dataclasses.is_dataclass(getattr(cfg, f.name))]
         if len(parts) != 2 or parts[0] not in sections:

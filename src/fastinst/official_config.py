@@ -24,6 +24,7 @@ import ast
 import copy
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, apply_overrides, canonical_name, get_config
+from .config import Config, ConfigError, apply_overrides, canonical_name, get_config, validate
 
 # A detectron2 key on a command line: upper-case dotted words (MODEL.WEIGHTS, OUTPUT_DIR, SOLVER.AMP.ENABLED).
 KEY_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*")
@@ -326,7 +327,7 @@ def decode_value(value: Any) -> Any:
         return value
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # TypeError: "{[]: 1}"
         return value
 
 
@@ -352,15 +353,20 @@ def read_official_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
     if resolved in _seen:
         raise ConfigError(f"{path}: _BASE_ chain loops back to this file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read YAML config ({str(e).splitlines()[0]})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:  # ValueError: a 5,000-digit number
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{path}: cannot read YAML config ({first})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot read YAML config (nested more deeply than the parser can follow)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
     flat: dict[str, Any] = {}
     base = data.pop("_BASE_", None)
     if base is not None:
-        base_path = Path(str(base)).expanduser()
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: _BASE_ must be a file name (a string), got {_shown(base)}")
+        base_path = Path(base).expanduser()
         if not base_path.is_absolute():
             base_path = path.parent / base_path
         flat.update(read_official_yaml(base_path, (*_seen, resolved)))
@@ -419,16 +425,21 @@ def apply_official(run: OfficialRun, values: dict[str, Any], source: str) -> Off
                 raise ConfigError(f"{source}: {key} {value!r} is not supported; fastinst implements {shown}")
         elif isinstance(spec, _Run):
             if spec.attr in ("train_datasets", "test_datasets"):
-                value = tuple(str(v) for v in _sizes(value))
+                names = _sizes(value)
+                if not all(isinstance(v, str) for v in names):
+                    raise ConfigError(f"{source}: {key} {_shown(value)}: expected dataset names (strings)")
+                value = tuple(names)
             elif spec.attr in ("weights", "output_dir", "device"):
-                value = "" if value is None else str(value)
+                if value is not None and not isinstance(value, str):
+                    raise ConfigError(f"{source}: {key} {_shown(value)}: expected a string")
+                value = value or ""
             setattr(run, spec.attr, value)
         else:
             try:
                 converted = spec.convert(value) if spec.convert else value
                 run.cfg = apply_overrides(run.cfg, [f"{spec.target}={json.dumps(converted)}"])
             except (ConfigError, TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: {key} {value!r}: {e}") from None
+                raise ConfigError(f"{source}: {key} {_shown(value)}: {e}") from None
             run.fields[spec.target] = key
     return run
 
@@ -446,10 +457,14 @@ def _finish(run: OfficialRun, source: str) -> OfficialRun:
         ("MODEL.SEM_SEG_HEAD.MASK_DIM", run.mask_dim, int),
     ):
         wrong = not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool)
+        if value is not None and not wrong and expected is not bool and not _finite(value):
+            wrong = True
         if value is not None and wrong:
             raise ConfigError(
-                f"{source}: {key} {value!r}: expected {'true or false' if expected is bool else 'a number'}"
+                f"{source}: {key} {_shown(value)}: expected {'true or false' if expected is bool else 'a number'}"
             )
+    if run.clip_type is not None and not isinstance(run.clip_type, str):
+        raise ConfigError(f"{source}: SOLVER.CLIP_GRADIENTS.CLIP_TYPE {_shown(run.clip_type)}: expected a string")
     if run.warmup_iters is not None or run.warmup_factor is not None:
         factor = 0.001 if run.warmup_factor is None else float(run.warmup_factor)  # detectron2's default
         iters = 1000 if run.warmup_iters is None else int(run.warmup_iters)
@@ -479,7 +494,23 @@ def _finish(run: OfficialRun, source: str) -> OfficialRun:
                 f"{source}: MODEL.SEM_SEG_HEAD.{key} {width} is not supported; fastinst's pixel decoder is "
                 f"MODEL.FASTINST.HIDDEN_DIM ({run.cfg.model.hidden_dim}) wide"
             )
+    try:  # the warm-up and clipping folded in above bypass apply_overrides' range checks
+        validate(run.cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     return run
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_official_config(

@@ -15,9 +15,19 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .boxes import mask_box
 from .errors import FastInstError
 
-__all__ = ["PALETTE", "draw_instances", "instance_colour", "mask_edges", "plot_training_curves"]
+__all__ = [
+    "PALETTE",
+    "draw_instances",
+    "draw_label",
+    "instance_colour",
+    "label_font",
+    "label_text",
+    "mask_edges",
+    "plot_training_curves",
+]
 
 # Twenty well-separated, saturated colours (RGB); instance i gets PALETTE[i % 20].
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -68,14 +78,14 @@ def mask_edges(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return mask & ~inner
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow without FreeType: fixed-size bitmap font
         return ImageFont.load_default()
 
 
-def _label_text(label: int | None, score: float | None, names: Sequence[str] | None) -> str:
+def label_text(label: int | None, score: float | None, names: Sequence[str] | None) -> str:
     if label is None:
         text = ""
     elif names is not None and 0 <= label < len(names):
@@ -124,15 +134,16 @@ def draw_instances(
     out = img.copy()
     _blend_masks(out, m, ranked, alpha, contour_width)
 
-    font = _font(max(10, min(24, round(min(h, w) / 40))))
+    font = label_font(max(10, min(24, round(min(h, w) / 40))))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     placed: list[tuple[int, int, int, int, int, str, int, int]] = []  # x0, y0, x1, y1, i, text, left, top
     for i in ranked:  # the best label gets its place first; the others slide below labels already placed
-        text = _label_text(None if lab is None else lab[i], None if sco is None else sco[i], names)
-        rows, cols = m[i].any(axis=1), m[i].any(axis=0)  # (H,), (W,): the box without listing every pixel
-        if not text or not rows.any():
+        text = label_text(None if lab is None else lab[i], None if sco is None else sco[i], names)
+        if not text:
             continue
-        top_row, left_col = int(rows.argmax()), int(cols.argmax())
+        left_col, top_row, right_col, _ = mask_box(m[i])  # the label goes at the box's top left corner
+        if right_col == 0:  # an empty mask
+            continue
         left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 4
         x0 = int(min(max(left_col, 0), max(w - tw, 0)))
@@ -146,11 +157,11 @@ def draw_instances(
             y0 = hit[3]
         placed.append((x0, int(y0), int(x0 + tw), int(y0 + th), i, text, int(left), int(top)))
     for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
-        _draw_label(out, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
+        draw_label(out, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
     return out
 
 
-def _draw_label(out: np.ndarray, box: tuple[int, int, int, int], colour, text: str, font, offset) -> None:
+def draw_label(out: np.ndarray, box: tuple[int, int, int, int], colour, text: str, font, offset) -> None:
     """Fill `box` (x0, y0, x1, y1 inclusive, image coordinates) of `out` with `colour` and write `text` at `offset`
     from its corner, in black or white by the colour's luminance; drawn on a patch of the box alone (a whole-image
     PIL copy would cost another H×W×3 bytes on huge images)."""

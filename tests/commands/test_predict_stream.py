@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import fastinst.commands.predict as command
-import fastinst.engine.predictor as predictor_module
+import fastinst.engine.video as video_module
 from fastinst.cli import build_parser, main
 from fastinst.engine.predictor import Predictor
 from fastinst.engine.sources import camera_source, parse_source
@@ -226,7 +226,7 @@ def test_webcam_and_threshold_options_include_live_ones():
 
 def _fake_run(monkeypatch, reader: FakeReader, model: SlowModel) -> None:
     """`fastinst predict` reads `reader` for any camera or stream, with `model` as the network."""
-    monkeypatch.setattr(predictor_module, "open_video", lambda source, timeout=None: reader)
+    monkeypatch.setattr(video_module, "open_video", lambda source, timeout=None: reader)
     monkeypatch.setattr(command, "build_predictor", lambda args, dataset=None: Predictor(model))
 
 

@@ -291,7 +291,8 @@ def test_both_override_forms_mix_and_the_launched_processes_get_the_same_run(see
 
     parser, _ = build_parser()
     words = ["train", "--num-gpus", "2", "--config-file", D1, "SOLVER.IMS_PER_BATCH", "8", "solver.max_iter=3"]
-    args = parser.parse_args([*words, "SOLVER.MAX_ITER", "7", "MODEL.WEIGHTS", "", "OUTPUT_DIR", "o"])
+    words += ["SOLVER.MAX_ITER", "7", "MODEL.WEIGHTS", "", "OUTPUT_DIR", "o"]
+    args = parser.parse_args(words)
     prepare_official(args)
     assert (args.model, args.data, args.train_split, args.val_split, args.output, args.weights) == (
         "fastinst_R50_ppm-fpn_x1_576",
@@ -303,9 +304,12 @@ def test_both_override_forms_mix_and_the_launched_processes_get_the_same_run(see
     )
     cfg = apply_overrides(get_config(args.model), args.overrides)
     assert (cfg.solver.ims_per_batch, cfg.solver.max_iter) == (8, 3)  # ours apply after the official pairs
-    again = parser.parse_args(["train", *child_argv(args)])  # what each process started by the launcher parses
+    passed = child_argv(words)  # what each process started by the launcher parses: these words minus --num-gpus 2
+    assert passed == [words[0], *words[3:]]
+    again = parser.parse_args(passed)
+    prepare_official(again)  # each process resolves the official command line as this one did
     assert (again.model, again.data, again.output, again.overrides) == (args.model, args.data, "o", args.overrides)
-    assert again.num_gpus == 1 and again.config_file is None
+    assert again.num_gpus == 1 and again.config_file == D1
     assert rendezvous("tcp://10.1.2.3:29555", 2) == ("10.1.2.3", 29555)
     with pytest.raises(FastInstError, match="use tcp://HOST:PORT"):
         rendezvous("file:///tmp/x", 1)

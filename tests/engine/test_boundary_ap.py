@@ -22,7 +22,8 @@ from fastinst.commands import evaluate as eval_cmd
 from fastinst.data.convert import to_coco_json
 from fastinst.data.datasets import load_dataset
 from fastinst.engine.boundary import boundary_iou, dilation_pixels, mask_boundary
-from fastinst.engine.evaluator import METRIC_NAMES, evaluate_results
+from fastinst.engine.coco_metrics import METRIC_NAMES
+from fastinst.engine.evaluator import evaluate_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from makers import make_coco

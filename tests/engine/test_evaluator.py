@@ -17,7 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from fastinst.engine import evaluator as evaluator_mod
-from fastinst.engine.evaluator import METRIC_NAMES, COCOEvaluator, evaluate_results, write_report
+from fastinst.engine.coco_metrics import METRIC_NAMES
+from fastinst.engine.evaluator import COCOEvaluator, evaluate_results, write_report
 from fastinst.errors import DatasetError
 
 H, W = 40, 48

@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import COMPACT_FIXTURE
-from fastinst.engine.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, Results, found_again, masks_to_boxes
+from fastinst.boxes import masks_to_boxes
+from fastinst.defaults import DEFAULT_SCORE_THRESHOLD
+from fastinst.engine.predictor import Predictor
+from fastinst.engine.results import Results, found_again
 from fastinst.errors import FastInstError
 from fastinst.factory import load_model, parse_classes
 
@@ -120,12 +123,10 @@ def test_auto_precision_on_every_cpu_kind(monkeypatch, amx):
         _same(got, exact)
 
 
-def test_boxes_from_masks():
-    masks = np.zeros((3, 10, 12), bool)
-    masks[0, 2:5, 3:9] = True
-    masks[1, 9, 11] = True
-    boxes = masks_to_boxes(masks)
-    assert boxes.tolist() == [[3, 2, 9, 5], [11, 9, 12, 10], [0, 0, 0, 0]]
+def test_boxes_are_the_one_rule_s(demo, photo):
+    """`Results.boxes` is `fastinst.boxes.masks_to_boxes` of its masks (the rule itself: tests/test_boxes.py)."""
+    r = demo.predict(photo, score_threshold=0.0)[0]
+    assert len(r) and np.array_equal(r.boxes, masks_to_boxes(r.masks))
 
 
 def test_to_coco_loads_in_pycocotools(demo, photo):

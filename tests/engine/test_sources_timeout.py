@@ -17,8 +17,8 @@ import pytest
 
 from fastinst.cli import main
 from fastinst.engine import sources
-from fastinst.engine.predictor import VideoReader
 from fastinst.engine.sources import parse_source
+from fastinst.engine.video import VideoReader
 from fastinst.errors import FastInstError
 
 av = pytest.importorskip("av")

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import fastinst
-import fastinst.engine.predictor as predictor_module
+import fastinst.engine.video as video_module
 import fastinst.model.postprocess as postprocess
-from fastinst.engine.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
+from fastinst.defaults import DEFAULT_SCORE_THRESHOLD
+from fastinst.engine.predictor import Predictor
 
 av = pytest.importorskip("av")
 
@@ -102,14 +103,14 @@ class PostprocessLog:
 def test_video_streams_frames_and_upsamples_only_passing_masks(clip, monkeypatch, sharpen, batch_size):
     predictor = _demo(sharpen)
     read: list[int] = []
-    frames = predictor_module.VideoReader.__iter__
+    frames = video_module.VideoReader.__iter__
 
     def counted_frames(self):
         for frame in frames(self):
             read.append(1)
             yield frame
 
-    monkeypatch.setattr(predictor_module.VideoReader, "__iter__", counted_frames)
+    monkeypatch.setattr(video_module.VideoReader, "__iter__", counted_frames)
     log = PostprocessLog(monkeypatch, DEFAULT_SCORE_THRESHOLD)
 
     results = predictor.predict_video(clip, batch_size=batch_size)  # default score threshold 0.3

@@ -82,14 +82,6 @@ def test_low_precision_casts_convs_and_linears_once_and_keeps_norms_fp32():
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the original is untouched
 
 
-def test_cli_precisions_are_the_predictor_s():
-    """The torch-free CLI parsers keep their own copy of the precision names: it must stay the Predictor's."""
-    from fastinst.commands._options import PRECISIONS
-    from fastinst.model.fuse import DTYPE_CHOICES
-
-    assert PRECISIONS == DTYPE_CHOICES
-
-
 @pytest.mark.parametrize(
     "amx, avx512_bf16, expected",
     [(True, True, ("bf16", "auto: AMX")), (False, True, ("bf16", "auto: AVX512-BF16")),

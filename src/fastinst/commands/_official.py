@@ -1,9 +1,10 @@
 """The official repository's command line for `fastinst train`: `python train_net.py [--eval-only] --num-gpus N
 --config-file F KEY VALUE ...` (docs/official.md).
 
-`prepare_official` turns it into our options before anything runs, so that the processes `launch` starts,
-`evaluate_only` and training see only --model/--data/--weights/--output and key=value overrides. `--num-gpus` /
-`--num-machines` > 1 start the processes through PyTorch's own launcher, `python -m torch.distributed.run`.
+`prepare_official` turns it into our options before anything runs, so that `evaluate_only` (`fastinst eval`'s
+`evaluate_split`) and training (`engine.training.fit`) see only --model/--data/--weights/--output and key=value
+overrides. `--num-gpus` / `--num-machines` > 1 start the processes through PyTorch's own launcher, `python -m
+torch.distributed.run`, each given this command line minus the launch options (`child_argv`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-_LAUNCH_DESTS = ("num_gpus", "num_machines", "machine_rank", "dist_url", "config_file")
+LAUNCH_OPTIONS = ("--num-gpus", "--num-machines", "--machine-rank", "--dist-url")  # the launcher's own: not passed on
 _SCHEDULE = ("solver.max_iter", "solver.steps", "solver.warmup_iters")
 
 
@@ -204,27 +205,31 @@ def rendezvous(dist_url: str, machines: int) -> tuple[str, int]:
     raise FastInstError(f"--dist-url {dist_url}: use tcp://HOST:PORT, env:// or auto")
 
 
-def child_argv(args: argparse.Namespace) -> list[str]:
-    """This command line in our form for the processes torch.distributed.run starts (launch options left out)."""
-    from .train import PARSERS
-
+def child_argv(argv: list[str]) -> list[str]:
+    """The command line each process torch.distributed.run starts gets: `argv`, the words this command was given
+    (after `fastinst`), minus the launcher's own options (`--num-gpus N`, `--num-gpus=N`, ...: each process is one of
+    them). Everything else goes on verbatim; each process resolves `--config-file` and KEY VALUE pairs itself, as
+    this one did. Words after `--` are values, never options."""
     out: list[str] = []
-    for action in PARSERS["train"]._actions:
-        if not action.option_strings or action.dest in ("help", *_LAUNCH_DESTS):
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            out += [word, *words]
+            break
+        flag, eq, _ = word.partition("=")
+        if flag in LAUNCH_OPTIONS:
+            if not eq:
+                next(words, None)  # its value
             continue
-        flag = max(action.option_strings, key=len)
-        value = getattr(args, action.dest, None)
-        if action.nargs == 0:
-            out += [flag] if value else []
-        elif value is not None and value != action.default:
-            out += [flag, str(value)]
-    return [*out, "--", *(args.overrides or [])]
+        out.append(word)
+    return out
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     """Start --num-gpus processes on this machine (of --num-machines) through PyTorch's own launcher,
-    `python -m torch.distributed.run`, each running this command in our form; -> 0, or a one-line error if any
-    failed. On a machine without CUDA the processes run on the CPU (gloo)."""
+    `python -m torch.distributed.run`, each running this command line (`argv`, default `sys.argv[1:]`) minus the
+    launch options; -> 0, or a one-line error if any failed. On a machine without CUDA the processes run on the
+    CPU (gloo)."""
     import shlex
     import subprocess
 
@@ -242,7 +247,7 @@ def launch(args: argparse.Namespace) -> int:
     addr, port = rendezvous(args.dist_url, machines)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", f"--nnodes={machines}"]
     cmd += [f"--node_rank={args.machine_rank}", f"--master_addr={addr}", f"--master_port={port}", "-m", "fastinst"]
-    cmd += [*(["--debug"] if getattr(args, "debug", False) else []), "train", *child_argv(args)]
+    cmd += child_argv(list(sys.argv[1:] if argv is None else argv))
     note("starting " + shlex.join(["python", *cmd[1:]]))
     code = subprocess.call(cmd)
     if code != 0:
@@ -253,18 +258,22 @@ def launch(args: argparse.Namespace) -> int:
 
 
 def evaluate_only(args: argparse.Namespace) -> int:
-    """--eval-only: `fastinst eval` of --weights (MODEL.WEIGHTS) with the resolved config on --data's --val-split
-    (DATASETS.TEST), writing the same metrics.json, table and predictions into --output (OUTPUT_DIR)."""
+    """--eval-only: what `fastinst eval` does (`engine.evaluator.evaluate_split`) for --weights (MODEL.WEIGHTS) with
+    the resolved config on --data's --val-split (DATASETS.TEST), writing the same metrics.json, table and predictions
+    into --output (OUTPUT_DIR)."""
     from ..config import apply_overrides, get_config
+    from ..engine.evaluator import evaluate_split
     from ..errors import FastInstError
-    from . import evaluate
 
     if not args.weights:
         raise FastInstError("--eval-only needs the checkpoint to evaluate: MODEL.WEIGHTS PATH (or --weights PATH)")
     cfg = apply_overrides(get_config(args.model), list(args.overrides or []))
-    parser = argparse.ArgumentParser(prog="fastinst")
-    evaluate.add_parser(parser.add_subparsers(dest="command"))
-    ns = parser.parse_args(["eval", "--model", "m", "--data", "d"])  # every eval option at its default
-    ns.model, ns.weights, ns.data, ns.split = cfg, args.weights, args.data, args.val_split or "val"
-    ns.output, ns.device, ns.debug = args.output, args.device, getattr(args, "debug", False)
-    return int(evaluate.run(ns) or 0)
+    evaluate_split(
+        args.data,
+        model=cfg,
+        weights=args.weights,
+        split=args.val_split or "val",
+        output=args.output,
+        device=args.device,
+    )
+    return 0

@@ -7,6 +7,7 @@ import argparse
 import math
 
 from ..config import DEVICE_CHOICES, DEVICE_PATTERN
+from ..defaults import PRECISIONS
 
 
 def device(value: str) -> str:
@@ -73,7 +74,6 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRECISION_HELP = (
     "auto = fp16 on CUDA, bf16 on CPUs with bf16 hardware (AMX, AVX512-BF16), else fp32; fp16 runs as bf16 on a CPU"
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..defaults import DEFAULT_SCORE_THRESHOLD
 from ..errors import FastInstError
 from ._options import add_device, add_dtype, positive_float, probability
 
@@ -47,9 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--score-threshold",
         type=probability,
-        default=0.3,
+        default=DEFAULT_SCORE_THRESHOLD,
         metavar="T",
-        help="the page's starting score threshold (default 0.3)",
+        help=f"the page's starting score threshold (default {DEFAULT_SCORE_THRESHOLD:g})",
     )
     p.add_argument(
         "--max-upload-mb",

@@ -40,14 +40,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from ..config import apply_overrides, get_config
+    from ..config import get_config, override_keys
     from ..data.datasets import load_dataset
-    from ..data.loader import build_train_loader
     from ..data.synthetic import ensure_synthetic_coco
-    from ..engine.budget import BudgetTrainer
     from ..engine.evaluator import predict_dataset, write_report
-    from ..engine.trainer import Trainer
-    from ..factory import build_model
+    from ..engine.training import fit
     from ..visualize import draw_instances
 
     start = time.time()
@@ -58,35 +55,30 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ensure_synthetic_coco(Path(args.data))
-    train = load_dataset(args.data, split="train", filter_empty=True)
-    val = load_dataset(args.data, split="val")
-    cfg = apply_overrides(get_config("fastinst-demo"), list(args.overrides or []))
-    cfg.model.num_classes = len(train.names)
-    cfg.model.class_names = tuple(train.names)  # the checkpoint then names its classes
-    cfg.model.category_ids = tuple(train.category_ids)
-    cfg.solver.seed = args.seed
-    torch.manual_seed(args.seed)
-    model = build_model(cfg)
-
-    def loader(start_iter: int):
-        return build_train_loader(
-            train.records, cfg, cfg.solver.ims_per_batch, num_workers=cfg.solver.num_workers, start_iter=start_iter
-        )
-
-    for f in ("metrics.jsonl", "last.pth"):  # a demo run always starts fresh
-        (out / f).unlink(missing_ok=True)
-    if args.iters:
-        cfg.solver.max_iter = args.iters
-        cfg.solver.steps = (int(args.iters * 0.8),)
-        trainer = Trainer(cfg, model, loader, out, progress=True)
-    else:
-        trainer = BudgetTrainer(cfg, model, loader, out, progress=True, deadline=deadline, clock=clock)
-    trainer.train()
+    overrides = [*(args.overrides or []), "input.filter_empty=true", f"solver.seed={args.seed}"]
+    if args.iters:  # exactly this many iterations, the LR step at 80 %, the demo's warm-up unless one was given
+        overrides += [f"solver.max_iter={args.iters}", f"solver.steps=[{int(args.iters * 0.8)}]"]
+        if "solver.warmup_iters" not in override_keys(list(args.overrides or [])):
+            overrides.append(f"solver.warmup_iters={get_config('fastinst-demo').solver.warmup_iters}")
+    result = fit(
+        "fastinst-demo",
+        args.data,
+        output=out,
+        overrides=overrides,
+        exist_ok=True,  # a demo run always starts fresh in its folder
+        val_split="",  # evaluated below, once, with the overlays drawn
+        device="cpu",
+        deadline=None if args.iters else deadline,
+        clock=clock,
+        verbose=False,
+    )
+    cfg, model = result.cfg, result.model
     print(
-        f"trained {trainer.iteration} iterations of {cfg.solver.ims_per_batch} images in "
+        f"trained {result.iteration} iterations of {cfg.solver.ims_per_batch} images in "
         f"{time.time() - start:.0f} s (lr x{cfg.solver.gamma} from iteration {cfg.solver.steps[0]})"
     )
 
+    val = load_dataset(args.data, split="val")
     overlays = out / "overlays"
     overlays.mkdir(exist_ok=True)
 

@@ -150,7 +150,8 @@ def _check_int8(model, runtime, images) -> str:
     """The INT8 IR's instances (score >= 0.3) against PyTorch fp32's on `images`: the share of fp32 instances it finds
     again (same class, mask IoU >= 0.5). Raises FastInstError under `INT8_AGREEMENT`. (The raw outputs are no
     measure: a small change reorders the top-k queries.) Untrained weights find no instance: nothing to compare."""
-    from ..engine.predictor import Predictor, found_again
+    from ..engine.predictor import Predictor
+    from ..engine.results import found_again
 
     reference, quantized = Predictor(model, dtype="fp32"), Predictor(runtime)
     found = total = 0

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
 
 
 def model_info(name: str, size: tuple[int, int] | None = None) -> dict:
+    """Parameters per part and GFLOPs of variant `name` on a `size` input. The model is built on the meta device:
+    parameter counts and flops need only shapes (`fastinst.flops.count_flops`), so nothing is allocated or
+    initialised and no real forward runs (the numbers are the same: tests/test_flops.py)."""
     import torch
 
     from ..config import config_file, get_config
@@ -43,7 +46,8 @@ def model_info(name: str, size: tuple[int, int] | None = None) -> dict:
     cfg = get_config(name)
     user_yaml = name.endswith((".yaml", ".yml")) and Path(name).is_file()
     source = Path(name).resolve() if user_yaml else config_file(cfg.name)
-    model = build_model(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg)
     if size is None:  # a 480x640 (COCO-typical) photo at the variant's test resize
         size = resize_shape(480, 640, cfg.input.min_size_test, cfg.input.max_size_test)
     parts = {

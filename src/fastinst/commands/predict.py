@@ -36,12 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from ..defaults import DEFAULT_SCORE_THRESHOLD
 from ..engine.sources import STREAM_TIMEOUT, LiveSource, StopSignals, camera_source, collect_sources
 from ..errors import FastInstError
 from ._options import add_backend, add_device, add_dtype, positive_float, positive_int, probability
 
 THRESHOLD_HELP = (
-    "keep instances scoring at least this (default 0.3; --confidence-threshold is the official demo's name for it). "
+    f"keep instances scoring at least this (default {DEFAULT_SCORE_THRESHOLD:g}; --confidence-threshold is the "
+    "official demo's name for it). "
     "FastInst always returns its 100 best (query, class) pairs and most of them score near zero, so some threshold "
     "is needed for readable overlays; use 0 with --save-json for COCO evaluation"
 )
@@ -106,7 +108,13 @@ def add_parser(sub) -> None:
         "(cached in $FASTINST_CACHE or ~/.cache/fastinst)",
     )
     p.add_argument("--output", default="runs/predict", help="output folder (default runs/predict)")
-    p.add_argument("--score-threshold", "--confidence-threshold", type=probability, default=0.3, help=THRESHOLD_HELP)
+    p.add_argument(
+        "--score-threshold",
+        "--confidence-threshold",
+        type=probability,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help=THRESHOLD_HELP,
+    )
     p.add_argument(
         "--max-dets", type=positive_int, default=100, help="at most this many instances per image (default 100)"
     )
@@ -330,7 +338,7 @@ class _Run:
         self.instances += len(r)
 
     def run_video(self, path: Path, lenient: bool) -> None:
-        from ..engine.predictor import VideoReader
+        from ..engine.video import VideoReader
 
         try:
             reader = VideoReader(path)
@@ -346,7 +354,7 @@ class _Run:
             self.skip(path, str(e).removeprefix(f"{path}: "))
 
     def run_live(self, source: LiveSource) -> None:
-        from ..engine.predictor import open_video
+        from ..engine.video import open_video
 
         timeout = self.args.timeout if source.kind == "url" else None
         self.frames_of(open_video(source, timeout), source.name, f"{source.stem}.mp4", device=True)

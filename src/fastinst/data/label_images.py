@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,13 +85,20 @@ def read_names(names: Sequence[str] | str | os.PathLike) -> dict[int, str]:
     return table
 
 
-def read_label_image(path: Path) -> tuple[np.ndarray, bool]:
+def read_label_image(
+    path: Path, expected: tuple[int, int, str] | None = None, kind: str = "label image"
+) -> tuple[np.ndarray, bool]:
     """-> (int64 (H, W) label values, whether the file is 8-bit so that 255 is void). `DatasetError` for colour
-    images, stacks, negative or non-integer values and unreadable files."""
+    images, stacks, negative or non-integer values and unreadable files, and (`expected` = (height, width, what they
+    are the size of)) for a file of another size, from its header before its pixels are decoded (`kind`: what the
+    file is, in that message)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if expected is not None and im.size != (expected[1], expected[0]):
+                h, w, other = expected
+                raise DatasetError(f"{path}: {kind} is {im.size[0]}x{im.size[1]} but {other} is {w}x{h}")
             frames = int(getattr(im, "n_frames", 1))
             if frames > 1:
                 raise DatasetError(
@@ -205,7 +212,7 @@ def load_label_images(
     anns: list[dict] = []
     for image_id, (f, img) in enumerate(pairs, 1):
         h, w = image_size(img)
-        labels, eight_bit = read_label_image(f)
+        labels, eight_bit = read_label_image(f, (h, w, f"its image {img}"))
         if labels.shape != (h, w):
             raise DatasetError(
                 f"{f}: label image is {labels.shape[1]}x{labels.shape[0]} but its image {img} is {w}x{h}"
@@ -214,7 +221,7 @@ def load_label_images(
         if class_dir is not None:
             cf = _match(f.stem, class_files)
             assert cf is not None
-            classes, class_eight_bit = read_label_image(cf)
+            classes, class_eight_bit = read_label_image(cf, (h, w, f"its label image {f}"), "class map")
             if classes.shape != (h, w):
                 raise DatasetError(
                     f"{cf}: class map is {classes.shape[1]}x{classes.shape[0]} but its label image {f} is {w}x{h}"
@@ -322,8 +329,9 @@ def _image_folder(masks: Path, labels: list[Path]) -> Path | None:
     return None
 
 
-def _instance_masks(labels: np.ndarray, eight_bit: bool, path: Path) -> list[tuple[int, np.ndarray]]:
-    """[(value, bool (H, W) mask)] for every instance value in increasing order (void excluded in 8-bit images)."""
+def _instance_masks(labels: np.ndarray, eight_bit: bool, path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """(value, bool (H, W) mask) for every instance value in increasing order (void excluded in 8-bit images), one at
+    a time: an image with thousands of instances never holds more than one full-size mask."""
     flat = labels.ravel()
     keep = flat != 0
     if eight_bit:
@@ -336,17 +344,15 @@ def _instance_masks(labels: np.ndarray, eight_bit: bool, path: Path) -> list[tup
         keep &= ~void
     where = np.flatnonzero(keep)
     if not len(where):
-        return []
+        return
     values = flat[where]
     order = np.argsort(values, kind="stable")
     uniq, starts = np.unique(values[order], return_index=True)
     bounds = [*starts[1:], len(order)]
-    out = []
     for value, a, b in zip(uniq.tolist(), starts.tolist(), bounds, strict=True):
         mask = np.zeros(labels.shape, bool)
         mask.ravel()[where[order[a:b]]] = True
-        out.append((int(value), mask))
-    return out
+        yield int(value), mask
 
 
 def _majority(values: np.ndarray, issues: Counter) -> int:

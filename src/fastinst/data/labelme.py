@@ -48,7 +48,18 @@ from pycocotools import mask as mask_util
 
 from ..errors import DatasetError, note
 from ..files import atomic_path
-from .datasets import InstanceDataset, _relative, from_coco, image_size, json_rle, mask_to_rle, read_json
+from .datasets import (
+    InstanceDataset,
+    _relative,
+    _shown,
+    from_coco,
+    image_size,
+    is_int,
+    is_number,
+    json_rle,
+    mask_to_rle,
+    read_json,
+)
 from .images import IMAGE_EXTENSIONS, PIL_ERRORS
 
 __all__ = [
@@ -75,6 +86,7 @@ _ISSUES = {
     "unsupported": "skipped shapes that are not areas (line, linestrip, point, ...)",
     "background": "skipped _background_ shapes",
     "empty": "skipped shapes covering no area",
+    "clipped": "clipped shapes reaching outside their image",
 }
 
 
@@ -301,7 +313,10 @@ def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> t
     The first candidate file that reads as an image wins; when none does (missing, not an image, or `imagePath`
     naming the json itself, as in labelme's own tutorial file) the embedded `imageData` is the image, as in labelme:
     its path is `target_dir/<name>` (to write later), or without `target_dir` the cached copy (written now)."""
-    stated = str(data.get("imagePath") or "")
+    stated = data.get("imagePath")
+    if stated is not None and not isinstance(stated, str):
+        raise DatasetError(f"{path}: 'imagePath' must be a file name (a string), got {_shown(stated)}")
+    stated = stated or ""
     here = path.parent
     candidates = []
     if stated:
@@ -310,7 +325,7 @@ def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> t
     wanted = here / stated if stated else here / f"{path.stem}.<image>"
     found, size, unreadable = None, (0, 0), None
     for c in candidates:
-        if not c.is_file():
+        if not _is_file(c):
             continue
         if c.resolve() == path.resolve():
             unreadable = unreadable or f"image {c} is the labelme file itself"
@@ -350,12 +365,23 @@ def _image(path: Path, data: dict, target_dir: Path | None, used: set[str]) -> t
     return image, _checked_size(path, data, size, None if embedded else image), embedded
 
 
+def _is_file(p: Path) -> bool:
+    """`p.is_file()`, False also for a name the system refuses (too long, a NUL byte)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _checked_size(path: Path, data: dict, size: tuple[int, int], image: Path | None) -> tuple[int, int]:
     """`size` (height, width) of the image file `image` (None: the one embedded in the json), once it is checked
-    against the json's `imageHeight`/`imageWidth`."""
+    against the json's `imageHeight`/`imageWidth` (positive integers or null)."""
     h, w = size
     sh, sw = data.get("imageHeight"), data.get("imageWidth")
-    if (isinstance(sh, int) and sh != h) or (isinstance(sw, int) and sw != w):
+    for key, value in (("imageHeight", sh), ("imageWidth", sw)):
+        if value is not None and not (is_int(value) and value > 0):
+            raise DatasetError(f"{path}: '{key}' must be a positive integer (or null), got {_shown(value)}")
+    if (sh is not None and sh != h) or (sw is not None and sw != w):
         raise DatasetError(
             f"{path}: imageHeight/imageWidth say {sw}x{sh} (width x height) but the image "
             f"{'embedded in it' if image is None else image} is {w}x{h}"
@@ -441,32 +467,35 @@ def _undecodable(raw: bytes, e: BaseException, kind: str = "an image") -> str:
 
 
 def _instances(path: Path, shapes: list, h: int, w: int, issues: Counter) -> list[tuple[str, list | dict]]:
-    """-> [(label, segmentation)] in order of first appearance: polygons (flat xy lists) or an RLE dict."""
+    """-> [(label, segmentation)] in order of first appearance: polygons (flat xy lists, inside the image) or an RLE
+    dict. Mask shapes are kept as RLE as they are read, so a file with many of them holds one full-size mask at a
+    time."""
     groups: dict[Any, tuple[str, list]] = {}
     for i, s in enumerate(shapes):
         label = _label(path, i, s)
         if label == BACKGROUND:
             issues["background"] += 1
             continue
+        group = s.get("group_id")
+        if group is not None and not (is_int(group) or isinstance(group, str)):
+            raise DatasetError(f"{path}: shapes[{i}] 'group_id' must be an integer or null, got {_shown(group)}")
         part = _part(path, i, s, h, w, issues)
         if part is None:
             continue
-        group = s.get("group_id")
         key = (label, group) if group is not None else ("#", i)
         groups.setdefault(key, (label, []))[1].append(part)
     out: list[tuple[str, list | dict]] = []
     for label, parts in groups.values():
         polygons = [p for p in parts if isinstance(p, list)]
-        bitmaps = [p for p in parts if not isinstance(p, list)]
+        bitmaps = [p for p in parts if isinstance(p, dict)]
         if not bitmaps:
             out.append((label, polygons))
             continue
-        mask = np.zeros((h, w), bool)
-        for b in bitmaps:
-            mask |= b
         if polygons:
-            mask |= mask_util.decode(json_rle(polygons, h, w)).astype(bool)
-        out.append((label, mask_to_rle(mask)))
+            bitmaps.append(json_rle(polygons, h, w))
+        merged = mask_util.merge(bitmaps) if len(bitmaps) > 1 else bitmaps[0]
+        counts = merged["counts"]
+        out.append((label, {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}))
     return out
 
 
@@ -479,9 +508,12 @@ def _label(path: Path, i: int, s: Any) -> str:
     return label
 
 
-def _part(path: Path, i: int, s: dict, h: int, w: int, issues: Counter) -> list | np.ndarray | None:
-    """One shape as a flat polygon or a full-size bool mask; None (counted) when it is skipped."""
-    kind = s.get("shape_type") or "polygon"
+def _part(path: Path, i: int, s: dict, h: int, w: int, issues: Counter) -> list | dict | None:
+    """One shape as a flat polygon (clipped to the image) or a full-size RLE; None (counted) when it is skipped."""
+    kind = s.get("shape_type")
+    if kind is not None and not isinstance(kind, str):
+        raise DatasetError(f"{path}: shapes[{i}] 'shape_type' must be a string, got {_shown(kind)}")
+    kind = kind or "polygon"
     if kind not in (*POLYGON_TYPES, "mask"):
         issues["unsupported"] += 1
         return None
@@ -501,23 +533,36 @@ def _part(path: Path, i: int, s: dict, h: int, w: int, issues: Counter) -> list 
     elif kind == "circle":
         (cx, cy), (px, py) = points
         r = math.hypot(px - cx, py - cy)
-        n = max(16, min(1440, math.ceil(2 * math.pi * r)))  # neighbouring vertices ~1 px apart
+        if not math.isfinite(r):
+            raise DatasetError(f"{path}: shapes[{i}] circle's radius is not a finite number")
+        rim = 2 * math.pi * r
+        n = 1440 if rim >= 1440 else max(16, math.ceil(rim))  # neighbouring vertices ~1 px apart, at most 1440
         angles = np.arange(n) * (2 * math.pi / n)
         poly = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1).ravel().tolist()
     else:
         return _mask_part(path, i, s, points, h, w, issues)
+    poly = _clipped(poly, h, w, issues)
     if _flat(poly):
         issues["empty"] += 1
         return None
     return poly
 
 
+def _clipped(poly: list[float], h: int, w: int, issues: Counter) -> list[float]:
+    """The polygon with its coordinates clipped to the image (as `from_coco` clips COCO's): a vertex far outside
+    never sizes what rasterising the polygon allocates."""
+    xs, ys = poly[0::2], poly[1::2]
+    if min(xs) >= 0 and min(ys) >= 0 and max(xs) <= w and max(ys) <= h:
+        return poly
+    issues["clipped"] += 1
+    arr = np.asarray(poly, dtype=np.float64)
+    arr[0::2], arr[1::2] = np.clip(arr[0::2], 0, w), np.clip(arr[1::2], 0, h)
+    return arr.tolist()
+
+
 def _points(path: Path, i: int, points: Any) -> list[tuple[float, float]]:
     ok = isinstance(points, list) and all(
-        isinstance(p, (list, tuple))
-        and len(p) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
-        for p in points
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(is_number(v) for v in p) for p in points
     )
     if not ok:
         raise DatasetError(f"{path}: shapes[{i}] 'points' is not a list of [x, y] number pairs")
@@ -532,25 +577,33 @@ def _flat(poly: list[float]) -> bool:
 
 def _mask_part(
     path: Path, i: int, s: dict, points: list[tuple[float, float]], h: int, w: int, issues: Counter
-) -> np.ndarray | None:
+) -> dict | None:
+    """A `mask` shape as a full-size compressed RLE. The PNG's size is checked against the image from its header,
+    before it is decoded: a mask is a box of the image, never larger."""
     from PIL import Image
 
-    what = f"shapes[{i}] (label {s.get('label')!r}) mask"
+    what = f"shapes[{i}] (label {_shown(s.get('label'))}) mask"
     raw = _decode_b64(s.get("mask"), path, what)
     try:
         with Image.open(io.BytesIO(raw)) as im:
+            mw, mh = im.size
+            if mw > w or mh > h:
+                raise DatasetError(f"{path}: {what} is {mw}x{mh} pixels, larger than its {w}x{h} image")
             small = np.asarray(im.convert("L")) > 0
     except PIL_ERRORS as e:
         raise DatasetError(f"{path}: {what} cannot be decoded: {_undecodable(raw, e, 'a PNG')}") from None
     x0 = max(int(min(points[0][0], points[1][0])), 0)
     y0 = max(int(min(points[0][1], points[1][1])), 0)
+    if x0 >= w or y0 >= h:
+        issues["empty"] += 1
+        return None
     mask = np.zeros((h, w), bool)
-    part = small[: max(h - y0, 0), : max(w - x0, 0)]
+    part = small[: h - y0, : w - x0]
     mask[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]] = part
     if not mask.any():
         issues["empty"] += 1
         return None
-    return mask
+    return mask_to_rle(mask)
 
 
 def _annotation(ann_id: int, image_id: int, category_id: int, seg: list | dict, iscrowd: int) -> dict:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ..defaults import DEFAULT_SCORE_THRESHOLD
 from ..errors import FastInstError
 from .serving import Gate, HTTPError, PooledServer, StrictHandler, content_disposition
 
@@ -144,7 +145,7 @@ class App:
         device: str = "auto",
         dtype: str = "auto",
         backend: str = "torch",
-        score_threshold: float = 0.3,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         max_upload: int = DEFAULT_MAX_UPLOAD,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         loaded: Any = None,

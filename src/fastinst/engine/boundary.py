@@ -26,6 +26,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .coco_metrics import summary_metrics
+
 DILATION_RATIO = 0.02
 
 
@@ -139,8 +141,6 @@ def boundary_metrics(
     """Boundary AP of loaded detections against a ground-truth index: the same keys as mask AP (`AP`, `AP50`, ...,
     `per_class`, `pr_curves`; percent, NaN where pycocotools says -1), over `category_ids` (default all).
     `verbose` prints the 12-line table."""
-    from .evaluator import _metrics
-
     with contextlib.redirect_stdout(io.StringIO()):
         ev = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio=dilation_ratio)
         if image_ids is not None:
@@ -155,6 +155,6 @@ def boundary_metrics(
     else:
         with contextlib.redirect_stdout(io.StringIO()):
             ev.summarize()
-    metrics = _metrics(ev, coco_gt)
+    metrics = summary_metrics(ev, coco_gt)
     metrics["dilation_ratio"] = float(dilation_ratio)
     return metrics

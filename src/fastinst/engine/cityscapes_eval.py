@@ -236,9 +236,9 @@ def evaluate_cityscapes(
     """
     from pycocotools import mask as mask_util
 
-    from .evaluator import _load_results, coco_api, match_image_ids
+    from .evaluator import coco_api, load_results, match_image_ids
 
-    dets, label = _load_results(results)
+    dets, label = load_results(results)
     with contextlib.redirect_stderr(io.StringIO()):  # its note was printed when the COCO metrics were computed
         dets = match_image_ids(dets, coco_api(dataset.coco), label, getattr(dataset, "image_root", None))
     images = {int(im["id"]): im for im in dataset.coco["images"]}

@@ -89,12 +89,11 @@ def one_mask(logits: torch.Tensor, padded: tuple, resized: tuple, original: tupl
 
 
 def box_and_area(mask: np.ndarray) -> tuple[tuple[int, int, int, int], int]:
-    """A bool (H, W) mask -> (x0, y0, x1, y1) with x1/y1 one past the last column/row (zeros when empty), area."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    if not len(ys):
-        return (0, 0, 0, 0), 0
-    xs = np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    """A bool (H, W) mask -> its box (`fastinst.boxes.mask_box`: x1/y1 one past the last column/row, zeros when
+    empty) and its area."""
+    from ..boxes import mask_box
+
+    x0, y0, x1, y1 = mask_box(mask)
     return (x0, y0, x1, y1), int(np.count_nonzero(mask[y0:y1, x0:x1]))
 
 
@@ -151,7 +150,7 @@ def draw_overlay(image: np.ndarray, found: list[Instance], names: list[str], alp
     `instance_colour(i)`, the best on top, a 2-px darker outline, a "name 0.87" label per instance."""
     from PIL import Image, ImageDraw
 
-    from ..visualize import _draw_label, _font, _label_text, instance_colour
+    from ..visualize import draw_label, instance_colour, label_font, label_text
 
     h, w = image.shape[:2]
     levels = np.arange(256, dtype=np.float32)[:, None]
@@ -176,13 +175,13 @@ def draw_overlay(image: np.ndarray, found: list[Instance], names: list[str], alp
                 channel = band[..., c]
                 np.copyto(channel, blend[:, c][channel], where=inside)
                 np.copyto(channel, edge_rgb[c], where=edge)
-    font = _font(max(10, min(24, round(min(h, w) / 40))))
+    font = label_font(max(10, min(24, round(min(h, w) / 40))))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     placed: list[tuple[int, int, int, int, int, str, int, int]] = []  # x0, y0, x1, y1, i, text, left, top
     for i, inst in enumerate(found):  # the best label is placed first; the others slide below placed ones
         if inst.area == 0:
             continue
-        text = _label_text(inst.label, inst.score, names)
+        text = label_text(inst.label, inst.score, names)
         left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
         tw, th = int(right - left + 4), int(bottom - top + 4)
         x0 = min(inst.box[0], max(w - tw, 0))
@@ -195,7 +194,7 @@ def draw_overlay(image: np.ndarray, found: list[Instance], names: list[str], alp
             y0 = hit[3]
         placed.append((x0, y0, x0 + tw, y0 + th, i, text, int(left), int(top)))
     for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
-        _draw_label(image, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
+        draw_label(image, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
 
 
 def mask_edges(mask: np.ndarray, width: int = 2) -> np.ndarray:

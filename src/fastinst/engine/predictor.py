@@ -10,16 +10,15 @@
 
 The Predictor only reads sources and wraps results: the model owns image -> instances (`FastInst.detect`: resize,
 normalise + pad, network, post-processing at each image's own size; `OnnxModel.detect` for an exported file).
-Writers for overlays, COCO JSON and videos are in `fastinst.engine.writers`.
+`Results` and `found_again` are in `fastinst.engine.results`, the video reading (`VideoReader`, `open_video`) in
+`fastinst.engine.video`, writers for overlays, COCO JSON and videos in `fastinst.engine.writers`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -27,188 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..defaults import DEFAULT_SCORE_THRESHOLD
 from ..errors import FastInstError
-from .sources import FrameBatches, LiveSource, camera_source, fetch_image, parse_source, timeout_message
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """bool (N, H, W) -> float32 (N, 4) xyxy boxes in pixel-edge coordinates (x1 = last column + 1); empty -> zeros."""
-    n, h, w = masks.shape
-    boxes = np.zeros((n, 4), np.float32)
-    if n == 0:
-        return boxes
-    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)  # (N, H), (N, W)
-    has = np.any(rows, axis=1)
-    boxes[:, 0] = cols.argmax(1)
-    boxes[:, 1] = rows.argmax(1)
-    boxes[:, 2] = w - cols[:, ::-1].argmax(1)
-    boxes[:, 3] = h - rows[:, ::-1].argmax(1)
-    boxes[~has] = 0
-    return boxes
-
-
-@dataclass
-class Results:
-    """The instances found in one image, best score first. `masks` are at the image's own size."""
-
-    image: np.ndarray  # uint8 (H, W, 3) RGB, as given
-    masks: np.ndarray  # bool (N, H, W)
-    scores: np.ndarray  # float32 (N,)
-    labels: np.ndarray  # int64 (N,) contiguous class indices
-    names: list[str]  # the model's class names, by contiguous class index (as Ultralytics' `names`)
-    category_ids: list[int | None] | None = None  # contiguous index -> the dataset's own category id (None: not in it)
-    path: Path | None = None
-    source: str | None = None  # what the image came from when it is not a file: an image URL, a stream, a camera
-    frame: int | None = None  # a video frame's index in its source (gaps: frames dropped to keep up with a live one)
-    _boxes: np.ndarray | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def __getitem__(self, index) -> Results:
-        """A subset (slice, index array or boolean mask) of the instances."""
-        if isinstance(index, (int, np.integer)):
-            index = [int(index)]
-        return Results(
-            self.image,
-            self.masks[index],
-            self.scores[index],
-            self.labels[index],
-            self.names,
-            self.category_ids,
-            self.path,
-            self.source,
-            self.frame,
-        )
-
-    @property
-    def orig_img(self) -> np.ndarray:
-        """The image as given (`image`; Ultralytics' name for it)."""
-        return self.image
-
-    @property
-    def instance_names(self) -> list[str]:
-        """Class name of each instance."""
-        return [self.names[int(i)] for i in self.labels]
-
-    @property
-    def boxes(self) -> np.ndarray:
-        """float32 (N, 4) xyxy boxes around the masks (zeros for an empty mask)."""
-        if self._boxes is None:
-            self._boxes = masks_to_boxes(self.masks)
-        return self._boxes
-
-    def filter(self, score_threshold: float) -> Results:
-        """The instances scoring at least `score_threshold`."""
-        return self[self.scores >= score_threshold]
-
-    def plot(self, score_threshold: float = 0.0) -> np.ndarray:
-        """uint8 RGB overlay of the instances scoring at least `score_threshold` (masks, boxes, class, score)."""
-        from ..visualize import draw_instances
-
-        return draw_instances(self.image, self.masks, self.labels, self.scores, list(self.names), score_threshold)
-
-    def save(self, path: str | Path, score_threshold: float = 0.0) -> Path:
-        """Write the overlay (`plot`) as an image file (format from the suffix, e.g. .png), atomically -> the path."""
-        from .writers import save_image
-
-        return save_image(self.plot(score_threshold), path)
-
-    def to_coco(self, image_id: int, category_ids: list[int | None] | None = None) -> list[dict]:
-        """COCO results entries: image_id, file_name, category_id (dataset ids), category_name, RLE segmentation,
-        XYWH bbox, score. Instances of a class whose id is None (a class the dataset lacks) are left out."""
-
-        ids = list(category_ids or self.category_ids or range(1, len(self.names) + 1))
-        keep: list[tuple[int, int]] = []  # (instance, its category id)
-        for k in range(len(self)):
-            cid = ids[int(self.labels[k])]
-            if cid is not None:
-                keep.append((k, cid))
-        if not keep:
-            return []
-        from ..data.datasets import masks_to_rles
-
-        rles = masks_to_rles(self.masks[[k for k, _ in keep]])
-        file_name = str(self.path) if self.path is not None else (self.source or "")
-        frame = {} if self.frame is None else {"frame": int(self.frame)}
-        out = []
-        for (k, cid), rle in zip(keep, rles, strict=True):
-            x0, y0, x1, y1 = (float(v) for v in self.boxes[k])
-            label = int(self.labels[k])
-            out.append(
-                {
-                    "image_id": int(image_id),
-                    "file_name": file_name,
-                    "category_id": int(cid),
-                    "category_name": str(self.names[label]),
-                    "segmentation": rle,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "score": float(self.scores[k]),
-                    **frame,
-                }
-            )
-        return out
-
-    def summary(self, decimals: int = 5, masks: bool = True) -> list[dict]:
-        """One dict per instance, best first, for logs and JSON (the keys Ultralytics' `summary()` uses where they
-        mean the same): `name` (class name), `class` (contiguous class index), `confidence` (score), `box` ({x1, y1,
-        x2, y2} in pixels, around the mask) and, with `masks`, `segmentation`: the mask as COCO RLE ({size: [H, W],
-        counts: str}; `pycocotools.mask.decode` reads it). Values rounded to `decimals`."""
-        rles: list[dict] = []
-        if masks and len(self):
-            from ..data.datasets import masks_to_rles
-
-            rles = masks_to_rles(self.masks)
-        out = []
-        for k in range(len(self)):
-            x1, y1, x2, y2 = (round(float(v), decimals) for v in self.boxes[k])
-            item: dict[str, Any] = {
-                "name": self.names[int(self.labels[k])],
-                "class": int(self.labels[k]),
-                "confidence": round(float(self.scores[k]), decimals),
-                "box": {"x1": x1, "y1": y1, "x2": x2, "y2": y2},
-            }
-            if masks:
-                item["segmentation"] = rles[k]
-            out.append(item)
-        return out
-
-    def to_json(self, decimals: int = 5, masks: bool = True, indent: int | None = None) -> str:
-        """`summary()` as a JSON string (a list, one object per instance)."""
-        return json.dumps(self.summary(decimals, masks), indent=indent)
-
-    def to_supervision(self):
-        """The instances as `supervision.Detections` (xyxy boxes, bool masks, confidence, class_id, and the class
-        names in `data["class_name"]`, which supervision's annotators label with). Needs `pip install supervision`."""
-        try:
-            sv = importlib.import_module("supervision")
-        except ImportError:
-            raise FastInstError("to_supervision needs the supervision package: pip install supervision") from None
-        return sv.Detections(
-            xyxy=self.boxes.astype(np.float32),
-            mask=self.masks,
-            confidence=self.scores,
-            class_id=self.labels,
-            data={"class_name": np.array(self.instance_names, dtype=str)},
-        )
-
-
-def found_again(reference: Results, other: Results, iou: float = 0.9) -> int:
-    """How many of `reference`'s instances `other` finds again: one of the same class with mask IoU >= `iou` (how
-    a faster precision or backend is checked against fp32 PyTorch)."""
-    hits = 0
-    for mask, label in zip(reference.masks, reference.labels, strict=True):
-        same = other.masks[other.labels == label]  # (m, H, W)
-        if len(same):
-            inter = (same & mask).reshape(len(same), -1).sum(1)
-            union = (same | mask).reshape(len(same), -1).sum(1)
-            hits += float((inter / np.maximum(union, 1)).max()) >= iou
-    return hits
-
+from .results import Results
+from .sources import FrameBatches, LiveSource, camera_source, fetch_image, parse_source
+from .video import open_video
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs
@@ -292,10 +114,6 @@ def _max_dets(max_dets: int | None, max_det: int | None) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 # Predictor
 # ---------------------------------------------------------------------------------------------------------------------
-
-DEFAULT_SCORE_THRESHOLD = 0.3
-"""One default for the CLI and the API: FastInst always proposes its 100 best (query, class) pairs and most score
-near zero. COCO evaluation uses 0 (the official 100 detections), which `fastinst eval` does by itself."""
 
 
 class Predictor:
@@ -574,16 +392,6 @@ def _video_source(source: Any) -> Path | LiveSource:
     return live
 
 
-def open_video(source: Path | LiveSource | str, timeout: float | None = None) -> VideoReader:
-    """Open a video file or a camera / stream `LiveSource` with PyAV (`VideoReader`); `timeout` (seconds) replaces
-    the source's own (`STREAM_TIMEOUT` for URLs, none for cameras and files)."""
-    if isinstance(source, LiveSource):
-        limit = (float(timeout), float(timeout)) if timeout is not None else source.timeout
-        return VideoReader(source.url, format=source.format, options=source.options, timeout=limit, name=source.name)
-    limit = (float(timeout), float(timeout)) if timeout is not None else None
-    return VideoReader(source, timeout=limit)
-
-
 def run_info(model: Any, dtype: str = "fp32", reason: str = "") -> dict[str, str]:
     """What a model runs as, for the line each command prints and the `run` block of metrics.json / the side file
     of predictions.json: model (the variant's name), device, backend, dtype and dtype_reason."""
@@ -610,122 +418,3 @@ def _np(t) -> np.ndarray:
         t = t.detach().cpu()
         return (t.float() if t.is_floating_point() else t).numpy()
     return np.asarray(t)
-
-
-def _reason(e: BaseException) -> str:
-    """An FFmpeg / OS error's own words, without the file name or URL it repeats (a URL may hold a password)."""
-    text = str(getattr(e, "strerror", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-class VideoReader:
-    """A video file, camera device or network stream opened with PyAV, read frame by frame as frames arrive.
-
-    `source` is what `av.open` takes (a path, `/dev/video0`, a URL); `format` forces a demuxer (`v4l2`,
-    `avfoundation`, `dshow` for cameras), `options` are its options, `timeout` is PyAV's (open, read) timeout in
-    seconds, `name` is what messages call the source (default `str(source)`, a URL's password hidden). Attributes:
-    `rate` (frames per second, 25 when unknown), `frames` (the container's count, or None) and `ends` (whether the
-    source has a known end: a file, or a URL whose duration or length FFmpeg knows; a camera, a device or a live
-    stream has none). Iterating yields uint8 (H, W, 3) RGB frames, one decoded at a time (nothing is buffered beyond
-    the decoder's own queue). A missing file or device, a refused connection, a source without a video stream and a
-    decoding error raise `FastInstError` naming `name`; so does a stream that does not answer within the timeout (a
-    server that accepts the connection and sends nothing, a UDP port nobody sends to, a stream that stops):
-    `NAME: no data for N s (timeout)`, instead of what FFmpeg makes of the interruption ("Immediate exit requested",
-    "Invalid data found when processing input").
-    """
-
-    def __init__(
-        self,
-        source: str | Path,
-        *,
-        format: str | None = None,
-        options: dict[str, str] | None = None,
-        timeout: float | tuple[float, float] | None = None,
-        name: str | None = None,
-    ):
-        import time
-
-        import av
-
-        from .sources import redact_url
-
-        self.name = name or redact_url(str(source))
-        self.open_timeout, self.read_timeout = timeout if isinstance(timeout, tuple) else (timeout, timeout)
-        self._closed = False
-        start = time.monotonic()
-        try:
-            self.container = av.open(str(source), format=format, options=options or {}, timeout=timeout)
-        except (av.FFmpegError, OSError, ValueError) as e:
-            waited = time.monotonic() - start
-            if self._timed_out(e, waited, self.open_timeout):
-                raise FastInstError(timeout_message(self.name, self.open_timeout or waited)) from None
-            raise FastInstError(f"{self.name}: cannot open the video ({_reason(e)})") from None
-        if not self.container.streams.video:
-            self.close()
-            raise FastInstError(f"{self.name}: has no video stream")
-        stream = self.container.streams.video[0]
-        self.rate = float(stream.average_rate or stream.guessed_rate or 25)
-        self.frames: int | None = stream.frames or None
-        self.ends = self._ends()
-
-    def _ends(self) -> bool:
-        """Whether FFmpeg knows where the source ends: its duration, or (outside playlists, whose size is the
-        playlist's) its length in bytes, as a file or a recording served over HTTP with its length has."""
-        container = self.container
-        if container.duration is not None and container.duration > 0:
-            return True
-        if container.format.name in ("hls", "dash"):
-            return False
-        try:
-            return int(container.size) > 0  # avio_size: < 0 for a live stream, a pipe, a device, RTSP
-        except (AttributeError, TypeError, ValueError, OSError):
-            return False
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for frame in self.decoded():
-            yield frame.to_ndarray(format="rgb24")
-
-    def decoded(self) -> Iterator[Any]:
-        """The decoded PyAV frames, before their conversion to RGB (`frame.to_ndarray(format="rgb24")`), which a
-        live source's reader (`fastinst.engine.sources.FrameFeed`) leaves to the frames it does not drop."""
-        import time
-
-        import av
-
-        asked = time.monotonic()  # when the next frame was asked for: the read timeout counts from there
-        try:
-            for frame in self.container.decode(video=0):
-                yield frame
-                asked = time.monotonic()
-        except (av.FFmpegError, OSError) as e:
-            waited = time.monotonic() - asked
-            if self._timed_out(e, waited, self.read_timeout):
-                raise FastInstError(timeout_message(self.name, self.read_timeout or waited)) from None
-            raise FastInstError(f"{self.name}: cannot decode the video ({_reason(e)})") from None
-
-    @staticmethod
-    def _timed_out(e: BaseException, waited: float, limit: float | None) -> bool:
-        """Whether PyAV's timeout ended the call that raised `e` after `waited` seconds, rather than the source: its
-        interrupt callback makes FFmpeg return AVERROR_EXIT (`av.error.ExitError`, "Immediate exit requested",
-        raised for nothing else here), or an error the demuxer makes of the cut-off input ("Invalid data found when
-        processing input" from RTSP's probe) once the call has waited the whole timeout."""
-        import av
-
-        return isinstance(e, av.error.ExitError) or (limit is not None and waited >= limit)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.container.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def video_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """uint8 RGB frames of a video file (PyAV), decoded one at a time."""
-    with VideoReader(path) as reader:
-        yield from reader

@@ -11,7 +11,6 @@ import base64
 import collections
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import numpy as np
 
 from ..errors import FastInstError
+from .signals import StopSignals as StopSignals  # re-exported: the one stop-signal handler (engine/signals.py)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp")
 STREAM_TIMEOUT = (10.0, 10.0)  # seconds to wait for a URL to open / for its next data before giving up
@@ -246,32 +246,6 @@ def _words(reason: object) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 # Stopping a live source
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-class StopSignals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM end a live source cleanly instead of killing the run: the handler only
-    keeps the signal's name in `received`, and the frame loop, which waits for frames in short slices
-    (`FrameFeed.next`), stops and finishes the overlay. A second Ctrl-C interrupts at once (no overlay kept). Only
-    the main thread can install handlers; elsewhere this does nothing (signals go to the main thread)."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._saved: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the overlay
-        self.received = signal.Signals(signum).name
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
 
 
 class _Stop(Protocol):

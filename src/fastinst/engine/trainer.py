@@ -11,13 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import random
-import signal
 import sys
-import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,11 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import architecture_changes, load_checkpoint
+from ..checkpoint import architecture_changes, load_checkpoint, read_checkpoint
 from ..config import Config, to_dict
 from ..errors import CheckpointError, FastInstError, note
 from ..files import atomic_path
 from . import distributed as dist_utils
+from .signals import StopSignals
 
 _NORMS = (
     nn.BatchNorm1d,
@@ -41,10 +38,6 @@ _NORMS = (
     nn.LocalResponseNorm,
 )
 _NO_DECAY = (*_NORMS, nn.Embedding)
-
-# What `torch.load(weights_only=True)` raises for a damaged file: truncated zip (RuntimeError "failed finding central
-# directory", BadZipFile), empty file (EOFError), foreign content (UnpicklingError, KeyError), I/O errors (OSError).
-_TORCH_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError)
 
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -180,6 +173,7 @@ class Trainer:
         self.iteration = 0
         self.nonfinite = 0
         self.bar = None  # the tqdm bar while train() runs
+        self._stop = StopSignals(announce=self._announce_stop)  # a new one for each train()
         self.ddp = None
         if dist_utils.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -225,12 +219,12 @@ class Trainer:
         if not path.is_file():
             note(f"nothing to resume in {self.output_dir} (no last.pth there): starting a new run")
             return False
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except _TORCH_LOAD_ERRORS as e:  # a broken last.pth must not be silently replaced
-            raise FastInstError(
-                f"{path}: cannot resume from this checkpoint ({str(e).splitlines()[0][:120]})"
-            ) from None
+        try:  # the one checkpoint reader: safe loading, one-line errors; a broken last.pth is never replaced
+            ckpt = read_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: cannot resume: {str(e).removeprefix(f'{path}: ')}") from None
+        if not {"model", "optimizer", "scaler", "iteration", "rng"} <= ckpt.keys():
+            raise CheckpointError(f"{path}: cannot resume: not a training checkpoint (no optimizer state or iteration)")
         changes = architecture_changes(ckpt.get("config"), self.cfg)
         if changes:  # e.g. an override that resizes the network: one line, not a page of size mismatches
             raise CheckpointError(
@@ -312,44 +306,44 @@ class Trainer:
 
             bar = self.bar = tqdm(total=s.max_iter, initial=self.iteration, desc="train", dynamic_ncols=True)
         last_metrics: dict = {}
-        restore = self._catch_stop_signals()
+        self._stop = StopSignals(announce=self._announce_stop)
         try:
-            for batch in self.loader_fn(self.iteration):
-                if self.iteration >= s.max_iter:
-                    break
-                losses = self.step(batch)
-                self.iteration += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{losses.get('total_loss', float('nan')):.3f}",
-                        lr=f"{self.optimizer.param_groups[-1]['lr']:.1e}",
+            with self._stop:  # Ctrl-C / SIGTERM: finish the iteration, save last.pth, stop
+                for batch in self.loader_fn(self.iteration):
+                    if self.iteration >= s.max_iter:
+                        break
+                    losses = self.step(batch)
+                    self.iteration += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(
+                            loss=f"{losses.get('total_loss', float('nan')):.3f}",
+                            lr=f"{self.optimizer.param_groups[-1]['lr']:.1e}",
+                        )
+                    if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
+                        record = {
+                            "iter": self.iteration,
+                            "lr": self.optimizer.param_groups[-1]["lr"],
+                            "time": round(time.time() - start, 2),
+                            **losses,
+                        }
+                        self._log(record)
+                        if writer:
+                            for k, v in losses.items():
+                                if math.isfinite(v):
+                                    writer.add_scalar(f"train/{k}", v, self.iteration)
+                    done = self.iteration >= s.max_iter or (
+                        self.max_seconds is not None and time.time() - start > self.max_seconds
                     )
-                if self.iteration % s.log_period == 0 or self.iteration == s.max_iter:
-                    record = {
-                        "iter": self.iteration,
-                        "lr": self.optimizer.param_groups[-1]["lr"],
-                        "time": round(time.time() - start, 2),
-                        **losses,
-                    }
-                    self._log(record)
-                    if writer:
-                        for k, v in losses.items():
-                            if math.isfinite(v):
-                                writer.add_scalar(f"train/{k}", v, self.iteration)
-                done = self.iteration >= s.max_iter or (
-                    self.max_seconds is not None and time.time() - start > self.max_seconds
-                )
-                if s.checkpoint_period and self.iteration % s.checkpoint_period == 0 and not done:
-                    self.save()
-                if self.evaluate_fn and s.eval_period and self.iteration % s.eval_period == 0 and not done:
-                    last_metrics = self._evaluate(writer)
-                if done:
-                    break
-                if self._stop_requested():
-                    self._save_and_stop()
+                    if s.checkpoint_period and self.iteration % s.checkpoint_period == 0 and not done:
+                        self.save()
+                    if self.evaluate_fn and s.eval_period and self.iteration % s.eval_period == 0 and not done:
+                        last_metrics = self._evaluate(writer)
+                    if done:
+                        break
+                    if self._stop_requested():
+                        self._save_and_stop()
         finally:
-            restore()
             if bar is not None:
                 bar.close()
         self.save()
@@ -363,37 +357,17 @@ class Trainer:
 
     # -- Ctrl-C and SIGTERM: finish the iteration, save last.pth, stop --------------------------------------------
 
-    def _catch_stop_signals(self) -> Callable[[], None]:
-        """SIGINT (Ctrl-C) and SIGTERM (what schedulers send) ask the loop to stop after the current iteration, with
-        `last.pth` saved; a second Ctrl-C stops at once. Returns the function that puts the old handlers back."""
-        self._stop_signal: int | None = None
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None  # signal handlers can only be set from the main thread
-        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-        def handler(signum, _frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the iteration
-            self._stop_signal = signum
-            if dist_utils.is_main():
-                print(
-                    f"\n{signal.Signals(signum).name}: stopping after this iteration and saving last.pth "
-                    "(Ctrl-C again to stop at once)",
-                    file=sys.stderr,
-                )
-
-        for sig in old:
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, previous in old.items():
-                signal.signal(sig, previous)
-
-        return restore
+    def _announce_stop(self, name: str) -> None:
+        """What the first SIGINT / SIGTERM says (`StopSignals` calls it): the loop stops after this iteration."""
+        if dist_utils.is_main():
+            print(
+                f"\n{name}: stopping after this iteration and saving last.pth (Ctrl-C again to stop at once)",
+                file=sys.stderr,
+            )
 
     def _stop_requested(self) -> bool:
         """Whether any process was asked to stop (all ranks stop at the same iteration, or a save would hang)."""
-        stop = self._stop_signal is not None
+        stop = self._stop.received is not None
         if dist_utils.is_distributed():
             import torch.distributed as dist
 

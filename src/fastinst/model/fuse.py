@@ -24,13 +24,15 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from ..defaults import PRECISIONS
 from .backbone import ConvNorm, DeformConv, FrozenBatchNorm2d, ResNetVd, VdBottleneck
 
 _BN = (FrozenBatchNorm2d, nn.BatchNorm2d)
 _M = TypeVar("_M", bound=nn.Module)
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_CHOICES = ("auto", *DTYPES)
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {name: _TORCH_DTYPES[name] for name in PRECISIONS if name != "auto"}
+DTYPE_CHOICES = PRECISIONS  # the names live in the torch-free `fastinst.defaults`, which the CLI parsers read
 
 
 def bf16_hardware() -> str | None:
