@@ -273,9 +273,8 @@ def get_config(name: str) -> Config:
     return VARIANTS[canonical_name(name)]()
 
 
-def load_yaml(path: str | Path) -> Config:
-    """A YAML config: `base: <variant>` plus nested sections (model, loss, input, solver) that override it."""
-    path = Path(path)
+def read_yaml_mapping(path: Path) -> dict:
+    """A YAML config file's top-level mapping (an empty file is {}); anything else is one `ConfigError` line."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:  # ValueError: a 5,000-digit number
@@ -285,6 +284,13 @@ def load_yaml(path: str | Path) -> Config:
         raise ConfigError(f"{path}: cannot read YAML config (nested more deeply than the parser can follow)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(path: str | Path) -> Config:
+    """A YAML config: `base: <variant>` plus nested sections (model, loss, input, solver) that override it."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     base = data.pop("base", "fastinst-demo")
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a variant name (a string), got {_shown(base)}")

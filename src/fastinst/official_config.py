@@ -31,9 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, ConfigError, apply_overrides, canonical_name, get_config, validate
+from .config import Config, ConfigError, apply_overrides, canonical_name, get_config, read_yaml_mapping, validate
 
 # A detectron2 key on a command line: upper-case dotted words (MODEL.WEIGHTS, OUTPUT_DIR, SOLVER.AMP.ENABLED).
 KEY_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*")
@@ -352,15 +350,7 @@ def read_official_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
     resolved = path.resolve()
     if resolved in _seen:
         raise ConfigError(f"{path}: _BASE_ chain loops back to this file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as e:  # ValueError: a 5,000-digit number
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{path}: cannot read YAML config ({first})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: cannot read YAML config (nested more deeply than the parser can follow)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     flat: dict[str, Any] = {}
     base = data.pop("_BASE_", None)
     if base is not None:
