@@ -146,19 +146,28 @@ def draw_instances(
             continue
         left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
         tw, th = right - left + 4, bottom - top + 4
-        x0 = int(min(max(left_col, 0), max(w - tw, 0)))
-        y0 = top_row - th  # above the mask when there is room, else just inside it
-        y0 = top_row if y0 < 0 else y0
-        y0 = min(y0, max(h - th, 0))
-        for _ in range(len(placed)):
-            hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + tw and y0 < b[3] and b[1] < y0 + th), None)
-            if hit is None or hit[3] + th > h:
-                break
-            y0 = hit[3]
+        x0, y0 = label_place(left_col, top_row, tw, th, (h, w), placed)
         placed.append((x0, int(y0), int(x0 + tw), int(y0 + th), i, text, int(left), int(top)))
     for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
         draw_label(out, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
     return out
+
+
+def label_place(left_col, top_row, tw, th, size: tuple[int, int], placed: list) -> tuple[int, Any]:
+    """Where a `tw` x `th` label of a mask whose box starts at (`left_col`, `top_row`) goes in an image of `size`
+    (h, w): above the box when there is room, else just inside it, inside the image, and slid below any label in
+    `placed` ((x0, y0, x1, y1, ...) each) it would cover while there is room below."""
+    h, w = size
+    x0 = int(min(max(left_col, 0), max(w - tw, 0)))
+    y0 = top_row - th
+    y0 = top_row if y0 < 0 else y0
+    y0 = min(y0, max(h - th, 0))
+    for _ in range(len(placed)):
+        hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + tw and y0 < b[3] and b[1] < y0 + th), None)
+        if hit is None or hit[3] + th > h:
+            break
+        y0 = hit[3]
+    return x0, y0
 
 
 def draw_label(out: np.ndarray, box: tuple[int, int, int, int], colour, text: str, font, offset) -> None:

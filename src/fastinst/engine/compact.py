@@ -150,7 +150,7 @@ def draw_overlay(image: np.ndarray, found: list[Instance], names: list[str], alp
     `instance_colour(i)`, the best on top, a 2-px darker outline, a "name 0.87" label per instance."""
     from PIL import Image, ImageDraw
 
-    from ..visualize import draw_label, instance_colour, label_font, label_text
+    from ..visualize import draw_label, instance_colour, label_font, label_place, label_text
 
     h, w = image.shape[:2]
     levels = np.arange(256, dtype=np.float32)[:, None]
@@ -184,14 +184,7 @@ def draw_overlay(image: np.ndarray, found: list[Instance], names: list[str], alp
         text = label_text(inst.label, inst.score, names)
         left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
         tw, th = int(right - left + 4), int(bottom - top + 4)
-        x0 = min(inst.box[0], max(w - tw, 0))
-        y0 = inst.box[1] - th if inst.box[1] - th >= 0 else inst.box[1]
-        y0 = min(y0, max(h - th, 0))
-        for _ in range(len(placed)):
-            hit = next((b for b in placed if x0 < b[2] and b[0] < x0 + tw and y0 < b[3] and b[1] < y0 + th), None)
-            if hit is None or hit[3] + th > h:
-                break
-            y0 = hit[3]
+        x0, y0 = label_place(inst.box[0], inst.box[1], tw, th, (h, w), placed)
         placed.append((x0, y0, x0 + tw, y0 + th, i, text, int(left), int(top)))
     for x0, y0, x1, y1, i, text, left, top in reversed(placed):  # the best label on top
         draw_label(image, (x0, y0, x1 - 1, y1 - 1), instance_colour(i), text, font, (2 - left, 2 - top))
