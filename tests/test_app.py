@@ -32,17 +32,8 @@ from fastinst.cli import build_parser
 from fastinst.config import PUBLISHED
 from fastinst.data.synthetic import render_sample
 from fastinst.engine import compact
-from fastinst.engine.app import (
-    PAGE,
-    App,
-    Choice,
-    Server,
-    content_disposition,
-    default_choices,
-    png_bytes,
-    safe_name,
-    serve,
-)
+from fastinst.engine.app import PAGE, Server, content_disposition, png_bytes, safe_name, serve
+from fastinst.engine.app_state import App, Choice, default_choices
 from fastinst.engine.predictor import Predictor
 from fastinst.errors import FastInstError
 from fastinst.factory import build_model, load_model

@@ -8,7 +8,8 @@ import torch
 import torchvision
 
 from fastinst import build_model
-from fastinst.checkpoint import load_backbone, load_checkpoint, read_checkpoint
+from fastinst.backbone_weights import load_backbone
+from fastinst.checkpoint import load_checkpoint, read_checkpoint
 from fastinst.errors import CheckpointError
 
 
@@ -118,7 +119,7 @@ def test_torchvision_resnet50_backbone_matches_torchvision_forward(tmp_path):
 def test_detectron2_pkl_and_timm_vd_backbones(tmp_path):
     torch.manual_seed(1)
     tv = torchvision.models.resnet101()
-    from fastinst.checkpoint import torchvision_to_detectron2
+    from fastinst.backbone_weights import torchvision_to_detectron2
 
     d2 = {torchvision_to_detectron2(k): v.numpy() for k, v in tv.state_dict().items()}
     d2 = {k: v for k, v in d2.items() if k}

@@ -26,7 +26,8 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 def test_gpu_benchmark_dry_run(tmp_path):
-    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    # SKIP_TRAIN=1: gpu.sh's training part (benchmarks/gpu_train.py) has its own dry run in test_gpu_train_script.py
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1", "SKIP_TRAIN": "1"}
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
         capture_output=True,

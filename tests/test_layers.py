@@ -14,13 +14,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fastinst"
 # lower number = lower layer; a module may import its own layer and any below it
 LAYERS = {
     "errors": 0,
+    "log": 0,  # the one `fastinst` logger and its line handler (standard library only)
     "files": 0,
     "defaults": 0,  # torch-free defaults shared by the CLI parsers and the library (standard library only)
     "boxes": 0,  # the one mask -> box rule (numpy only)
     "config": 1,
-    "official_config": 1,  # the official YAML configs -> Config (imports config only)
+    "config_schema": 1,  # the Config dataclasses and the rules of their values (imports errors only)
+    "official_config": 1,  # the official YAML configs -> Config (imports config and official_keys)
+    "official_keys": 1,  # the table of the official config keys (imports config only)
     "classes": 1,  # the one rule for matching classes (imports errors only)
     "checkpoint": 2,
+    "backbone_weights": 2,  # ImageNet backbone files -> our ResNet (imports checkpoint)
     "data": 3,
     "losses": 4,
     "model": 5,
@@ -106,12 +110,6 @@ KNOWN_CIRCLES = {
     # data/ is being reworked (issue #24): datasets.py dispatches to the labelme / label-image readers, which build
     # on datasets.py's helpers
     frozenset({"fastinst.data.datasets", "fastinst.data.labelme", "fastinst.data.label_images"}),
-    # issue #24: `evaluate_split` (fastinst eval as one call) lives in evaluator.py and calls evaluate_cityscapes,
-    # which reads results with evaluator.py's `load_results` / `match_image_ids`; the fix is the results-file
-    # reading in a module of its own, once the type-check work on it in evaluator.py has landed
-    frozenset({"fastinst.engine.evaluator", "fastinst.engine.cityscapes_eval"}),
-    # issue #24: runtimes.OpenVinoModel.from_torch exports through export.export_onnx, which builds on runtimes
-    frozenset({"fastinst.export", "fastinst.runtimes"}),
 }
 
 # Private names still imported across modules, all of data/ (issue #24: data/ is being reworked; give them public
@@ -122,8 +120,8 @@ KNOWN_PRIVATE_IMPORTS = {
     ("fastinst.data.label_images", "fastinst.data.datasets", "_rle_annotation"),
     ("fastinst.data.labelme", "fastinst.data.datasets", "_relative"),
     ("fastinst.data.labelme", "fastinst.data.datasets", "_shown"),
-    ("fastinst.engine.evaluator", "fastinst.data.datasets", "_clean_segmentation"),
-    ("fastinst.engine.evaluator", "fastinst.data.datasets", "_shown"),
+    ("fastinst.engine.results_file", "fastinst.data.datasets", "_clean_segmentation"),
+    ("fastinst.engine.results_file", "fastinst.data.datasets", "_shown"),
 }
 
 

@@ -90,11 +90,12 @@ def test_fp32_gives_pytorchs_instances_and_bf16_keeps_its_promise(named, tmp_pat
 def test_bf16_finds_the_fp32_instances_of_a_published_variant():
     """bf16's promise (issue #16's rule for the fast path): of the fp32 instances scoring >= 0.3 on the fixture's
     photos, at least 90 % have a bf16 instance of the same class with mask IoU >= 0.9."""
+    from fastinst.factory import openvino_from_torch
     from parity.fixture import fixture_model, open_fixture
 
     fx = open_fixture(COMPACT_FIXTURE)
     model = fixture_model(fx)
-    ov = OpenVinoModel.from_torch(model, dtype="bf16")
+    ov = openvino_from_torch(model, dtype="bf16")
     assert "openvino · bf16" in Predictor(ov).describe()
     matched = total = 0
     for key in ("input.0.original", "input.1.original"):
@@ -167,7 +168,7 @@ def test_the_api_benchmark_and_app_select_it(named, tmp_path, capsys):
     assert main(["benchmark", "--model", "fastinst-demo", "--backend", "openvino", "--iters", "1", "--warmup", "0",
                  "--size", "128", "160"]) == 0  # fmt: skip
     assert "openvino" in capsys.readouterr().out.splitlines()[0]
-    from fastinst.engine.app import App, Choice
+    from fastinst.engine.app_state import App, Choice
 
     app = App([Choice("fastinst-demo", str(weights), "two")], device="cpu", backend="openvino", log=lambda _: None)
     assert app.predictor(0).run_info["backend"] == "openvino"

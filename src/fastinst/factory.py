@@ -13,21 +13,25 @@ The returned model is in eval mode on the chosen device, with `names` (class nam
 
 from __future__ import annotations
 
-import sys
+import hashlib
+import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checkpoint import load_checkpoint, published_variant, read_checkpoint, to_state_dict
-from .config import DEVICE_CHOICES, DEVICE_PATTERN, Config, from_dict, get_config
+from .config import DEVICE_CHOICES, DEVICE_PATTERN, Config, from_dict, get_config, to_dict
 from .errors import CheckpointError, FastInstError, note
 from .files import same_file
 from .model.fastinst import FastInst
 
-__all__ = ["build_model", "load_backend", "load_model", "parse_classes", "resolve_device"]
+if TYPE_CHECKING:
+    from .runtimes import OpenVinoModel
+
+__all__ = ["build_model", "load_backend", "load_model", "openvino_from_torch", "parse_classes", "resolve_device"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".pkl", ".npz", ".ckpt")
 
@@ -147,10 +151,9 @@ def load_model(
         if isinstance(raw.get("config"), dict):
             stored = from_dict(raw["config"])
             if cfg is not None and not _same_arch(stored, cfg):
-                print(
-                    f"note: {weights} is a {stored.name} checkpoint with {stored.model.num_classes} classes; "
-                    f"it is used instead of --model {named}",
-                    file=sys.stderr,
+                note(
+                    f"{weights} is a {stored.name} checkpoint with {stored.model.num_classes} classes; "
+                    f"it is used instead of --model {named}"
                 )
             cfg = stored
         else:
@@ -251,7 +254,7 @@ def load_backend(
     * "torch": `load_model(model, weights, device, classes)` (the Predictor then picks the precision);
     * "onnxruntime": the ONNX file `exported` (from `fastinst export`), run in fp32 as exported;
     * "openvino": the IR (.xml) or ONNX file `exported`, or else `model`/`weights` exported once into the fastinst
-      cache (`fastinst.runtimes.OpenVinoModel.from_torch`), compiled for the CPU in `dtype`.
+      cache (`openvino_from_torch`), compiled for the CPU in `dtype`.
 
     An `exported` file with backend "torch" picks its runtime by suffix (.onnx -> onnxruntime, .xml -> openvino).
     `classes` follow `assign_classes` on every backend."""
@@ -283,9 +286,35 @@ def load_backend(
             if weights is None and (isinstance(model, Config) or not _is_checkpoint(model)):
                 raise FastInstError("--backend openvino needs --weights PATH (or --onnx FILE, an exported model)")
             with torch.no_grad():
-                net = OpenVinoModel.from_torch(load_model(model, weights, "cpu"), dtype=dtype)
+                net = openvino_from_torch(load_model(model, weights, "cpu"), dtype=dtype)
     if classes is not None:
         names, ids = parse_classes(classes)
         if names is not None:
             assign_classes(net, names, ids, str(classes), str(exported or weights or model))
     return net
+
+
+def openvino_from_torch(model: FastInst, dtype: str = "auto", threads: int | None = None) -> OpenVinoModel:
+    """A PyTorch FastInst as an `OpenVinoModel` (`fastinst.runtimes`): exported once as a dynamic-size ONNX file
+    into the fastinst cache folder (`openvino/<weights_key(model)>.onnx`, reused afterwards), then compiled per input
+    size. `--backend openvino --weights W` and `fastinst.load(..., backend="openvino")` need no manual export."""
+    from .export import export_onnx
+    from .files import cache_dir
+    from .runtimes import OpenVinoModel
+
+    path = cache_dir() / "openvino" / f"{weights_key(model)}.onnx"
+    if not path.is_file():
+        try:
+            export_onnx(model, path, dynamic=True)
+        except OSError as e:
+            raise FastInstError(f"{path.parent}: cannot write the exported model there ({e.strerror})") from None
+    return OpenVinoModel(path, dtype=dtype, threads=threads)
+
+
+def weights_key(model: FastInst) -> str:
+    """A short hash of a model's config and weights: the name of its cached export."""
+    digest = hashlib.sha256(json.dumps(to_dict(model.cfg), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]

@@ -6,7 +6,7 @@ detectron2's yacs decodes them: `"(416, 448)"` is a tuple), then the `KEY VALUE`
 (`MODEL.WEIGHTS ckpt.pth SOLVER.IMS_PER_BATCH 8`), and returns an `OfficialRun`: our typed `Config` plus what a config
 says about the run rather than the network (MODEL.WEIGHTS, DATASETS.TRAIN/TEST, OUTPUT_DIR, MODEL.DEVICE).
 
-Every key is one of four kinds (the table `KEYS`, documented in docs/official.md):
+Every key is one of four kinds (the table `KEYS` of `fastinst.official_keys`, documented in docs/official.md):
 
 * mapped to a field of ours (`MODEL.FASTINST.DEC_LAYERS` -> `model.dec_layers`), with the field's type checks;
 * fixed: fastinst implements one value (`MODEL.META_ARCHITECTURE FastInst`, `INPUT.FORMAT RGB`); another value is an
@@ -26,259 +26,16 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, apply_overrides, canonical_name, get_config, read_yaml_mapping, validate
+from .official_keys import IGNORED, IGNORED_PREFIXES, KEYS, Ignored, Only, RunSetting, as_tuple
 
 # A detectron2 key on a command line: upper-case dotted words (MODEL.WEIGHTS, OUTPUT_DIR, SOLVER.AMP.ENABLED).
 KEY_PATTERN = re.compile(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*")
-
-
-@dataclass(frozen=True)
-class _To:
-    """Mapped onto our field `target` (`section.name`), after `convert`."""
-
-    target: str
-    convert: Callable[[Any], Any] | None = None
-
-
-@dataclass(frozen=True)
-class _Only:
-    """fastinst implements only these values of the key."""
-
-    allowed: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class _Run:
-    """A setting of the run, not of the network: an attribute of `OfficialRun`."""
-
-    attr: str
-
-
-@dataclass(frozen=True)
-class _Ignored:
-    """A key without meaning in fastinst; its value is not used."""
-
-
-_IGNORED = _Ignored()
-
-
-def _upper_choice(table: dict[str, Any], key: str) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        found = table.get(str(value).upper())
-        if found is None:
-            raise ConfigError(f"{key} {value!r} is not supported; use one of: {', '.join(table)}")
-        return found
-
-    return convert
-
-
-def _sizes(value: Any) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
-def _flip(value: Any) -> bool:
-    text = str(value).lower()
-    if text not in ("horizontal", "none"):
-        raise ConfigError(f"INPUT.RANDOM_FLIP {value!r} is not supported; use horizontal or none")
-    return text == "horizontal"
-
-
-def _positive(key: str) -> Callable[[Any], Any]:
-    def convert(value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
-            raise ConfigError(f"{key} {value} is not supported; the batch is padded to a positive multiple (32)")
-        return value
-
-    return convert
-
-
-_RES = ("res3", "res4", "res5")
-
-KEYS: dict[str, _To | _Only | _Run | _Ignored] = {
-    # --- top level -----------------------------------------------------------------------------------------------
-    "OUTPUT_DIR": _Run("output_dir"),
-    "SEED": _To("solver.seed"),
-    "VERSION": _IGNORED,
-    "CUDNN_BENCHMARK": _IGNORED,
-    "VIS_PERIOD": _IGNORED,
-    "GLOBAL.HACK": _IGNORED,
-    "FLOAT32_PRECISION": _IGNORED,
-    # --- MODEL -----------------------------------------------------------------------------------------------------
-    "MODEL.META_ARCHITECTURE": _Only(("FastInst",)),
-    "MODEL.WEIGHTS": _Run("weights"),
-    "MODEL.DEVICE": _Run("device"),
-    "MODEL.PIXEL_MEAN": _To("model.pixel_mean"),
-    "MODEL.PIXEL_STD": _To("model.pixel_std"),
-    "MODEL.MASK_ON": _IGNORED,
-    "MODEL.KEYPOINT_ON": _IGNORED,
-    "MODEL.LOAD_PROPOSALS": _IGNORED,
-    "MODEL.BACKBONE.NAME": _To(
-        "model.backbone",
-        _upper_choice(
-            {"BUILD_RESNET_BACKBONE": "resnet", "BUILD_RESNET_VD_BACKBONE": "resnet_vd"}, "MODEL.BACKBONE.NAME"
-        ),
-    ),
-    "MODEL.BACKBONE.FREEZE_AT": _Only((0,)),
-    "MODEL.RESNETS.DEPTH": _To("model.depth"),
-    "MODEL.RESNETS.NORM": _To("model.backbone_norm", _upper_choice({"FROZENBN": "FrozenBN", "BN": "BN"}, "NORM")),
-    "MODEL.RESNETS.STEM_OUT_CHANNELS": _To("model.backbone_width"),
-    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": _To("model.deform_stages"),
-    "MODEL.RESNETS.STRIDE_IN_1X1": _Only((False,)),
-    "MODEL.RESNETS.OUT_FEATURES": _Only((_RES,)),
-    "MODEL.RESNETS.NUM_GROUPS": _Only((1,)),
-    "MODEL.RESNETS.WIDTH_PER_GROUP": _Only((64,)),
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": _Only((256,)),
-    "MODEL.RESNETS.RES5_DILATION": _Only((1,)),
-    "MODEL.RESNETS.DEFORM_MODULATED": _Only((False,)),
-    "MODEL.RESNETS.DEFORM_NUM_GROUPS": _Only((1,)),
-    "MODEL.RESNETS.STEM_TYPE": _IGNORED,  # "not used" in the official base file
-    "MODEL.RESNETS.RES5_MULTI_GRID": _IGNORED,  # "not used"
-    "MODEL.RESNETS.RES4_DILATION": _Only((1,)),
-    "MODEL.SEM_SEG_HEAD.NAME": _Only(("FastInstHead",)),
-    "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": _Only(("PyramidPoolingModuleFPN",)),
-    "MODEL.SEM_SEG_HEAD.IN_FEATURES": _Only((_RES,)),
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": _To("model.num_classes"),
-    "MODEL.SEM_SEG_HEAD.NORM": _Only(("GN",)),
-    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": _IGNORED,  # semantic segmentation only
-    "MODEL.SEM_SEG_HEAD.COMMON_STRIDE": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.LOSS_TYPE": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.PROJECT_FEATURES": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.PROJECT_CHANNELS": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.ASPP_CHANNELS": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.ASPP_DILATIONS": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.ASPP_DROPOUT": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": _IGNORED,
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": _IGNORED,
-    # CONVS_DIM / MASK_DIM: our pixel decoder and mask features are HIDDEN_DIM wide, as in every official config
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM": _Run("convs_dim"),
-    "MODEL.SEM_SEG_HEAD.MASK_DIM": _Run("mask_dim"),
-    "MODEL.FASTINST.TRANSFORMER_DECODER_NAME": _Only(("FastInstDecoder",)),
-    "MODEL.FASTINST.DEEP_SUPERVISION": _To("loss.deep_supervision"),
-    "MODEL.FASTINST.NO_OBJECT_WEIGHT": _To("loss.no_object_weight"),
-    "MODEL.FASTINST.CLASS_WEIGHT": _To("loss.class_weight"),
-    "MODEL.FASTINST.MASK_WEIGHT": _To("loss.mask_weight"),
-    "MODEL.FASTINST.DICE_WEIGHT": _To("loss.dice_weight"),
-    "MODEL.FASTINST.LOCATION_WEIGHT": _To("loss.location_weight"),
-    "MODEL.FASTINST.PROPOSAL_WEIGHT": _To("loss.proposal_weight"),
-    "MODEL.FASTINST.TRAIN_NUM_POINTS": _To("loss.num_points"),
-    "MODEL.FASTINST.OVERSAMPLE_RATIO": _To("loss.oversample_ratio"),
-    "MODEL.FASTINST.IMPORTANCE_SAMPLE_RATIO": _To("loss.importance_sample_ratio"),
-    "MODEL.FASTINST.HIDDEN_DIM": _To("model.hidden_dim"),
-    "MODEL.FASTINST.NUM_OBJECT_QUERIES": _To("model.num_queries"),
-    "MODEL.FASTINST.NUM_AUX_QUERIES": _To("model.num_aux_queries"),
-    "MODEL.FASTINST.NHEADS": _To("model.nheads"),
-    "MODEL.FASTINST.DIM_FEEDFORWARD": _To("model.dim_feedforward"),
-    "MODEL.FASTINST.DEC_LAYERS": _To("model.dec_layers"),
-    "MODEL.FASTINST.SIZE_DIVISIBILITY": _To("model.size_divisibility", _positive("MODEL.FASTINST.SIZE_DIVISIBILITY")),
-    "MODEL.FASTINST.DROPOUT": _Only((0.0,)),
-    "MODEL.FASTINST.PRE_NORM": _Only((False,)),
-    "MODEL.FASTINST.TEST.INSTANCE_ON": _Only((True,)),
-    "MODEL.FASTINST.TEST.SEMANTIC_ON": _Only((False,)),
-    "MODEL.FASTINST.TEST.PANOPTIC_ON": _Only((False,)),
-    "MODEL.FASTINST.TEST.OVERLAP_THRESHOLD": _IGNORED,  # panoptic inference only
-    "MODEL.FASTINST.TEST.OBJECT_MASK_THRESHOLD": _IGNORED,  # panoptic inference only
-    "MODEL.FASTINST.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": _IGNORED,  # forced on for instances
-    # --- SOLVER ----------------------------------------------------------------------------------------------------
-    "SOLVER.OPTIMIZER": _To("solver.optimizer", _upper_choice({"ADAMW": "adamw", "SGD": "sgd"}, "SOLVER.OPTIMIZER")),
-    "SOLVER.BASE_LR": _To("solver.base_lr"),
-    "SOLVER.WEIGHT_DECAY": _To("solver.weight_decay"),
-    "SOLVER.BACKBONE_MULTIPLIER": _To("solver.backbone_multiplier"),
-    "SOLVER.IMS_PER_BATCH": _To("solver.ims_per_batch"),
-    "SOLVER.MAX_ITER": _To("solver.max_iter"),
-    "SOLVER.STEPS": _To("solver.steps", _sizes),
-    "SOLVER.GAMMA": _To("solver.gamma"),
-    "SOLVER.CHECKPOINT_PERIOD": _To("solver.checkpoint_period"),
-    "SOLVER.AMP.ENABLED": _To("solver.amp"),
-    "SOLVER.WARMUP_ITERS": _Run("warmup_iters"),  # with WARMUP_FACTOR, see _finish
-    "SOLVER.WARMUP_FACTOR": _Run("warmup_factor"),
-    "SOLVER.WARMUP_METHOD": _Only(("linear",)),
-    "SOLVER.LR_SCHEDULER_NAME": _Only(("WarmupMultiStepLR",)),
-    "SOLVER.MOMENTUM": _Only((0.9,)),
-    "SOLVER.NESTEROV": _Only((False,)),
-    "SOLVER.WEIGHT_DECAY_NORM": _Only((0.0,)),
-    "SOLVER.WEIGHT_DECAY_EMBED": _Only((0.0,)),
-    "SOLVER.BIAS_LR_FACTOR": _IGNORED,  # not used by FastInst's optimizer builder
-    "SOLVER.WEIGHT_DECAY_BIAS": _IGNORED,  # not used by FastInst's optimizer builder
-    "SOLVER.REFERENCE_WORLD_SIZE": _Only((0,)),
-    "SOLVER.BASE_LR_END": _IGNORED,  # cosine schedules only
-    "SOLVER.NUM_DECAYS": _IGNORED,
-    "SOLVER.RESCALE_INTERVAL": _IGNORED,
-    "SOLVER.POLY_LR_POWER": _IGNORED,
-    "SOLVER.POLY_LR_CONSTANT_ENDING": _IGNORED,
-    "SOLVER.CLIP_GRADIENTS.ENABLED": _Run("clip_enabled"),  # with the three below, see _finish
-    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": _Run("clip_type"),
-    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": _Run("clip_value"),
-    "SOLVER.CLIP_GRADIENTS.NORM_TYPE": _Run("clip_norm_type"),
-    # --- INPUT -----------------------------------------------------------------------------------------------------
-    "INPUT.MIN_SIZE_TRAIN": _To("input.min_size_train", _sizes),
-    "INPUT.MAX_SIZE_TRAIN": _To("input.max_size_train"),
-    "INPUT.MIN_SIZE_TEST": _To("input.min_size_test"),
-    "INPUT.MAX_SIZE_TEST": _To("input.max_size_test"),
-    "INPUT.MIN_SIZE_TRAIN_SAMPLING": _Only(("choice",)),
-    "INPUT.RANDOM_FLIP": _To("input.random_flip", _flip),
-    "INPUT.CROP.ENABLED": _To("input.crop_enabled"),
-    "INPUT.CROP.TYPE": _Only(("absolute_range",)),
-    "INPUT.CROP.SIZE": _To("input.crop_size"),
-    "INPUT.CROP.RESIZE.ENABLED": _Only((True,)),
-    "INPUT.CROP.RESIZE.MIN_SIZE": _To("input.crop_resize_sizes", _sizes),
-    "INPUT.CROP.RESIZE.MIN_SIZE_TRAIN_SAMPLING": _Only(("choice",)),
-    "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": _IGNORED,  # semantic segmentation only
-    "INPUT.FORMAT": _Only(("RGB",)),
-    "INPUT.DATASET_MAPPER_NAME": _Only(("fastinst_instance",)),
-    "INPUT.COLOR_AUG_SSD": _Only((False,)),
-    "INPUT.SIZE_DIVISIBILITY": _IGNORED,  # the model pads (MODEL.FASTINST.SIZE_DIVISIBILITY)
-    "INPUT.MASK_FORMAT": _IGNORED,  # polygons and RLE are both read as they come
-    "INPUT.IMAGE_SIZE": _IGNORED,  # large-scale jitter, unused by the FastInst mapper
-    "INPUT.MIN_SCALE": _IGNORED,
-    "INPUT.MAX_SCALE": _IGNORED,
-    # --- TEST ------------------------------------------------------------------------------------------------------
-    "TEST.EVAL_PERIOD": _To("solver.eval_period"),
-    "TEST.DETECTIONS_PER_IMAGE": _Only((100,)),
-    "TEST.AUG.ENABLED": _Only((False,)),
-    "TEST.AUG.MIN_SIZES": _IGNORED,
-    "TEST.AUG.MAX_SIZE": _IGNORED,
-    "TEST.AUG.FLIP": _IGNORED,
-    "TEST.PRECISE_BN.ENABLED": _Only((False,)),
-    "TEST.PRECISE_BN.NUM_ITER": _IGNORED,
-    "TEST.EXPECTED_RESULTS": _IGNORED,
-    "TEST.KEYPOINT_OKS_SIGMAS": _IGNORED,
-    # --- DATASETS / DATALOADER -------------------------------------------------------------------------------------
-    "DATASETS.TRAIN": _Run("train_datasets"),
-    "DATASETS.TEST": _Run("test_datasets"),
-    "DATASETS.PROPOSAL_FILES_TRAIN": _IGNORED,
-    "DATASETS.PROPOSAL_FILES_TEST": _IGNORED,
-    "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN": _IGNORED,
-    "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST": _IGNORED,
-    "DATALOADER.NUM_WORKERS": _To("solver.num_workers"),
-    "DATALOADER.FILTER_EMPTY_ANNOTATIONS": _Only((True,)),
-    "DATALOADER.ASPECT_RATIO_GROUPING": _Only((True,)),
-    "DATALOADER.SAMPLER_TRAIN": _Only(("TrainingSampler",)),
-    "DATALOADER.REPEAT_THRESHOLD": _IGNORED,
-    "DATALOADER.REPEAT_SQRT": _IGNORED,
-}
-
-# detectron2 subtrees of other architectures (R-CNN heads, RPN, RetinaNet, Swin ...): never read by FastInst.
-IGNORED_PREFIXES = (
-    "MODEL.ANCHOR_GENERATOR.",
-    "MODEL.RPN.",
-    "MODEL.PROPOSAL_GENERATOR.",
-    "MODEL.ROI_HEADS.",
-    "MODEL.ROI_BOX_HEAD.",
-    "MODEL.ROI_BOX_CASCADE_HEAD.",
-    "MODEL.ROI_MASK_HEAD.",
-    "MODEL.ROI_KEYPOINT_HEAD.",
-    "MODEL.PANOPTIC_FPN.",
-    "MODEL.RETINANET.",
-    "MODEL.FPN.",
-    "MODEL.SWIN.",
-)
 
 # what detectron2 names the pretrained-weights prefix `detectron2://`
 DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
@@ -404,18 +161,18 @@ def apply_official(run: OfficialRun, values: dict[str, Any], source: str) -> Off
         spec = KEYS.get(key)
         if spec is None:
             if key.startswith(IGNORED_PREFIXES):
-                spec = _IGNORED
+                spec = IGNORED
             else:
                 raise _unknown(key, source)
-        if isinstance(spec, _Ignored):
+        if isinstance(spec, Ignored):
             run.ignored.append(key)
-        elif isinstance(spec, _Only):
+        elif isinstance(spec, Only):
             if not any(_same(value, a) for a in spec.allowed):
                 shown = " or ".join(repr(list(a) if isinstance(a, tuple) else a) for a in spec.allowed)
                 raise ConfigError(f"{source}: {key} {value!r} is not supported; fastinst implements {shown}")
-        elif isinstance(spec, _Run):
+        elif isinstance(spec, RunSetting):
             if spec.attr in ("train_datasets", "test_datasets"):
-                names = _sizes(value)
+                names = as_tuple(value)
                 if not all(isinstance(v, str) for v in names):
                     raise ConfigError(f"{source}: {key} {_shown(value)}: expected dataset names (strings)")
                 value = tuple(names)

@@ -11,10 +11,10 @@ max_detections)`, `__call__(batch, ...)` as `FastInst` in eval mode, `cfg`, `num
 * `OpenVinoModel(path, dtype)`: an OpenVINO IR (`.xml` + `.bin`, `fastinst export --format openvino`) or an ONNX
   file, compiled by OpenVINO for the CPU in `dtype` (`INFERENCE_PRECISION_HINT`: "auto" = bf16 where the CPU has
   bf16 matrix hardware, as `fastinst.model.fuse.inference_dtype`, else fp32). A dynamic file is compiled once per
-  input size (kept for the last few sizes). `OpenVinoModel.from_torch(model)` exports a PyTorch model once (cached
-  by its weights in the fastinst cache folder) so `--backend openvino --weights W` needs no manual export.
+  input size (kept for the last few sizes).
 
-Exporting is in `fastinst.export`; nothing here writes a model except `from_torch`'s cache.
+These only run networks. Exporting is `fastinst.export`, which builds on them (`verify_runtime`); a PyTorch model
+exported once into the fastinst cache for `--backend openvino --weights W` is `fastinst.factory.openvino_from_torch`.
 """
 
 from __future__ import annotations
@@ -22,24 +22,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import json
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .config import Config, from_dict, to_dict
+from .config import Config, from_dict
 from .errors import FastInstError
 from .model.postprocess import instances
 from .model.preprocess import normalize_and_pad, to_model_input
-
-if TYPE_CHECKING:
-    from .model.fastinst import FastInst
 
 INPUT, OUTPUTS = "images", ("pred_logits", "pred_masks")
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -120,6 +116,9 @@ class ExportedModel:
         self.max_detections = 100
         self.size = fixed_size(meta)
         self.kind = kind  # "ONNX", "OpenVINO": what messages call the file
+        # the mask logits' dtype for post-processing: bf16 when the network computed them in bf16, which lets
+        # `postprocess.binary_masks` take its one-resize route as it does for a bf16 PyTorch network
+        self.mask_dtype = torch.float32
         # TorchScript-exported dynamic files trace a fixed top-k size: they need enough stride-16 cells
         self._needs_cells = self.size is None and meta.get("fastinst.exporter", "torchscript") == "torchscript"
 
@@ -143,7 +142,8 @@ class ExportedModel:
                 padded = (int(images.shape[-2]), int(images.shape[-1]))
                 for i, d in enumerate(chunk):
                     original = (int(d.get("height", sizes[i][0])), int(d.get("width", sizes[i][1])))
-                    results.append(instances(logits[i], masks[i], padded, sizes[i], original, k, score_threshold))
+                    mask_logits = masks[i].to(self.mask_dtype)  # (Q, H/8, W/8)
+                    results.append(instances(logits[i], mask_logits, padded, sizes[i], original, k, score_threshold))
         return results
 
     def preprocess(self, chunk: list[dict]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -335,6 +335,7 @@ class OpenVinoModel(ExportedModel):
         super().__init__(path, meta, cfg, "OpenVINO")
         # the precision of the layers left in float: the hint OpenVINO compiles with
         self.float_dtype, self.dtype_reason = openvino_dtype(dtype)
+        self.mask_dtype = torch.bfloat16 if self.float_dtype == "bf16" else torch.float32
         self.dtype = self.float_dtype
         if "fastinst.int8" in meta:  # `fastinst export --int8`: convolutions and matmuls are 8-bit in the file
             self.dtype = "int8"
@@ -377,27 +378,3 @@ class OpenVinoModel(ExportedModel):
         out = self.compiled(tuple(array.shape))({0: array}, share_inputs=False, share_outputs=False)
         logits, masks = (np.asarray(out[i]) for i in (0, 1))
         return torch.from_numpy(logits.astype(np.float32, copy=False)), torch.from_numpy(masks.astype(np.float32))
-
-    @classmethod
-    def from_torch(cls, model: FastInst, dtype: str = "auto", threads: int | None = None) -> OpenVinoModel:
-        """A PyTorch FastInst as an OpenVinoModel: exported once as a dynamic-size ONNX file into the fastinst cache
-        folder (`openvino/<hash of its config and weights>.onnx`, reused afterwards), then compiled per input size."""
-        from .export import export_onnx
-        from .files import cache_dir
-
-        path = cache_dir() / "openvino" / f"{weights_key(model)}.onnx"
-        if not path.is_file():
-            try:
-                export_onnx(model, path, dynamic=True)
-            except OSError as e:
-                raise FastInstError(f"{path.parent}: cannot write the exported model there ({e.strerror})") from None
-        return cls(path, dtype=dtype, threads=threads)
-
-
-def weights_key(model: FastInst) -> str:
-    """A short hash of a model's config and weights: the name of its cached export."""
-    digest = hashlib.sha256(json.dumps(to_dict(model.cfg), sort_keys=True).encode())
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:20]

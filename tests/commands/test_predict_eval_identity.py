@@ -203,7 +203,7 @@ def test_yolo_set_through_the_same_path(setup, tmp_path, capsys):
 
 
 def test_image_index_rules(tmp_path):
-    from fastinst.engine.evaluator import ImageIndex
+    from fastinst.engine.results_file import ImageIndex
 
     images = [
         {"id": 5, "file_name": "a.jpg"},

@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 from fastinst import build_model
-from fastinst.checkpoint import load_backbone
+from fastinst.backbone_weights import load_backbone
 from fastinst.cli import main
 from fastinst.config import apply_overrides, get_config
 

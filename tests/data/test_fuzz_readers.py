@@ -194,15 +194,15 @@ def test_the_worker_memory_limit_is_real(campaign):
 def _official_base() -> dict:
     """An official-style YAML mapping (every key fastinst maps) with the values of the D1 recipe."""
     from fastinst.config import get_config
-    from fastinst.official_config import KEYS, _Only, _To
+    from fastinst.official_keys import KEYS, Only, To
 
     cfg = get_config("fastinst-d1-r50")
     out: dict = {}
     for key, spec in KEYS.items():
-        if isinstance(spec, _To):
+        if isinstance(spec, To):
             section, name = spec.target.split(".")
             value = getattr(getattr(cfg, section), name)
-        elif isinstance(spec, _Only):
+        elif isinstance(spec, Only):
             value = spec.allowed[0]
         else:
             continue

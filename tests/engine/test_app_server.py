@@ -31,7 +31,8 @@ from PIL import Image
 
 from fastinst.data.synthetic import render_sample
 from fastinst.engine import compact
-from fastinst.engine.app import App, Choice, Server, png_bytes, serve
+from fastinst.engine.app import Server, png_bytes, serve
+from fastinst.engine.app_state import App, Choice
 from fastinst.engine.predictor import Predictor
 from fastinst.errors import CheckpointError
 from fastinst.factory import load_model

@@ -110,6 +110,30 @@ def test_stop_and_resume_gives_identical_weights(tmp_path):
     assert (part / "metrics.jsonl").read_text().count('"event": "resumed"') == 1
 
 
+def test_bf16_autocast_on_cpu_trains_channels_last_and_resumes(tmp_path):
+    """`solver.amp_cpu_bf16=true`: the step runs under bf16 autocast with the model in channels_last (measured faster
+    only together, benchmarks/README.md), its losses stay finite, and its checkpoint resumes exactly."""
+    cfg = tiny_cfg(["solver.amp_cpu_bf16=true", "solver.max_iter=2"])
+    torch.manual_seed(0)
+    t = Trainer(cfg, build_model(cfg), stream(2), tmp_path, progress=False)
+    assert t.amp_dtype == torch.bfloat16
+    conv = t.model.backbone.stem.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    t.train()
+    trained = {k: v.clone() for k, v in t.model.state_dict().items()}
+    fresh = Trainer(cfg, build_model(cfg), stream(2), tmp_path, resume=True, progress=False)
+    assert fresh.iteration == 2
+    for k, v in fresh.model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
+    losses = fresh.step(next(stream(2)(2)))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+
+
+def test_fp32_training_keeps_nchw(tmp_path):
+    t = Trainer(tiny_cfg(), build_model(tiny_cfg()), stream(2), tmp_path, progress=False)
+    assert t.amp_dtype is None and t.model.backbone.stem.conv1.weight.is_contiguous()
+
+
 def test_nonfinite_loss_stops_with_clear_message(tmp_path):
     cfg = tiny_cfg(["solver.max_nonfinite_steps=1", "solver.max_iter=6", "solver.checkpoint_period=1"])
     torch.manual_seed(0)

@@ -258,11 +258,11 @@ def launch(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def evaluate_only(args: argparse.Namespace) -> int:
-    """--eval-only: what `fastinst eval` does (`engine.evaluator.evaluate_split`) for --weights (MODEL.WEIGHTS) with
+    """--eval-only: what `fastinst eval` does (`engine.evaluation.evaluate_split`) for --weights (MODEL.WEIGHTS) with
     the resolved config on --data's --val-split (DATASETS.TEST), writing the same metrics.json, table and predictions
     into --output (OUTPUT_DIR)."""
     from ..config import apply_overrides, get_config
-    from ..engine.evaluator import evaluate_split
+    from ..engine.evaluation import evaluate_split
     from ..errors import FastInstError
 
     if not args.weights:

@@ -83,7 +83,8 @@ def _port(value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.app import LOOPBACK, App, default_choices, serve
+    from ..engine.app import LOOPBACK, serve
+    from ..engine.app_state import App, default_choices
     from ..engine.predictor import Predictor
     from ..factory import load_backend
 

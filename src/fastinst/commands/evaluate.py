@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.evaluator import evaluate_split
+    from ..engine.evaluation import evaluate_split
 
     if args.max_images is not None and args.max_images < 1:
         raise FastInstError("--max-images must be at least 1")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, note
 
 #: What Pillow raises for a damaged, hostile or unsupported file (its errors share no base class): OSError (also
 #: `UnidentifiedImageError`, "image file is truncated" and codec errors), SyntaxError ("broken PNG file"), ValueError,
@@ -178,7 +178,7 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ex
             with low:
                 out = used_bits_to_uint8((out.astype(np.uint16) << 8) | _decoded(p, low, exif))
     if out.size and out.min() == out.max():  # e.g. a 16-bit file whose data is all at one value
-        print(f"warning: {p}: decodes to a constant image (every pixel {int(out.flat[0])})", file=sys.stderr)
+        note(f"{p}: decodes to a constant image (every pixel {int(out.flat[0])})", level="warning")
     return out
 
 

@@ -26,6 +26,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..log import say
 from .coco_metrics import summary_metrics
 
 DILATION_RATIO = 0.02
@@ -150,7 +151,7 @@ def boundary_metrics(
         ev.evaluate()
         ev.accumulate()
     if verbose:
-        print(f"Boundary AP (dilation ratio {dilation_ratio:g}):")
+        say(f"Boundary AP (dilation ratio {dilation_ratio:g}):", stdout=True)
         ev.summarize()
     else:
         with contextlib.redirect_stdout(io.StringIO()):

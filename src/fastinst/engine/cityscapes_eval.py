@@ -24,8 +24,6 @@ The rules (those of the Cityscapes benchmark, without its distance-based variant
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ import numpy as np
 
 from ..data.datasets import CITYSCAPES_THINGS
 from ..errors import DatasetError
+from ..log import say
 
 OVERLAPS = np.arange(0.5, 1.0, 0.05)  # the reference's own floats (0.6000000000000001, ...): matches use ">"
 MIN_REGION_SIZE = 100
@@ -229,18 +228,19 @@ def evaluate_cityscapes(
 ) -> dict:
     """Cityscapes AP / AP50 of COCO segm results (a list or a results json; `category_id` = Cityscapes label id, as
     `load_cityscapes` numbers them) on a Cityscapes split loaded by `fastinst.data.datasets.load_dataset`. Image
-    identity is `evaluator.match_image_ids`' (entries with a `file_name` are matched by it), as for the COCO metrics.
+    identity is `results_file.match_image_ids`' (entries with a `file_name` are matched by it), as for COCO AP.
 
     Every image of the split is scored (or those of `image_ids`), with its `*_gtFine_instanceIds.png`; an image
-    without predictions contributes its ground truth as misses. `verbose` prints a per-class table.
+    without predictions contributes its ground truth as misses. `verbose` says a per-class table on stdout.
     """
     from pycocotools import mask as mask_util
 
-    from .evaluator import coco_api, load_results, match_image_ids
+    from .evaluator import coco_api
+    from .results_file import load_results, match_image_ids
 
     dets, label = load_results(results)
-    with contextlib.redirect_stderr(io.StringIO()):  # its note was printed when the COCO metrics were computed
-        dets = match_image_ids(dets, coco_api(dataset.coco), label, getattr(dataset, "image_root", None))
+    # quiet: its note was said when the COCO metrics were computed
+    dets = match_image_ids(dets, coco_api(dataset.coco), label, getattr(dataset, "image_root", None), quiet=True)
     images = {int(im["id"]): im for im in dataset.coco["images"]}
     wanted = sorted(images) if image_ids is None else sorted({int(i) for i in image_ids})
     unknown = [i for i in wanted if i not in images]
@@ -272,11 +272,11 @@ def evaluate_cityscapes(
         )
     metrics = ev.evaluate()
     if verbose:
-        print(f"Cityscapes instance metric ({metrics['images']} images): class AP / AP50")
+        say(f"Cityscapes instance metric ({metrics['images']} images): class AP / AP50", stdout=True)
         for name in metrics["per_class"]:
             ap, ap50 = metrics["per_class"][name], metrics["per_class_AP50"][name]
-            print(f"  {name:<12} {_fmt(ap)} {_fmt(ap50)}")
-        print(f"  {'average':<12} {_fmt(metrics['AP'])} {_fmt(metrics['AP50'])}")
+            say(f"  {name:<12} {_fmt(ap)} {_fmt(ap50)}", stdout=True)
+        say(f"  {'average':<12} {_fmt(metrics['AP'])} {_fmt(metrics['AP50'])}", stdout=True)
     return metrics
 
 

@@ -3,7 +3,8 @@
 `COCOEvaluator` turns per-image predictions (bool masks, scores, contiguous labels) into COCO results (compressed RLE
 of the Fortran-ordered uint8 mask, `category_id` mapped back to the dataset's ids, `bbox` = the mask's box as XYWH),
 gathers them across DDP ranks and scores them. Metrics are in percent; a metric pycocotools reports as -1 (no ground
-truth in that area range) is NaN. `write_report` saves `metrics.json` and precision/recall curves.
+truth in that area range) is NaN. `write_report` saves `metrics.json` and precision/recall curves. A results json
+is read and checked by `fastinst.engine.results_file`; `fastinst eval` as one call is `engine.evaluation`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 from ..errors import DatasetError, note
 from ..files import atomic_path
 from .coco_metrics import summary_metrics
+from .results_file import load_results, match_image_ids
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -165,211 +167,6 @@ def predict_dataset(
     return evaluator
 
 
-class _FileResults(list):
-    """The entries of a results file, each checked by `_check_entry`; `match_image_ids` also checks their masks
-    against the ground truth (`_checked_masks`) once their image ids are the ground truth's."""
-
-
-def _load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], str]:
-    """The entries of a results list or json file, and the label naming it in messages. Every entry of a file is
-    checked (`_check_entry`): `image_id` and `category_id` integers, `score` a finite number, `segmentation` an RLE
-    dict; a list built in memory (by `COCOEvaluator`) only needs the four keys."""
-    from_file = False
-    if isinstance(results, (str, os.PathLike)):
-        from ..data.datasets import read_json
-
-        data, label, from_file = read_json(Path(results)), str(results), True
-    else:
-        data, label = results, "results"
-    if not isinstance(data, list):
-        raise DatasetError(f"{label}: expected a list of COCO result objects")
-    for n, r in enumerate(data):
-        if not isinstance(r, dict) or not {"image_id", "category_id", "segmentation", "score"} <= r.keys():
-            raise DatasetError(f"{label}: entry {n} needs image_id, category_id, segmentation and score")
-        if from_file:
-            _check_entry(r, f"{label}: entry {n}")
-    return (_FileResults(data) if from_file else data), label
-
-
-def _check_entry(r: dict, where: str) -> None:
-    """One results entry's types, before anything reads it (`DatasetError` naming `where`)."""
-    from ..data.datasets import _shown, is_int, is_number
-
-    for key in ("image_id", "category_id"):
-        if not is_int(r[key]):
-            raise DatasetError(f"{where}: '{key}' must be an integer, got {_shown(r[key])}")
-    if not is_number(r["score"]):
-        raise DatasetError(f"{where}: 'score' must be a finite number, got {_shown(r['score'])}")
-    for key in ("file_name", "category_name"):
-        if r.get(key) is not None and not isinstance(r[key], str):
-            raise DatasetError(f"{where}: '{key}' must be a string, got {_shown(r[key])}")
-    box = r.get("bbox")
-    if box not in (None, []) and not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
-        raise DatasetError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {_shown(box)}")
-    seg = r["segmentation"]
-    if isinstance(seg, list) and seg and all(isinstance(part, list) for part in seg):
-        return  # polygons: checked and made RLE at their image's size by `_checked_masks`
-    size = seg.get("size") if isinstance(seg, dict) else None
-    counts = seg.get("counts") if isinstance(seg, dict) else None
-    if not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(is_int(v) and v > 0 for v in size)
-        and (isinstance(counts, str) or (isinstance(counts, list) and all(is_int(c) for c in counts)))
-    ):
-        raise DatasetError(
-            f"{where}: 'segmentation' must be an RLE {{'size': [height, width], 'counts': ...}} or polygons (lists "
-            f"of x, y coordinates), got {_shown(seg)}"
-        )
-
-
-def _checked_masks(dets: list[dict], gt: COCO, label: str) -> list[dict]:
-    """Results entries (image ids already the ground truth's) whose RLE has its image's size and run lengths that
-    cover exactly its pixels, with list `counts` compressed and polygons (clipped to the image, as ground truth
-    polygons are) made compressed RLE: what pycocotools' `loadRes` reads; else a `DatasetError` naming the entry.
-    Nothing is decoded before this passed: pycocotools' decoder trusts the runs."""
-    from collections import Counter
-
-    from ..data.datasets import _clean_segmentation, check_rle_strings, json_rle
-
-    out: list[dict] = []
-    strings: list[tuple[str, str, int, int]] = []
-    for n, r in enumerate(dets):
-        seg, image = r["segmentation"], gt.imgs[r["image_id"]]
-        h, w = int(image["height"]), int(image["width"])
-        where = f"{label}: entry {n} (image id {r['image_id']})"
-        if isinstance(seg, list):
-            parts = _clean_segmentation(seg, h, w, where, Counter())
-            if not parts:
-                raise DatasetError(f"{where}: no polygon with 3 points or more (an even number of coordinates)")
-            out.append(dict(r, segmentation=json_rle(parts, h, w)))
-            continue
-        if seg["size"] != [h, w]:
-            raise DatasetError(f"{where}: RLE size {seg['size']} does not match its image ({h}x{w})")
-        counts = seg["counts"]
-        if isinstance(counts, list):
-            if any(c < 0 for c in counts) or sum(counts) != h * w:
-                raise DatasetError(f"{where}: RLE run lengths must be non-negative and add up to {h}x{w} pixels")
-            rle = mask_util.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-            counts = rle["counts"].decode("ascii")
-            r = dict(r, segmentation={"size": [h, w], "counts": counts})
-        else:
-            strings.append((where, counts, h, w))
-        out.append(r)
-    if strings:
-        check_rle_strings(strings)
-    if any(r.get("bbox") for r in out):
-        # pycocotools' loadRes reads every entry as the first: one with a box makes it read every entry's box
-        for k, r in enumerate(out):
-            if not r.get("bbox"):
-                seg = r["segmentation"]
-                box = mask_util.toBbox({"size": seg["size"], "counts": seg["counts"].encode("ascii")})
-                out[k] = dict(r, bbox=[float(v) for v in box])
-    return out
-
-
-class ImageIndex:
-    """A dataset's images by file name: the one rule by which `fastinst predict --data` gives predictions the
-    dataset's image ids and `fastinst eval --results` checks them.
-
-    A path names the image whose file it is (`image_root / file_name`, compared as absolute normalised paths);
-    else the image whose `file_name` (relative to the image root) is the longest trailing part of the path, when that
-    part has two or more components (`val2017/a.jpg` in `/elsewhere/val2017/a.jpg`); else the image with the same
-    base name when exactly one image has it. `find` -> the image id, or None. `max_id`: the largest image id.
-    """
-
-    def __init__(self, images: list[dict], image_root: str | os.PathLike | None = None):
-        self.by_parts: dict[tuple[str, ...], int] = {}
-        self.by_path: dict[str, int] = {}
-        bases: dict[str, list[int]] = {}
-        for im in images:
-            image_id, name = int(im["id"]), str(im["file_name"])
-            parts = _name_parts(name)
-            self.by_parts.setdefault(parts, image_id)
-            bases.setdefault(parts[-1] if parts else "", []).append(image_id)
-            if image_root is not None:
-                self.by_path.setdefault(_abs_name(Path(image_root) / name), image_id)
-        self.by_base = {base: ids[0] for base, ids in bases.items() if len(ids) == 1 and base}
-        self.max_id = max((int(im["id"]) for im in images), default=0)
-        self._found: dict[str, int | None] = {}
-
-    def find(self, path: str | os.PathLike) -> int | None:
-        key = str(path)
-        if key not in self._found:
-            self._found[key] = self._find(key)
-        return self._found[key]
-
-    def _find(self, path: str) -> int | None:
-        if self.by_path and path:
-            hit = self.by_path.get(_abs_name(Path(path)))
-            if hit is not None:
-                return hit
-        parts = _name_parts(path)
-        for start in range(len(parts) - 1):  # longest trailing part first, two components at least
-            hit = self.by_parts.get(parts[start:])
-            if hit is not None:
-                return hit
-        return self.by_base.get(parts[-1]) if parts else None
-
-
-def _name_parts(name: str) -> tuple[str, ...]:
-    """`a/./b\\c.jpg` -> ("a", "b", "c.jpg"): a file name's components, whichever separator it was written with."""
-    return tuple(p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", "."))
-
-
-def _abs_name(path: Path) -> str:
-    return os.path.normcase(os.path.normpath(os.path.abspath(path)))
-
-
-def match_image_ids(
-    dets: list[dict], gt: COCO, label: str = "results", image_root: str | os.PathLike | None = None
-) -> list[dict]:
-    """Results entries with the ground truth's image ids, or a one-line `DatasetError`; never a silent mismatch.
-
-    Entries that carry a `file_name` (what `fastinst predict --save-json` writes) are matched to the GT images by it
-    (`ImageIndex`) and get that image's id, whatever `image_id` they had (one note on stderr says how many changed);
-    a file name that matches no image is refused. Entries without one must already use GT image ids. The entries of
-    a results file (`_load_results`) also have their masks checked against their images (`_checked_masks`).
-    """
-    from_file = isinstance(dets, _FileResults)
-    named = [r for r in dets if _has_file_name(r)]
-    if named:
-        index = ImageIndex(gt.dataset.get("images") or [], image_root)
-        ids = {name: index.find(name) for name in dict.fromkeys(r["file_name"] for r in named)}
-        missing = [name for name, image_id in ids.items() if image_id is None]
-        if missing:
-            raise DatasetError(
-                f"{label}: {len(missing)} file name(s) match no ground-truth image, e.g. {missing[0]!r} "
-                "(matched by path under the image root, then by unique base name)"
-            )
-        first: dict[int | None, str] = {}
-        for name, image_id in ids.items():
-            other = first.setdefault(image_id, name)
-            if other != name:
-                raise DatasetError(
-                    f"{label}: file names {other!r} and {name!r} both match ground-truth image {image_id}; "
-                    "predict each image once"
-                )
-        changed = sum(ids[r["file_name"]] != r["image_id"] for r in named)
-        if changed:
-            note(
-                f"matched {len(named)} predictions to ground-truth images by file_name ({changed} had another image_id)"
-            )
-            dets = [dict(r, image_id=ids[r["file_name"]]) if _has_file_name(r) else r for r in dets]
-    unknown_images = sorted({r["image_id"] for r in dets if not _has_file_name(r)} - set(gt.imgs), key=str)
-    if unknown_images:
-        raise DatasetError(
-            f"{label}: {len(unknown_images)} image id(s) not in the ground truth, e.g. {unknown_images[:5]}, and "
-            "the entries carry no file_name to match them by; write the predictions with `fastinst predict "
-            "--save-json --data DATA` so they carry the dataset's image ids and file names"
-        )
-    return _checked_masks(dets, gt, label) if from_file else dets
-
-
-def _has_file_name(entry: dict) -> bool:
-    return isinstance(entry.get("file_name"), str) and bool(entry["file_name"])
-
-
 def evaluate_results(
     results: list[dict] | str | os.PathLike,
     coco_gt: dict | str | os.PathLike | COCO,
@@ -389,7 +186,7 @@ def evaluate_results(
     --save-json` writes it) are matched to the GT's categories by name (`match_result_classes`, with `classes`, the
     model's own class list, when known)."""
     gt = coco_api(coco_gt)
-    dets, label = _load_results(results)
+    dets, label = load_results(results)
     dets = match_image_ids(dets, gt, label, image_root)  # file_name -> the GT's image id; unknown ids refused
     if category_ids is None:
         dets, category_ids = match_result_classes(dets, gt, label, classes)
@@ -531,123 +328,3 @@ def write_report(metrics: dict, out_dir: str | os.PathLike) -> Path:
         fig.tight_layout()
         _atomic_write(out / f"pr_curve_{key}.png", partial(fig.savefig, format="png"))
     return target
-
-
-def evaluate_split(
-    data: str | os.PathLike,
-    *,
-    results: str | os.PathLike | None = None,
-    model: Any = None,
-    weights: str | Path | None = None,
-    split: str = "val",
-    output: str | os.PathLike = "runs/eval",
-    device: str = "auto",
-    backend: str = "torch",
-    dtype: str = "fp32",
-    onnx: str | Path | None = None,
-    max_images: int | None = None,
-    boundary: bool = False,
-) -> dict | None:
-    """`fastinst eval` (and `fastinst train --eval-only`) as one call: COCO mask AP on `data`'s `split` of a results
-    json (`results`) or of a model (`model` + `weights`, or `onnx`/`backend`) run over the split, written to
-    `output` (`metrics.json`, the PR curves; for a model also `predictions.json`), the AP lines printed. -> the
-    metrics, or None on a process other than rank 0 under torchrun (the images are split over the processes; rank 0
-    scores everything)."""
-    import time
-
-    import torch
-
-    from ..classes import match_model
-    from ..data.datasets import load_dataset, read_json
-    from ..errors import FastInstError
-    from ..factory import load_backend, resolve_device
-    from ..files import check_output, write_json
-    from . import distributed as dist_utils
-    from .cityscapes_eval import evaluate_cityscapes, is_cityscapes
-    from .predictor import Predictor, describe_run, run_info
-
-    if max_images is not None and max_images < 1:
-        raise FastInstError(f"max_images must be at least 1, got {max_images}")
-    start = time.time()
-    out = check_output(output, inputs=[*([results] if results else []), data], kind="dir")
-    dataset = load_dataset(data, split=split)
-    found: str | list[dict]
-    image_ids: list[int] | None = None
-    category_ids: list[int] | None = None
-    classes: list[dict] | None = None
-    info: dict | None = None
-    if results:
-        found = str(results)
-        side = Path(results).with_name(Path(results).stem + ".run.json")  # what `fastinst predict` wrote beside it
-        record = read_json(side) if side.is_file() else {}
-        record = record if isinstance(record, dict) else {}
-        info = record.get("run") if isinstance(record.get("run"), dict) else None
-        if isinstance(record.get("classes"), list):
-            classes = [c for c in record["classes"] if isinstance(c, dict) and {"id", "name"} <= c.keys()]
-        if info:
-            print(f"eval: {results} from {describe_run({k: str(v) for k, v in info.items()})}", flush=True)
-    else:
-        if not weights and not onnx:
-            raise FastInstError("--model needs --weights PATH (a checkpoint file) or --weights official")
-        where = resolve_device("cpu" if backend != "torch" else device)
-        _rank, world, local = dist_utils.init_distributed(where.type)
-        if where.type == "cuda" and world > 1:
-            where = resolve_device(f"cuda:{local}")
-        # torch: the PyTorch model; an exported network: its runtime's detect, in its precision (OpenVINO: dtype)
-        net = load_backend(backend, model, weights, where, None, dtype, onnx)
-        match = match_model(net, dataset, source=str(weights or onnx))  # the classes fit the split, before any image
-        for line in match.notes(dataset.name):
-            note(line)
-        cfg = getattr(net, "cfg", None)
-        queries = int(cfg.model.num_queries) if cfg is not None else 100
-        if queries < 100:  # more than 100 is said by the scoring itself (COCO AP's 100 detections)
-            ids = [r["image_id"] for r in dataset.records[:max_images]] if max_images else None
-            warn_crowded_images(dataset.coco, ids, queries, f"the model's {queries} queries")
-        runner: Any = net  # fp32: the official network; else `fastinst predict`'s fast path in that precision
-        info = run_info(net, str(getattr(net, "dtype", "fp32")), str(getattr(net, "dtype_reason", "")))
-        if dtype != "fp32" and isinstance(net, torch.nn.Module):  # the same `detect`, in that precision
-            runner = Predictor(net, dtype=dtype)
-            info = runner.run_info
-        print(f"eval: {describe_run(info)}", flush=True)
-        workers = min(4, os.cpu_count() or 1)  # decoding overlaps the network
-        evaluator = predict_dataset(
-            runner, dataset, max_images, progress=True, num_workers=workers, category_ids=match.ids
-        )
-        found, category_ids = evaluator.results, match.shared
-        if not dist_utils.is_main():
-            return None
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "predictions.json", found)
-        # a part of the split: score those images; the whole split: every ground-truth image, as pycocotools does
-        image_ids = sorted(set(evaluator.image_ids)) if max_images is not None else None
-    # entries with file_name (fastinst predict --save-json) are matched to the split's images by it, never by position
-    metrics = evaluate_results(
-        found,
-        dataset.coco,
-        image_ids=image_ids,
-        image_root=dataset.image_root,
-        boundary=boundary,
-        category_ids=category_ids,
-        classes=classes,
-    )
-    if info:
-        metrics["run"] = info
-    if is_cityscapes(dataset):  # Cityscapes' own AP (its instance PNGs, its rules) beside COCO AP
-        metrics["cityscapes"] = evaluate_cityscapes(found, dataset, image_ids=image_ids)
-    target = write_report(metrics, out)
-    print(
-        f"{dataset.name}: mask AP {metrics['AP']:.2f} (AP50 {metrics['AP50']:.2f}, AP75 {metrics['AP75']:.2f}) "
-        f"in {time.time() - start:.0f} s; wrote {target} and the PR curves"
-    )
-    if "boundary" in metrics:
-        m = metrics["boundary"]
-        print(f"{dataset.name}: boundary AP {m['AP']:.2f} (AP50 {m['AP50']:.2f}, AP75 {m['AP75']:.2f})")
-    if "cityscapes" in metrics:
-        m = metrics["cityscapes"]
-        print(f"{dataset.name}: Cityscapes AP {m['AP']:.2f} (AP50 {m['AP50']:.2f}) over the 8 instance classes")
-    return metrics
-
-
-load_results = _load_results
-"""The public name of `_load_results` (results list or json file -> checked entries and their label), for the
-other scorers (`fastinst.engine.cityscapes_eval`)."""

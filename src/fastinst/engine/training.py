@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..log import say
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -99,10 +101,10 @@ def fit(
     )
     per_rank = max(1, cfg.solver.ims_per_batch // world)
     if verbose and dist_utils.is_main():
-        print(
+        say(
             f"training {cfg.name} on {len(train.records)} images, {len(train.names)} classes, "
             f"{world} process(es) x {per_rank} images, {cfg.solver.max_iter} iterations -> {folder}",
-            flush=True,
+            stdout=True,
         )
 
     def loader(start_iter: int):
@@ -147,12 +149,12 @@ def build_training(
     model built (seeded by `solver.seed`) and `weights` loaded into it."""
     import torch
 
+    from ..backbone_weights import transfer_backbone
     from ..checkpoint import (
         checkpoint_class_names,
         checkpoint_classes,
         read_checkpoint,
         to_state_dict,
-        transfer_backbone,
         transfer_checkpoint,
     )
     from ..config import Config, apply_overrides, get_config, override_keys, schedule
@@ -204,9 +206,9 @@ def build_training(
         if any(k.startswith("sem_seg_head.") for k in sd):
             # refuses another variant; class heads go over by class name (`fastinst.classes`)
             names = checkpoint_class_names(raw) or (list(COCO_NAMES) if checkpoint_classes(sd) == 80 else None)
-            print(transfer_checkpoint(net, sd, str(weights), names))
+            say(transfer_checkpoint(net, sd, str(weights), names), stdout=True)
         else:
-            print(transfer_backbone(net, sd, str(weights)))  # ImageNet weights: says how many tensors it loaded
+            say(transfer_backbone(net, sd, str(weights)), stdout=True)  # ImageNet weights: how many tensors it loaded
     return cfg, net, train, val
 
 
