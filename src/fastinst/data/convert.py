@@ -18,7 +18,9 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..files import check_output, same_file, write_json
-from .datasets import InstanceDataset, _resolve, detect_layout, json_rle, load_dataset, official_dataset
+from .core import InstanceDataset
+from .masks import json_rle
+from .registry import dataset_path, detect_layout, load_dataset, official_dataset
 
 
 def to_coco_json(dataset: InstanceDataset, out_path: str | os.PathLike, *, rle: bool = False) -> Path:
@@ -59,7 +61,7 @@ def convert_dataset(
     official = official_dataset(spec)  # `coco_2017_val` and the other official names, as load_dataset takes them
     if official is not None:
         spec, split = official[0], official[1] or split
-    path = _resolve(spec)
+    path = dataset_path(spec)
     check_output(out, inputs=[path], kind="file")
     layout = detect_layout(path)[0] if path.is_dir() else "file"
     if layout == "labelme":

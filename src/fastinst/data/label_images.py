@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, note
-from .datasets import InstanceDataset, _relative, _rle_annotation, from_coco, image_size
+from .coco import from_coco
+from .core import InstanceDataset, image_size, relative
 from .images import IMAGE_EXTENSIONS, PIL_ERRORS, is_image_file
+from .masks import rle_annotation
 
 __all__ = ["SUFFIXES", "find_label_images", "label_key", "load_label_images", "read_label_image", "read_names"]
 
@@ -239,8 +241,8 @@ def load_label_images(
                         f"{cf}: class value {cid} (instance {value} of {f.name}) has no name (names cover "
                         f"{min(table)}..{max(table)})"
                     )
-            anns.append(_rle_annotation(mask, len(anns) + 1, image_id, cid, 0))
-        images_out.append({"id": image_id, "file_name": _relative(img, image_dir), "height": h, "width": w})
+            anns.append(rle_annotation(mask, len(anns) + 1, image_id, cid, 0))
+        images_out.append({"id": image_id, "file_name": relative(img, image_dir), "height": h, "width": w})
     for kind, count in issues.items():
         note(f"{mask_dir}: {_ISSUES[kind]}: {count}")
     cats = [{"id": k, "name": n} for k, n in sorted(table.items())]
