@@ -21,8 +21,8 @@ import torch
 from fastinst import build_model
 from fastinst.commands.train import make_evaluator
 from fastinst.config import apply_overrides, get_config
-from fastinst.data.datasets import load_dataset
 from fastinst.data.loader import build_train_loader
+from fastinst.data.registry import load_dataset
 from fastinst.data.synthetic import DEFAULT_IMAGE_SIZE, ensure_synthetic_coco
 from fastinst.engine.trainer import Trainer
 

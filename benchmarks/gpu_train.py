@@ -71,7 +71,7 @@ from fastinst.data.loader import build_train_loader
 from fastinst.data.synthetic import ensure_synthetic_coco
 from fastinst.engine.trainer import Trainer
 from fastinst.engine.training import build_training
-from gpu import calibrate_batchnorms  # benchmarks/gpu.py, next to this script
+from gpu import calibrate_batchnorms, cpu_name, one_line  # benchmarks/gpu.py, next to this script
 
 MODEL = "fastinst-d1-r50"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -254,11 +254,6 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in text or "alloc_failed" in text
 
 
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or "(no message)"
-    return f"{type(e).__name__}: {text}"[:200]
-
-
 def run_row(
     args: argparse.Namespace, setup: Setup, dtype_name: str, device: torch.device, t0: float, rows_left: int
 ) -> dict[str, Any]:
@@ -286,14 +281,6 @@ def run_row(
 # ---------------------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def test_eval_without_matplotlib_writes_the_metrics_then_names_the_extra(capsys,
     from makers import make_coco
 
     from fastinst.data.convert import to_coco_json
-    from fastinst.data.datasets import load_dataset
+    from fastinst.data.registry import load_dataset
 
     root = make_coco(tmp_path / "coco")
     gt = json.loads(to_coco_json(load_dataset(str(root)), tmp_path / "rle.json", rle=True).read_text())

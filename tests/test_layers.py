@@ -106,23 +106,11 @@ def test_the_check_sees_an_upward_import(tmp_path):
 
 # Known circles, each an explicit exception until its rework lands (issue #24); a circle not listed fails, and so
 # does a listed one that is gone (delete its line then).
-KNOWN_CIRCLES = {
-    # data/ is being reworked (issue #24): datasets.py dispatches to the labelme / label-image readers, which build
-    # on datasets.py's helpers
-    frozenset({"fastinst.data.datasets", "fastinst.data.labelme", "fastinst.data.label_images"}),
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()
 
-# Private names still imported across modules, all of data/ (issue #24: data/ is being reworked; give them public
+# Private names still imported across modules, each an explicit exception until its rework lands (give them public
 # names there). Any other private import fails, and so does a listed one that is gone.
-KNOWN_PRIVATE_IMPORTS = {
-    ("fastinst.data.convert", "fastinst.data.datasets", "_resolve"),
-    ("fastinst.data.label_images", "fastinst.data.datasets", "_relative"),
-    ("fastinst.data.label_images", "fastinst.data.datasets", "_rle_annotation"),
-    ("fastinst.data.labelme", "fastinst.data.datasets", "_relative"),
-    ("fastinst.data.labelme", "fastinst.data.datasets", "_shown"),
-    ("fastinst.engine.results_file", "fastinst.data.datasets", "_clean_segmentation"),
-    ("fastinst.engine.results_file", "fastinst.data.datasets", "_shown"),
-}
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
 def _graph() -> dict[str, set[str]]:
@@ -209,3 +197,12 @@ def test_the_checks_see_a_circle_and_a_private_import():
         ]
     finally:
         probe.unlink()
+
+
+MAX_LINES = 500
+
+
+def test_no_module_over_500_lines():
+    """One idea per module (docs/DEVELOPING.md): a module that grows past this splits along its seams."""
+    long = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines (split them): {long}"

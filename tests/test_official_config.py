@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastinst.config import PUBLISHED, ConfigError, get_config
-from fastinst.data.datasets import datasets_root, load_dataset, official_dataset
+from fastinst.data.registry import datasets_root, load_dataset, official_dataset
 from fastinst.errors import DatasetError
 from fastinst.official_config import KEYS, load_official_config, parse_opts, read_official_yaml
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .errors import FastInstError
+from .errors import FastInstError, shown
 
 
 class ConfigError(FastInstError, ValueError):
@@ -116,12 +116,6 @@ class Config:
 
 def yaml_scalar(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip().removesuffix("...").strip()
-
-
-def shown(value, limit: int = 40) -> str:
-    """`repr(value)` cut to `limit` characters, for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _finite(value) -> bool:

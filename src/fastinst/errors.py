@@ -1,7 +1,16 @@
 """User-facing errors and notes: each carries one line naming the file or key and the problem (notes go through
 the `fastinst` logger, `fastinst.log`)."""
 
+from typing import Any
+
 from .log import say
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters: a bad value named in a one-line message, whatever its size (a large
+    dict or list is named by its type instead of being repr'd whole)."""
+    text = repr(value) if not isinstance(value, (dict, list)) or len(value) < 100 else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def note(message: str, *, level: str = "note") -> None:

@@ -464,8 +464,8 @@ def quantize_network(
 def calibration_images(spec: str | Path, split: str = "train", count: int = 300) -> list[Path]:
     """`count` images spread evenly over split `split` of the dataset `spec` (any layout `load_dataset` reads), or
     over the image files of a plain folder / glob (`list_images`). Fewer when there are fewer."""
-    from .data.datasets import load_dataset
     from .data.images import list_images
+    from .data.registry import load_dataset
 
     if count < 1:
         raise FastInstError(f"--calibration {count}: must be at least 1")

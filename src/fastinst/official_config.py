@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, apply_overrides, canonical_name, get_config, read_yaml_mapping, validate
+from .errors import shown
 from .official_keys import IGNORED, IGNORED_PREFIXES, KEYS, Ignored, Only, RunSetting, as_tuple
 
 # A detectron2 key on a command line: upper-case dotted words (MODEL.WEIGHTS, OUTPUT_DIR, SOLVER.AMP.ENABLED).
@@ -112,7 +113,7 @@ def read_official_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[s
     base = data.pop("_BASE_", None)
     if base is not None:
         if not isinstance(base, str) or not base:
-            raise ConfigError(f"{path}: _BASE_ must be a file name (a string), got {_shown(base)}")
+            raise ConfigError(f"{path}: _BASE_ must be a file name (a string), got {shown(base)}")
         base_path = Path(base).expanduser()
         if not base_path.is_absolute():
             base_path = path.parent / base_path
@@ -168,17 +169,17 @@ def apply_official(run: OfficialRun, values: dict[str, Any], source: str) -> Off
             run.ignored.append(key)
         elif isinstance(spec, Only):
             if not any(_same(value, a) for a in spec.allowed):
-                shown = " or ".join(repr(list(a) if isinstance(a, tuple) else a) for a in spec.allowed)
-                raise ConfigError(f"{source}: {key} {value!r} is not supported; fastinst implements {shown}")
+                allowed = " or ".join(repr(list(a) if isinstance(a, tuple) else a) for a in spec.allowed)
+                raise ConfigError(f"{source}: {key} {value!r} is not supported; fastinst implements {allowed}")
         elif isinstance(spec, RunSetting):
             if spec.attr in ("train_datasets", "test_datasets"):
                 names = as_tuple(value)
                 if not all(isinstance(v, str) for v in names):
-                    raise ConfigError(f"{source}: {key} {_shown(value)}: expected dataset names (strings)")
+                    raise ConfigError(f"{source}: {key} {shown(value)}: expected dataset names (strings)")
                 value = tuple(names)
             elif spec.attr in ("weights", "output_dir", "device"):
                 if value is not None and not isinstance(value, str):
-                    raise ConfigError(f"{source}: {key} {_shown(value)}: expected a string")
+                    raise ConfigError(f"{source}: {key} {shown(value)}: expected a string")
                 value = value or ""
             setattr(run, spec.attr, value)
         else:
@@ -186,7 +187,7 @@ def apply_official(run: OfficialRun, values: dict[str, Any], source: str) -> Off
                 converted = spec.convert(value) if spec.convert else value
                 run.cfg = apply_overrides(run.cfg, [f"{spec.target}={json.dumps(converted)}"])
             except (ConfigError, TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: {key} {_shown(value)}: {e}") from None
+                raise ConfigError(f"{source}: {key} {shown(value)}: {e}") from None
             run.fields[spec.target] = key
     return run
 
@@ -208,10 +209,10 @@ def _finish(run: OfficialRun, source: str) -> OfficialRun:
             wrong = True
         if value is not None and wrong:
             raise ConfigError(
-                f"{source}: {key} {_shown(value)}: expected {'true or false' if expected is bool else 'a number'}"
+                f"{source}: {key} {shown(value)}: expected {'true or false' if expected is bool else 'a number'}"
             )
     if run.clip_type is not None and not isinstance(run.clip_type, str):
-        raise ConfigError(f"{source}: SOLVER.CLIP_GRADIENTS.CLIP_TYPE {_shown(run.clip_type)}: expected a string")
+        raise ConfigError(f"{source}: SOLVER.CLIP_GRADIENTS.CLIP_TYPE {shown(run.clip_type)}: expected a string")
     if run.warmup_iters is not None or run.warmup_factor is not None:
         factor = 0.001 if run.warmup_factor is None else float(run.warmup_factor)  # detectron2's default
         iters = 1000 if run.warmup_iters is None else int(run.warmup_iters)
@@ -253,11 +254,6 @@ def _finite(value: Any) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float
         return False
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_official_config(

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fastinst.cli import main
-from fastinst.data.datasets import load_dataset
+from fastinst.data.registry import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from makers import H, W, decoded, make_coco, write_image

@@ -36,7 +36,7 @@ def _gt_results(ds) -> list[dict]:
 
 @pytest.fixture()
 def data(tmp_path):
-    from fastinst.data.datasets import load_dataset
+    from fastinst.data.registry import load_dataset
 
     root = make_coco(tmp_path / "coco")
     return root, load_dataset(root)

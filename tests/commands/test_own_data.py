@@ -199,8 +199,8 @@ def test_image_size_that_disagrees_with_the_file_is_refused(tmp_path, capsys):
 
 
 def test_a_size_mismatch_found_while_reading_is_one_line(tmp_path):
-    from fastinst.data.datasets import DatasetError
     from fastinst.data.loader import build_test_loader
+    from fastinst.errors import DatasetError
 
     write_image(tmp_path / "a.jpg")
     record = {"file_name": str(tmp_path / "a.jpg"), "image_id": 5, "height": 10, "width": 10}

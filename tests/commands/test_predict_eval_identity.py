@@ -180,7 +180,7 @@ def test_coco_json_as_classes_gives_ids_too(setup, tmp_path):
 
 
 def test_yolo_set_through_the_same_path(setup, tmp_path, capsys):
-    from fastinst.data.datasets import load_dataset
+    from fastinst.data.registry import load_dataset
 
     _, weights, _, _ = setup
     yaml, _ = make_yolo(tmp_path / "yolo")

@@ -12,7 +12,7 @@ import pytest
 
 from fastinst.commands import convert as convert_cmd
 from fastinst.data.convert import to_coco_json
-from fastinst.data.datasets import load_dataset
+from fastinst.data.registry import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import makers

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastinst.data.datasets import ADE20K_THINGS, load_dataset
+from fastinst.data.ade20k import ADE20K_THINGS
+from fastinst.data.registry import load_dataset
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

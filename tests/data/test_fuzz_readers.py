@@ -301,7 +301,8 @@ def test_official_config_regressions(tmp_path):
 def test_rle_string_totals_agree_with_the_reference_loop():
     from pycocotools import mask as mask_util
 
-    from fastinst.data.datasets import DatasetError, rle_string_total, rle_string_totals
+    from fastinst.data.masks import rle_string_total, rle_string_totals
+    from fastinst.errors import DatasetError
 
     rng = random.Random(0)
     strings = []
@@ -364,7 +365,7 @@ def test_slow_fuzz(slow_selected, tmp_path, what):
 
 def test_base_files_are_accepted_as_they_are(campaign):
     """The unmutated files load (the mutants start from valid data): every form each format allows is read."""
-    from fastinst.data.datasets import load_dataset
+    from fastinst.data.registry import load_dataset
 
     ds = load_dataset(campaign.gt)
     assert len(ds.records) == 3 and len(ds.coco["annotations"]) == 7  # the bbox-only entry is skipped

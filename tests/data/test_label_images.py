@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from fastinst.data.convert import convert_label_images
-from fastinst.data.datasets import load_dataset
 from fastinst.data.label_images import label_key, load_label_images, read_names
+from fastinst.data.registry import load_dataset
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

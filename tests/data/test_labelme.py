@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastinst.data.datasets import detect_layout, load_dataset
 from fastinst.data.labelme import load_labelme, read_labelme, write_embedded_images
+from fastinst.data.registry import detect_layout, load_dataset
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 from fastinst.data.convert import convert_dataset, convert_label_images
-from fastinst.data.datasets import drop_unused_categories, load_dataset
+from fastinst.data.core import drop_unused_categories
 from fastinst.data.images import read_image
 from fastinst.data.labelme import read_labelme, write_embedded_images
+from fastinst.data.registry import load_dataset
 from fastinst.errors import DatasetError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from fastinst.commands import evaluate as eval_cmd
 from fastinst.data.convert import to_coco_json
-from fastinst.data.datasets import load_dataset
+from fastinst.data.registry import load_dataset
 from fastinst.engine.boundary import boundary_iou, dilation_pixels, mask_boundary
 from fastinst.engine.coco_metrics import METRIC_NAMES
 from fastinst.engine.evaluator import evaluate_results

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from fastinst.data.datasets import CITYSCAPES_THINGS, load_dataset
+from fastinst.data.cityscapes import CITYSCAPES_THINGS
+from fastinst.data.registry import load_dataset
 from fastinst.engine.cityscapes_eval import OVERLAPS, CityscapesInstanceEval, evaluate_cityscapes, gt_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))

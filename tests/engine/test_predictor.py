@@ -249,7 +249,7 @@ def test_fixture_instances_through_fastinst_load(tmp_path_factory):
 def test_summary_and_to_json(demo, photo):
     """`summary()`: one dict per instance (name, class, confidence, box, the mask as COCO RLE); `to_json()`: the same
     as a JSON string."""
-    from fastinst.data.datasets import masks_to_rles
+    from fastinst.data.masks import masks_to_rles
 
     r = demo.predict(photo, score_threshold=0.0, max_dets=3)[0]
     summary = r.summary()

@@ -138,7 +138,7 @@ def official_data(args: argparse.Namespace, train: tuple[str, ...], test: tuple[
     """--data and the splits from DATASETS.TRAIN / DATASETS.TEST (`coco_2017_train`, ... under $FASTINST_DATASETS or
     $DETECTRON2_DATASETS): training uses TRAIN and evaluates on TEST when it is a split of the same dataset;
     --eval-only uses TEST."""
-    from ..data.datasets import OFFICIAL_NAMES, official_dataset
+    from ..data.registry import OFFICIAL_NAMES, official_dataset
     from ..errors import FastInstError, note
 
     def place(key: str, names: tuple[str, ...]) -> tuple[str, str] | None:

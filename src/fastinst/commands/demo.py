@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..config import get_config, override_keys
-    from ..data.datasets import load_dataset
+    from ..data.registry import load_dataset
     from ..data.synthetic import ensure_synthetic_coco
     from ..engine.evaluator import predict_dataset, write_report
     from ..engine.training import fit

@@ -188,14 +188,14 @@ def _identity(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..engine.results_file import ImageIndex
 
     if args.data:
-        from ..data.datasets import load_dataset
+        from ..data.registry import load_dataset
 
         ds = load_dataset(args.data, split=args.split)
         return ds, ImageIndex(ds.coco["images"], ds.image_root)
     spec = Path(args.classes) if args.classes else None
     if spec is None or spec.suffix.lower() != ".json" or not spec.is_file():
         return None, None
-    from ..data.datasets import read_json
+    from ..data.jsonfiles import read_json
 
     data = read_json(spec)
     images = data.get("images") if isinstance(data, dict) else None

@@ -14,7 +14,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, shown
 from .images import DEFAULT_MAX_PIXELS, PIL_ERRORS
 
 # What loading skipped or fixed, by kind: one note per kind with its count (`from_coco`, the ADE20K reader).
@@ -125,18 +125,13 @@ def is_number(value: Any) -> bool:
         return False
 
 
-def shown(value: Any, limit: int = 40) -> str:
-    """`repr(value)` cut to `limit` characters: a bad value named in a one-line message, whatever its size."""
-    text = repr(value) if not isinstance(value, (dict, list)) or len(value) < 100 else f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Files and image sizes
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def relative(f: Path, root: Path) -> str:
+    """`f` as a POSIX path relative to `root` (a COCO `file_name`), or absolute when it is not under `root`."""
     try:
         return f.relative_to(root).as_posix()
     except ValueError:

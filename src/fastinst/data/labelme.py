@@ -31,16 +31,6 @@ points, group_id, shape_type, flags, description` (and `mask` for `shape_type: "
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
-import math
-import os
-from collections import Counter
-
-from __future__ import annotations
-
 import os
 from collections import Counter
 from collections.abc import Iterable

@@ -142,6 +142,7 @@ def _cached(path: Path, raw: bytes, name: str) -> Path:
 
 
 def decode_b64(value: Any, path: Path, key: str) -> bytes:
+    """The bytes of the base64 string `value` (`key`: what it is in `path`, named in the error)."""
     if not isinstance(value, str):
         raise DatasetError(f"{path}: {key} is not a base64 string")
     try:
@@ -213,13 +214,12 @@ def shape_instances(path: Path, shapes: list, h: int, w: int, issues: Counter) -
             continue
         if polygons:
             bitmaps.append(json_rle(polygons, h, w))
-        merged = mask_util.merge(bitmaps) if len(bitmaps) > 1 else bitmaps[0]
-        counts = merged["counts"]
-        out.append((label, {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}))
+        out.append((label, merge_rles(bitmaps, h, w)))
     return out
 
 
 def shape_label(path: Path, i: int, s: Any) -> str:
+    """The label of shape `i`; `DatasetError` when the shape is not an object with a non-empty string label."""
     if not isinstance(s, dict):
         raise DatasetError(f"{path}: shapes[{i}] is not an object")
     label = s.get("label")

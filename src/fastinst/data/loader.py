@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config, InputConfig
 from ..errors import DatasetError
-from .datasets import check_image_size
+from .core import check_image_size
 from .images import read_image
 from .transforms import to_tensor_image, train_transform
 

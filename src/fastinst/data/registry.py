@@ -1,4 +1,4 @@
-"""Instance-segmentation datasets in six layouts, all loaded into one COCO-shaped `InstanceDataset`: the names and
+"""Instance-segmentation datasets in five layouts, all loaded into one COCO-shaped `InstanceDataset`: the names and
 the layouts.
 
 `load_dataset(spec, split)` accepts a COCO folder or annotation json, an Ultralytics segmentation YAML, a Cityscapes
@@ -85,13 +85,11 @@ def load_dataset(
         if suffix == ".json":
             data = read_json(path)
             if is_labelme_data(data):  # one labelme file: a dataset of one image
-                from .labelme import load_labelme  # labelme.py builds on this module
-
                 ds = load_labelme(path, split)
             else:
                 ds = load_coco_data(path, data, image_root=root)
         elif suffix in (".yaml", ".yml"):
-            ds = load_yolo(path, split)
+            ds = load_yolo(path, split, datasets_root=datasets_root())
         else:
             raise DatasetError(f"{path}: expected a COCO .json, an Ultralytics .yaml or a dataset folder")
     else:
@@ -103,17 +101,17 @@ def load_dataset(
         elif kind == "coco":
             ds = load_coco_folder(base, split, image_root=root)
         elif kind == "labelme":
-            from .labelme import load_labelme  # labelme.py builds on this module
-
             ds = load_labelme(base, split)
         else:
-            ds = load_yolo(base, split)
+            ds = load_yolo(base, split, datasets_root=datasets_root())
     if filter_empty:
         ds.records = [r for r in ds.records if has_instance(r)]
     return ds
 
 
 def dataset_path(spec: str | os.PathLike) -> Path:
+    """The file or folder `spec` names: an existing path, else a short name (or any name) under `datasets_root()`;
+    `DatasetError` when neither exists."""
     path = Path(spec).expanduser()
     if path.exists():
         return path
@@ -140,12 +138,8 @@ def detect_layout(folder: Path) -> tuple[str, Path]:
     yamls = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
     if len(yamls) == 1:
         return "yolo", yamls[0]
-    from .labelme import find_labelme
-
     if find_labelme(folder):
         return "labelme", folder
-    from .label_images import find_label_images
-
     found = find_label_images(folder)
     if found is not None:
         import shlex

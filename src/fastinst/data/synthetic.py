@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import write_json
-from .datasets import mask_to_rle
+from .masks import mask_to_rle
 
 __all__ = [
     "CATEGORY_NAMES",

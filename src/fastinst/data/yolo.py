@@ -15,18 +15,19 @@ from .images import is_image_file
 from .jsonfiles import first_line, read_text, read_yaml
 
 
-def load_yolo(yaml_path: Path, split: str) -> InstanceDataset:
+def load_yolo(yaml_path: Path, split: str, *, datasets_root: Path | None = None) -> InstanceDataset:
     """Ultralytics segmentation data: `names`, `path`, `<split>` (folder, .txt list or a list of them) in a YAML.
 
     Labels sit in `labels/` mirroring `images/`; each line `cls x1 y1 x2 y2 ...` is one polygon in coordinates
-    normalised to [0, 1]. Category ids are the class indices plus one (COCO files start at 1).
+    normalised to [0, 1]. Category ids are the class indices plus one (COCO files start at 1). A relative `path` is
+    looked up next to the YAML, then in `datasets_root` when given (`load_dataset` gives its datasets root).
     """
     cfg = read_yaml(yaml_path)
     names = _yolo_names(cfg.get("names"), yaml_path)
     nc = cfg.get("nc")
     if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc != len(names)):
         raise DatasetError(f"{yaml_path}: 'nc: {nc}' disagrees with 'names', which lists {len(names)} classes")
-    root = _yolo_root(cfg, yaml_path)
+    root = _yolo_root(cfg, yaml_path, datasets_root)
     entry = cfg.get(split)
     if entry is None:
         have = ", ".join(k for k in ("train", "val", "test") if cfg.get(k)) or "none"
@@ -92,7 +93,7 @@ def _yolo_names(names: Any, yaml_path: Path) -> list[str | None]:
     raise DatasetError(f"{yaml_path}: 'names' must be a non-empty list or a {{index: name}} mapping")
 
 
-def _yolo_root(cfg: dict, yaml_path: Path) -> Path:
+def _yolo_root(cfg: dict, yaml_path: Path, datasets_root: Path | None) -> Path:
     path = cfg.get("path")
     if not path:
         return yaml_path.parent
@@ -101,10 +102,12 @@ def _yolo_root(cfg: dict, yaml_path: Path) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    for base in (yaml_path.parent, datasets_root()):
+    bases = [yaml_path.parent] if datasets_root is None else [yaml_path.parent, datasets_root]
+    for base in bases:
         if is_dir(base / p):
             return base / p
-    raise DatasetError(f"{yaml_path}: path {path!r} is not a folder (looked next to the YAML and in {datasets_root()})")
+    where = "next to the YAML" if datasets_root is None else f"next to the YAML and in {datasets_root}"
+    raise DatasetError(f"{yaml_path}: path {path!r} is not a folder (looked {where})")
 
 
 def _yolo_images(p: Path, yaml_path: Path) -> list[Path]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.datasets import CITYSCAPES_THINGS
+from ..data.cityscapes import CITYSCAPES_THINGS
 from ..errors import DatasetError
 from ..log import say
 
@@ -227,7 +227,7 @@ def evaluate_cityscapes(
     verbose: bool = True,
 ) -> dict:
     """Cityscapes AP / AP50 of COCO segm results (a list or a results json; `category_id` = Cityscapes label id, as
-    `load_cityscapes` numbers them) on a Cityscapes split loaded by `fastinst.data.datasets.load_dataset`. Image
+    `load_cityscapes` numbers them) on a Cityscapes split loaded by `fastinst.data.registry.load_dataset`. Image
     identity is `results_file.match_image_ids`' (entries with a `file_name` are matched by it), as for COCO AP.
 
     Every image of the split is scored (or those of `image_ids`), with its `*_gtFine_instanceIds.png`; an image

@@ -46,7 +46,8 @@ def evaluate_split(
     import torch
 
     from ..classes import match_model
-    from ..data.datasets import load_dataset, read_json
+    from ..data.jsonfiles import read_json
+    from ..data.registry import load_dataset
     from ..errors import FastInstError
     from ..factory import load_backend, resolve_device
     from ..files import check_output, write_json

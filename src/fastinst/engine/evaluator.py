@@ -40,7 +40,7 @@ def coco_api(coco_gt: dict | str | os.PathLike | COCO) -> COCO:
     if isinstance(coco_gt, COCO):
         return coco_gt
     if not isinstance(coco_gt, dict):
-        from ..data.datasets import read_json
+        from ..data.jsonfiles import read_json
 
         coco_gt = read_json(Path(coco_gt))
     if not isinstance(coco_gt, dict) or "images" not in coco_gt or "categories" not in coco_gt:
@@ -93,7 +93,7 @@ class COCOEvaluator:
         self.image_ids.append(image_id)
         if not len(masks):
             return
-        from ..data.datasets import masks_to_rles
+        from ..data.masks import masks_to_rles
 
         rles = masks_to_rles(masks)
         boxes = mask_util.toBbox([dict(r, counts=r["counts"].encode("ascii")) for r in rles])

@@ -98,7 +98,7 @@ class Results:
                 keep.append((k, cid))
         if not keep:
             return []
-        from ..data.datasets import masks_to_rles
+        from ..data.masks import masks_to_rles
 
         rles = masks_to_rles(self.masks[[k for k, _ in keep]])
         file_name = str(self.path) if self.path is not None else (self.source or "")
@@ -127,7 +127,7 @@ class Results:
         counts: str}; `pycocotools.mask.decode` reads it). Values rounded to `decimals`."""
         rles: list[dict] = []
         if masks and len(self):
-            from ..data.datasets import masks_to_rles
+            from ..data.masks import masks_to_rles
 
             rles = masks_to_rles(self.masks)
         out = []

@@ -29,7 +29,7 @@ def load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], s
     dict; a list built in memory (by `COCOEvaluator`) only needs the four keys."""
     from_file = False
     if isinstance(results, (str, os.PathLike)):
-        from ..data.datasets import read_json
+        from ..data.jsonfiles import read_json
 
         data, label, from_file = read_json(Path(results)), str(results), True
     else:
@@ -46,19 +46,20 @@ def load_results(results: list[dict] | str | os.PathLike) -> tuple[list[dict], s
 
 def _check_entry(r: dict, where: str) -> None:
     """One results entry's types, before anything reads it (`DatasetError` naming `where`)."""
-    from ..data.datasets import _shown, is_int, is_number
+    from ..data.core import is_int, is_number
+    from ..errors import shown
 
     for key in ("image_id", "category_id"):
         if not is_int(r[key]):
-            raise DatasetError(f"{where}: '{key}' must be an integer, got {_shown(r[key])}")
+            raise DatasetError(f"{where}: '{key}' must be an integer, got {shown(r[key])}")
     if not is_number(r["score"]):
-        raise DatasetError(f"{where}: 'score' must be a finite number, got {_shown(r['score'])}")
+        raise DatasetError(f"{where}: 'score' must be a finite number, got {shown(r['score'])}")
     for key in ("file_name", "category_name"):
         if r.get(key) is not None and not isinstance(r[key], str):
-            raise DatasetError(f"{where}: '{key}' must be a string, got {_shown(r[key])}")
+            raise DatasetError(f"{where}: '{key}' must be a string, got {shown(r[key])}")
     box = r.get("bbox")
     if box not in (None, []) and not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
-        raise DatasetError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {_shown(box)}")
+        raise DatasetError(f"{where}: 'bbox' must be 4 numbers [x, y, width, height], got {shown(box)}")
     seg = r["segmentation"]
     if isinstance(seg, list) and seg and all(isinstance(part, list) for part in seg):
         return  # polygons: checked and made RLE at their image's size by `_checked_masks`
@@ -72,7 +73,7 @@ def _check_entry(r: dict, where: str) -> None:
     ):
         raise DatasetError(
             f"{where}: 'segmentation' must be an RLE {{'size': [height, width], 'counts': ...}} or polygons (lists "
-            f"of x, y coordinates), got {_shown(seg)}"
+            f"of x, y coordinates), got {shown(seg)}"
         )
 
 
@@ -83,7 +84,7 @@ def _checked_masks(dets: list[dict], gt: COCO, label: str) -> list[dict]:
     Nothing is decoded before this passed: pycocotools' decoder trusts the runs."""
     from collections import Counter
 
-    from ..data.datasets import _clean_segmentation, check_rle_strings, json_rle
+    from ..data.masks import check_rle_strings, clean_segmentation, json_rle
 
     out: list[dict] = []
     strings: list[tuple[str, str, int, int]] = []
@@ -92,7 +93,7 @@ def _checked_masks(dets: list[dict], gt: COCO, label: str) -> list[dict]:
         h, w = int(image["height"]), int(image["width"])
         where = f"{label}: entry {n} (image id {r['image_id']})"
         if isinstance(seg, list):
-            parts = _clean_segmentation(seg, h, w, where, Counter())
+            parts = clean_segmentation(seg, h, w, where, Counter())
             if not parts:
                 raise DatasetError(f"{where}: no polygon with 3 points or more (an even number of coordinates)")
             out.append(dict(r, segmentation=json_rle(parts, h, w)))

@@ -178,6 +178,11 @@ class PooledServer(socketserver.TCPServer):
                 self._jobs.put_nowait(None)
             except queue.Full:
                 break
+        # let a request still in a worker finish before the interpreter exits (a daemon thread stopped inside torch's
+        # native code at exit can hang the process); bounded, so a stuck request cannot hold the stop
+        deadline = time.monotonic() + 5.0
+        for t in self._pool:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         _close(self._wake_r)
         _close(self._wake_w)
 

@@ -159,7 +159,7 @@ def build_training(
     )
     from ..config import Config, apply_overrides, get_config, override_keys, schedule
     from ..data.coco_classes import COCO_NAMES
-    from ..data.datasets import load_dataset
+    from ..data.registry import load_dataset
     from ..errors import FastInstError, note
     from ..factory import build_model
 
@@ -216,7 +216,8 @@ def prepare_train_split(data, split: str, cfg):
     """The training split of `data` as training uses it: unused categories dropped (so they do not become classes),
     background images (no instance) kept as negatives unless `input.filter_empty`, each said in one note; a split with
     nothing to learn from is a one-line error naming the file and the cause."""
-    from ..data.datasets import drop_unused_categories, has_instance, load_dataset, unusable_for_training
+    from ..data.core import drop_unused_categories, has_instance, unusable_for_training
+    from ..data.registry import load_dataset
     from ..errors import DatasetError, note
 
     train = load_dataset(data, split=split)
