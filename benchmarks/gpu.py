@@ -185,14 +185,14 @@ def time_calls(fn: Callable[[], Any], warmup: int, iters: int, sync: Callable[[]
         result = fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    stats = {
-        "median_ms": statistics.median(times),
-        "p90_ms": times[max(0, math.ceil(0.9 * len(times)) - 1)],
-        "min_ms": times[0],
-        "iters": len(times),
-    }
-    return stats, result
+    median, p90, low = spread(times)
+    return {"median_ms": median, "p90_ms": p90, "min_ms": low, "iters": len(times)}, result
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, 90th percentile (nearest rank), minimum) of timings."""
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)], ordered[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

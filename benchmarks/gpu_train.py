@@ -71,7 +71,7 @@ from fastinst.data.loader import build_train_loader
 from fastinst.data.synthetic import ensure_synthetic_coco
 from fastinst.engine.trainer import Trainer
 from fastinst.engine.training import build_training
-from gpu import calibrate_batchnorms, cpu_name, one_line  # benchmarks/gpu.py, next to this script
+from gpu import calibrate_batchnorms, cpu_name, one_line, spread  # benchmarks/gpu.py, next to this script
 
 MODEL = "fastinst-d1-r50"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -177,12 +177,8 @@ def sync(device: torch.device) -> None:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "median_s": statistics.median(ordered),
-        "p90_s": ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)],
-        "min_s": ordered[0],
-    }
+    median, p90, low = spread(values)
+    return {"median_s": median, "p90_s": p90, "min_s": low}
 
 
 def measure(
