@@ -7,8 +7,9 @@ Both take one image's (Q, K+1) class logits and (Q, H/8, W/8) mask logits and re
 pairs with boolean masks at the original size. The official order upsamples all Q masks to the padded size and then
 to the original size before picking the top 100; ours resizes only the queries the top-k keeps (same numbers).
 Logits are drawn so the top 100 pairs use `--unique` distinct queries (real models: typically 30-70 of 100).
-The last two columns: the same logits as a bf16 network gives them (`binary_masks_bf16`: one resize, two full-size
-passes), and how they agree with ours on the same bf16-rounded values in fp32 (every pair found again).
+The last two columns: the same logits as a bf16 network gives them (`fastinst.model.span_masks`: the two resizes as
+matmuls inside each mask's box, scores first on every other pixel row and column), and how they agree with ours on
+the same bf16-rounded values in fp32 (every pair found again).
 """
 
 from __future__ import annotations
@@ -23,22 +24,32 @@ import torch
 
 from fastinst.model.postprocess import instances, instances_reference
 
-CASES = [  # (name, padded network input, resized image, original photo)
-    ("D1 576, 480x640 photo", (576, 768), (576, 768), (480, 640)),
-    ("D1 576, 1080x810 photo (the fixture's)", (768, 576), (768, 576), (1080, 810)),
-    ("D3 640, 480x640 photo", (640, 864), (640, 853), (480, 640)),
-    ("D1 576, 1080x1920 video frame", (448, 800), (437, 777), (1080, 1920)),
+CASES = [  # (name, padded network input, resized image, original photo, masks)
+    ("D1 576, 480x640 photo", (576, 768), (576, 768), (480, 640), "noise"),
+    ("D1 576, 1080x810 photo (the fixture's)", (768, 576), (768, 576), (1080, 810), "noise"),
+    ("D1 576, 1080x810 photo, object-sized masks", (768, 576), (768, 576), (1080, 810), "objects"),
+    ("D3 640, 480x640 photo", (640, 864), (640, 853), (480, 640), "noise"),
+    ("D1 576, 1080x1920 video frame", (448, 800), (437, 777), (1080, 1920), "noise"),
 ]
 
 
-def make_outputs(padded, num_queries: int, num_classes: int, unique: int, seed: int = 0):
-    """Random logits where `unique` queries hold all of the confident (query, class) pairs."""
+def make_outputs(padded, num_queries: int, num_classes: int, unique: int, masks: str = "noise", seed: int = 0):
+    """Random logits where `unique` queries hold all of the confident (query, class) pairs. Masks: "noise" (logits
+    of spread noise: every mask reaches across the whole image, the worst case, like the parity fixtures' synthetic
+    weights) or "objects" (one elliptic blob per query, 2-40 % of the image's height: a trained model's masks)."""
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_queries, num_classes + 1, generator=g)
     hot = torch.randperm(num_queries, generator=g)[:unique]
     logits[hot, :num_classes] += 6.0 + torch.rand(unique, num_classes, generator=g)
-    masks = torch.randn(num_queries, padded[0] // 8, padded[1] // 8, generator=g) * 4
-    return logits, masks
+    h, w = padded[0] // 8, padded[1] // 8
+    if masks == "noise":
+        return logits, torch.randn(num_queries, h, w, generator=g) * 4
+    ys, xs = torch.meshgrid(torch.arange(float(h)), torch.arange(float(w)), indexing="ij")
+    centre = torch.rand(num_queries, 2, generator=g) * torch.tensor([h, w])
+    radii = (0.01 + 0.19 * torch.rand(num_queries, 2, generator=g)) * h  # half-axes: 1-20 % of the height
+    d = ((ys - centre[:, :1, None]) / radii[:, :1, None]) ** 2 + ((xs - centre[:, 1:, None]) / radii[:, 1:, None]) ** 2
+    noise = torch.randn(num_queries, h, w, generator=g) * 0.5
+    return logits, (8.0 * (1.0 - d)).clamp(-10.0, 8.0) + noise
 
 
 def time_call(fn, iters: int) -> float:
@@ -61,8 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     with torch.inference_mode():
-        for name, padded, resized, original in CASES:
-            logits, masks = make_outputs(padded, 100, 80, args.unique)
+        for name, padded, resized, original, kind in CASES:
+            logits, masks = make_outputs(padded, 100, 80, args.unique, kind)
             ref = instances_reference(logits, masks, padded, resized, original)
             ours = instances(logits, masks, padded, resized, original)
             # the same instances: ours is sorted by final score, the official order keeps the class-probability one
@@ -73,7 +84,7 @@ def main() -> None:
             call = (logits, masks, padded, resized, original)
             t_ref = time_call(functools.partial(instances_reference, *call), args.iters)
             t_ours = time_call(functools.partial(instances, *call), args.iters)
-            # the mask logits of a bf16 network take `binary_masks_bf16`: agreement with ours in fp32, and its time
+            # the mask logits of a bf16 network take `span_masks`: agreement with ours in fp32, and its time
             low = (logits, masks.to(torch.bfloat16), padded, resized, original)
             fp32 = instances(logits, masks.to(torch.bfloat16).float(), padded, resized, original)
             bf16 = instances(*low)

@@ -117,7 +117,7 @@ class ExportedModel:
         self.size = fixed_size(meta)
         self.kind = kind  # "ONNX", "OpenVINO": what messages call the file
         # the mask logits' dtype for post-processing: bf16 when the network computed them in bf16, which lets
-        # `postprocess.binary_masks` take its one-resize route as it does for a bf16 PyTorch network
+        # `postprocess.instances` take its short route (`model/span_masks.py`) as it does for a bf16 PyTorch network
         self.mask_dtype = torch.float32
         # TorchScript-exported dynamic files trace a fixed top-k size: they need enough stride-16 cells
         self._needs_cells = self.size is None and meta.get("fastinst.exporter", "torchscript") == "torchscript"

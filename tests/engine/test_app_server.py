@@ -525,6 +525,20 @@ def test_compact_instances_match_the_predictor(predictor):
         assert np.abs(overlay.astype(int) - ref.plot()).max() <= 2  # rounded per instance, not once
 
 
+def test_compact_instances_match_a_bf16_predictor(demo_weights):
+    """With a bf16 network (the default on CPUs with bf16 hardware) the app's masks come from the same short route
+    as `predict_batch`'s (`model/span_masks.py`), one mask at a time: the same instances, scores and masks."""
+    predictor = Predictor(load_model("fastinst-demo", demo_weights, "cpu"), dtype="bf16")
+    image = photo(3, 192)
+    found = compact.find_instances(predictor, image, 0.0, 100)
+    (ref,) = predictor.predict_batch([image], None, 0.0, 100)
+    assert len(found) == len(ref) > 0
+    assert [i.label for i in found] == ref.labels.tolist()
+    np.testing.assert_array_equal([i.score for i in found], ref.scores)
+    for inst, mask in zip(found, ref.masks, strict=True):
+        assert np.array_equal(compact.decode(inst.rle), mask)
+
+
 def test_write_png_round_trips(tmp_path):
     image = np.random.default_rng(3).integers(0, 255, (37, 1001, 3), dtype=np.uint8)
     size = compact.write_png(tmp_path / "x.png", image)

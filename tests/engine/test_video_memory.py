@@ -18,6 +18,7 @@ import torch
 import fastinst
 import fastinst.engine.video as video_module
 import fastinst.model.postprocess as postprocess
+import fastinst.model.span_masks as span_masks
 from fastinst.defaults import DEFAULT_SCORE_THRESHOLD
 from fastinst.engine.predictor import Predictor
 
@@ -73,8 +74,8 @@ def _demo(sharpen: bool) -> Predictor:
 
 class PostprocessLog:
     """Per `postprocess.instances` call (one per frame): the (query, class) pairs whose class probability reaches the
-    threshold, their distinct queries, and the distinct mask rows upsampled to the frame's size (by `_full_size`, or
-    by `_one_resize` when the network ran in bf16, the default on CPUs with bf16 hardware)."""
+    threshold, their distinct queries, and the distinct masks made at the frame's size (by `_full_size`, or by
+    `span_masks.CellResize` when the network ran in bf16, the default on CPUs with bf16 hardware)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, threshold: float):
         self.calls: list[dict] = []
@@ -87,21 +88,24 @@ class PostprocessLog:
             self.calls.append({**candidates, "rows": set(), "num_queries": int(pred_logits.shape[0])})
             return scores, labels, queries
 
-        def logged(resize):
-            def logged_resize(logits, *rest, **kw):
-                out = resize(logits, *rest, **kw)
-                # chunks are views of one (u, h8, w8) tensor: name each row by its storage and index, to count it once
-                first = logits.storage_offset() // max(1, logits.stride(0))
-                storage = logits.untyped_storage().data_ptr()
-                self.calls[-1]["rows"].update((storage, first + i) for i in range(logits.shape[0]))
-                assert out.shape[1:] == (HEIGHT, WIDTH)
-                return out
+        def logged_full_size(logits, *rest, **kw):
+            out = _full_size(logits, *rest, **kw)
+            # chunks are views of one (u, h8, w8) tensor: name each row by its storage and index, to count it once
+            first = logits.storage_offset() // max(1, logits.stride(0))
+            storage = logits.untyped_storage().data_ptr()
+            self.calls[-1]["rows"].update((storage, first + i) for i in range(logits.shape[0]))
+            assert out.shape[1:] == (HEIGHT, WIDTH)
+            return out
 
-            return logged_resize
+        def logged_values(resize, i, box, step):
+            if step == 1:  # a mask made at full size (not every other pixel, for its score)
+                self.calls[-1]["rows"].add((id(resize), i))
+            return cell_values(resize, i, box, step)
 
+        _full_size, cell_values = postprocess._full_size, span_masks.CellResize.values
         monkeypatch.setattr(postprocess, "select", logged_select)
-        monkeypatch.setattr(postprocess, "_full_size", logged(postprocess._full_size))
-        monkeypatch.setattr(postprocess, "_one_resize", logged(postprocess._one_resize))
+        monkeypatch.setattr(postprocess, "_full_size", logged_full_size)
+        monkeypatch.setattr(span_masks.CellResize, "values", logged_values)
 
 
 @pytest.mark.parametrize(("sharpen", "batch_size"), [(False, 3), (True, 2)], ids=["random", "sharpened"])

@@ -71,7 +71,9 @@ def network_outputs(predictor: Any, image: np.ndarray) -> tuple[torch.Tensor, to
         images, sizes = model.preprocess([item])  # FastInst or an exported runtime (fastinst.runtimes): one contract
         logits, masks = model.forward_raw(images)
     padded = (int(images.shape[-2]), int(images.shape[-1]))
-    return logits[0].float(), masks[0], padded, tuple(sizes[0])
+    # an exported bf16 network's mask logits in bf16, as its own post-processing takes them (`ExportedModel.__call__`)
+    mask_dtype = getattr(model, "mask_dtype", masks.dtype)
+    return logits[0].float(), masks[0].to(mask_dtype), padded, tuple(sizes[0])
 
 
 def one_mask(logits: torch.Tensor, padded: tuple, resized: tuple, original: tuple) -> tuple[np.ndarray, torch.Tensor]:
@@ -82,7 +84,7 @@ def one_mask(logits: torch.Tensor, padded: tuple, resized: tuple, original: tupl
     height, width = original
     with torch.inference_mode():
         if height * width > TILED_PIXELS and height >= resized[0] and width >= resized[1]:
-            binary, score = binary_masks_tiled(logits, padded, resized, original, elements=TILE_ELEMENTS)
+            binary, score = binary_masks_tiled(logits.float(), padded, resized, original, elements=TILE_ELEMENTS)
         else:
             binary, score = binary_masks(logits, padded, resized, original)
         return binary[0].cpu().numpy(), score.float().cpu()
@@ -130,7 +132,7 @@ def find_instances(predictor: Any, image: np.ndarray, score_threshold: float, ma
     made: list[tuple[tuple[int, int, int, int], int, dict[str, Any], dict[str, Any]]] = []
     mask_scores = torch.empty(unique.numel(), dtype=torch.float32)
     for j, q in enumerate(unique.tolist()):
-        mask, mask_score = one_mask(masks[q : q + 1].float(), padded, resized, original)
+        mask, mask_score = one_mask(masks[q : q + 1], padded, resized, original)  # bf16 logits: the short route
         mask_scores[j] = mask_score[0]
         box, area = box_and_area(mask)
         made.append((box, area, encode(mask), encode(mask.T)))

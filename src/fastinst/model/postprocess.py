@@ -6,10 +6,11 @@ same numbers, less work. It is the one post-processing of every backend (PyTorch
 `instances_reference` is the straightforward official order, kept for tests and benchmarks.
 
 Mask logits that come out of a bf16 network (`pred_masks.dtype == torch.bfloat16`: `--dtype bf16`, the default on
-CPUs with bf16 hardware; OpenVINO in bf16) take a shorter route on a CPU (`binary_masks_bf16`): one resize instead of
-two, the threshold on the logit, the mask score from every other row: two full-size passes per mask instead of
-five. Its masks and scores agree with the official route's (IoU >= 0.99, scores within 1e-2) where the bf16 network
-already moves them more; fp32 logits keep the official order, bit for bit.
+CPUs with bf16 hardware; OpenVINO in bf16 and INT8) take a shorter route on a CPU (`fastinst.model.span_masks`): the
+same two resizes as one matrix per axis, applied by two matmuls only inside the box where a mask can be positive,
+the threshold on the logit, the mask scores first on every other row and column so that each kept mask is made
+once, straight into its place. Its masks and scores agree with the official route's (IoU >= 0.99, scores within
+1e-2) where the bf16 network already moves them more; fp32 logits keep the official order, bit for bit.
 
 Huge images (a 10000x10000 photo) are post-processed in column tiles, one mask at a time, and their bool masks are
 made in one buffer and put in score order inside it: memory holds the n masks returned (n × H0 × W0 bytes) plus one
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .span_masks import CellResize, mask_scores, ordered_masks, zeroed_masks
 
 TILED_ABOVE = 1 << 27
 """Float32 elements (512 MiB) of full-size masks one step of `binary_masks` may hold at once (a step: two masks on a
@@ -42,26 +45,6 @@ def _full_size(logits: torch.Tensor, padded: tuple[int, int], resized: tuple[int
     if tuple(resized) == tuple(original):  # a same-size bilinear resize is the identity: skip the copy
         return x[0]
     return F.interpolate(x, size=original, mode="bilinear", align_corners=False)[0]
-
-
-def _one_resize(
-    logits: torch.Tensor,
-    padded: tuple[int, int],
-    resized: tuple[int, int],
-    original: tuple[int, int],
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(n, h8, w8) -> (n, H0, W0) in one bilinear resize of the cells that cover the image (`_full_size` makes two):
-    the same pixel centres, one interpolation instead of two in a row, which smooths a little less (masks agree
-    with `_full_size`'s to IoU >= 0.99). `padded` is not needed (the crop is in the cells), only taken so that the two
-    routes have one signature. `out`: a float (1, n, H0, W0) tensor to write into."""
-    cells = (-(-resized[0] // 8), -(-resized[1] // 8))  # the stride-8 cells the image covers (the rest is padding)
-    # output pixel y samples cell (y + 0.5) * resized / (8 * H0) - 0.5, as the two resizes' pixel centres compose
-    args = (logits[:, : cells[0], : cells[1]].unsqueeze(0), list(original), False)  # (1, n, ch, cw)
-    scales = (8 * original[0] / resized[0], 8 * original[1] / resized[1])  # original pixels per cell
-    if out is None:
-        return torch.ops.aten.upsample_bilinear2d.default(*args, *scales)[0]
-    return torch.ops.aten.upsample_bilinear2d.out(*args, *scales, out=out)[0]  # (n, H0, W0)
 
 
 def binary_masks(
@@ -87,15 +70,16 @@ def binary_masks(
     """
     n = logits.shape[0]
     step = n if logits.is_cuda else 2
-    if step * original[0] * original[1] > TILED_ABOVE and _tileable(resized, original):
+    if _tiled(logits, resized, original):
         return binary_masks_tiled(logits.float(), padded, resized, original, out=out)
-    if logits.dtype == torch.bfloat16 and not logits.is_cuda:
-        return binary_masks_bf16(logits, padded, resized, original, out=out)
+    if _short_route(logits, resized, original):
+        resize = CellResize(logits, padded, resized, original)
+        return ordered_masks(resize, list(range(n)), out=out), mask_scores(resize)
     logits = logits.float()
     if n == 1 and step == 2:  # a lone mask's sum would be split between threads: do it as one of a pair
         binary, scores = binary_masks(logits.expand(2, -1, -1), padded, resized, original)
         return (binary[:1] if out is None else out.copy_(binary[:1])), scores[:1]
-    binary = torch.empty((n, *original), dtype=torch.bool, device=logits.device) if out is None else out
+    binary = _bool_masks((n, *original), logits.device) if out is None else out
     scores = torch.empty(n, dtype=torch.float32, device=logits.device)
     for s in range(0, n, step):
         s = max(0, min(s, n - step))  # the last step overlaps the one before instead of being a single mask
@@ -108,50 +92,22 @@ def binary_masks(
     return binary, scores
 
 
-SCORE_STRIDE = 2
-"""`binary_masks_bf16` estimates a mask score on every `SCORE_STRIDE`-th row of the full-size mask (whole rows: a
-strided column read would cost more than the sigmoid it saves)."""
-
-EXACT_SCORE_BELOW = 256
-"""... and on every pixel when fewer than this many of the sampled pixels are inside the mask (small objects)."""
+def _bool_masks(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Room for bool masks: on a CPU fresh memory offered huge pages (`span_masks.zeroed_masks`; page faults of 4 KiB
+    pages cost as much as writing the masks), on a GPU `torch.empty`."""
+    return zeroed_masks(shape) if device.type == "cpu" else torch.empty(shape, dtype=torch.bool, device=device)
 
 
-def binary_masks_bf16(
-    logits: torch.Tensor,
-    padded: tuple[int, int],
-    resized: tuple[int, int],
-    original: tuple[int, int],
-    out: torch.Tensor | None = None,
-    step: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`binary_masks` for the mask logits of a bf16 network on a CPU: (u, h8, w8) -> bool (u, H0, W0), scores (u,).
+def _tiled(logits: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> bool:
+    """Whether `binary_masks` makes these masks in column tiles: a step's full-size floats (two masks on a CPU, all
+    of them on CUDA) would pass `TILED_ABOVE` values, and the tiles reproduce the untiled masks."""
+    step = logits.shape[0] if logits.is_cuda else 2
+    return step * original[0] * original[1] > TILED_ABOVE and _tileable(resized, original)
 
-    The official route makes five passes over each float mask at full size (two resizes, sigmoid, threshold, sums).
-    This one makes two: one resize (`_one_resize`) and the threshold, taken on the logit (> 0, which is probability
-    > 0.5). The mask score, the mean probability inside the mask, is the mean over every `SCORE_STRIDE`-th row of
-    those logits (half the pixels: within ~1e-3 of the mean over all of them), or over all pixels for a mask with
-    fewer than `EXACT_SCORE_BELOW` of the sampled pixels inside. Masks agree with the official route's to IoU >= 0.99
-    (the bf16 network itself moves them more); tests/model/test_postprocess.py. The float masks of a step go into one
-    buffer reused for every step (a fresh one per step costs its page faults each time)."""
-    n = logits.shape[0]
-    logits = logits.float()
-    binary = torch.empty((n, *original), dtype=torch.bool) if out is None else out
-    scores = torch.empty(n, dtype=torch.float32)
-    buffer = torch.empty((1, min(step, n), *original), dtype=torch.float32)
-    sampled = torch.empty((min(step, n), -(-original[0] // SCORE_STRIDE), original[1]), dtype=torch.float32)
-    for s in range(0, n, step):
-        k = min(step, n - s)
-        full = _one_resize(logits[s : s + k], padded, resized, original, out=buffer[:, :k])  # (k, H0, W0)
-        masks = torch.gt(full, 0.0, out=binary[s : s + k])  # logit > 0 = probability > 0.5
-        probs = torch.sigmoid(full[:, ::SCORE_STRIDE], out=sampled[:k])  # (k, H0 / 2, W0)
-        inside = F.threshold(probs, 0.5, 0.0, inplace=True)  # probability inside the mask, 0 outside
-        area = masks[:, ::SCORE_STRIDE].view(torch.uint8).sum((1, 2), dtype=torch.int32)  # the sampled rows' pixels
-        scores[s : s + k] = inside.sum((1, 2)) / (area + 1e-6)
-        for j in (area < EXACT_SCORE_BELOW).nonzero().flatten().tolist():  # small masks: every pixel counts
-            p = full[j].sigmoid()
-            inside = p > 0.5
-            scores[s + j] = (p * inside).sum() / (inside.sum() + 1e-6)
-    return binary, scores
+
+def _short_route(logits: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> bool:
+    """Whether these mask logits take `span_masks`: a bf16 network's, on a CPU, below the tiled sizes."""
+    return logits.dtype == torch.bfloat16 and not logits.is_cuda and not _tiled(logits, resized, original)
 
 
 def _tileable(resized: tuple[int, int], original: tuple[int, int]) -> bool:
@@ -190,7 +146,7 @@ def binary_masks_tiled(
     """
     n = logits.shape[0]
     height, width = original
-    binary = torch.empty((n, height, width), dtype=torch.bool, device=logits.device) if out is None else out
+    binary = _bool_masks((n, height, width), logits.device) if out is None else out
     sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
     areas = torch.zeros(n, dtype=torch.int64, device=logits.device)
     same = tuple(resized) == tuple(original)
@@ -257,6 +213,12 @@ def select(pred_logits: torch.Tensor, k: int):
     return scores, flat % num_classes, flat // num_classes
 
 
+def _final_order(scores: torch.Tensor, score_threshold: float) -> torch.Tensor:
+    """Final scores (n,) -> the indices scoring at least `score_threshold`, best first (ties keep their order)."""
+    order = scores.argsort(descending=True, stable=True)
+    return order[scores[order] >= score_threshold] if score_threshold > 0 else order
+
+
 def instances(
     pred_logits: torch.Tensor,
     pred_masks: torch.Tensor,
@@ -287,14 +249,19 @@ def instances(
         empty = torch.zeros((0, *original), dtype=torch.bool, device=pred_masks.device)
         return {"masks": empty, "scores": scores, "labels": labels, "queries": queries}
     unique, inverse = queries.unique(return_inverse=True)  # (u,) queries to upsample, (n,) back to pairs
+    if _short_route(pred_masks, resized, original):  # bf16 logits: scored first, each kept mask made in its place
+        resize = CellResize(pred_masks[unique], padded, resized, original)
+        scores = scores * mask_scores(resize)[inverse]  # (n,)
+        order = _final_order(scores, score_threshold)
+        masks = ordered_masks(resize, inverse[order].tolist())
+        return {"masks": masks, "scores": scores[order], "labels": labels[order], "queries": queries[order]}
     # huge masks: one bool buffer for all n pairs, the u masks made into its head and arranged in place
     huge = queries.numel() * original[0] * original[1] > TILED_ABOVE
-    buffer = torch.empty((queries.numel(), *original), dtype=torch.bool, device=pred_masks.device) if huge else None
+    buffer = _bool_masks((queries.numel(), *original), pred_masks.device) if huge else None
     head = None if buffer is None else buffer[: unique.numel()]
-    binary, mask_scores = binary_masks(pred_masks[unique], padded, resized, original, out=head)  # (u, H0, W0)
-    scores = scores * mask_scores[inverse]  # (n,)
-    order = scores.argsort(descending=True, stable=True)
-    order = order[scores[order] >= score_threshold] if score_threshold > 0 else order
+    binary, per_mask = binary_masks(pred_masks[unique], padded, resized, original, out=head)  # (u, H0, W0)
+    scores = scores * per_mask[inverse]  # (n,)
+    order = _final_order(scores, score_threshold)
     chosen = inverse[order]
     if buffer is None and not binary.is_cuda and chosen.numel() <= binary.shape[0]:
         buffer = binary  # each query once (the usual case): put the masks in order where they are, not in a copy
@@ -308,5 +275,5 @@ def instances_reference(pred_logits, pred_masks, padded, resized, original, k: i
     scores, labels, queries = select(pred_logits, k)
     probs = full[queries].sigmoid()
     binary = (probs > 0.5).float()
-    mask_scores = (probs * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-    return {"masks": binary.bool(), "scores": scores * mask_scores, "labels": labels, "queries": queries}
+    per_mask = (probs * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    return {"masks": binary.bool(), "scores": scores * per_mask, "labels": labels, "queries": queries}

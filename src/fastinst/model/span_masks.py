@@ -1,0 +1,206 @@
+"""Masks and mask scores from the mask logits of a bf16 network on a CPU, made only inside each mask's box.
+
+The official post-processing (`postprocess.binary_masks`, kept bit for bit for fp32 logits) resizes each kept mask's
+stride-8 logits twice to the photo's size (x8 to the padded batch, crop, resize) and makes five full-size float
+passes over it. Logits of a bf16 network (`--dtype bf16`, the default on CPUs with bf16 hardware; OpenVINO bf16 and
+INT8) take this shorter route in `postprocess.instances`, with the same two resizes:
+
+* Each resize is linear and separable, so the two of them along one axis are one matrix, (pixels, cells), with a
+  handful of non-zero weights per row (`AxisWeights`, computed by torch's own resize of the unit vectors). A mask's
+  values are then `rows @ cells @ columns.T`: two matmuls, in fp32, and for large boxes in bf16 where the CPU has
+  bf16 hardware (`LOW_PRECISION_FROM`: a bf16 weight moves an edge by a few hundredths of a pixel).
+* All weights are >= 0, so a pixel can be positive only where it weighs a positive cell: each mask is made only over
+  the box of such pixels (`CellResize.boxes`), and the matmuls only over the cells that box weighs. Outside the box
+  the mask stays the zero of fresh memory. A trained model's masks are objects, a small part of the photo.
+* The mask score (the mean probability over the mask) is taken first, on every other row and column of the box
+  (`mask_scores`; every pixel for a mask with fewer than `EXACT_SCORE_BELOW` pixels there), so the instances are
+  scored, ordered and thresholded before any full-size mask exists: each kept mask is then made once, straight into
+  its place (`ordered_masks`: no reordering copy, nothing made for a pair the final threshold drops).
+* The bool masks are fresh memory that the kernel may back with 2 MiB pages (`zeroed_masks`): faulting 50 MB of
+  masks in 4 KiB pages cost more than writing them.
+
+Masks equal the official route's up to the float rounding of the weights (fp32: IoU 1.0 on photos; bf16: >= 0.99),
+scores to ~1e-3 (tests/model/test_postprocess.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import mmap
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .fuse import native_bf16_cpu
+
+EXACT_SCORE_BELOW = 256
+"""Masks with fewer pixels than this inside on every other row and column are scored on all of their pixels."""
+
+LOW_PRECISION_FROM = 1 << 16
+"""Boxes of at least this many pixels (256x256) are computed in bf16 where the CPU has bf16 hardware: a bf16 weight
+moves an edge by a few hundredths of a pixel, nothing to a large mask, up to 8 % IoU of a 50-pixel one."""
+
+HUGE_PAGE = 2 << 20
+"""Bool masks of at least this many bytes are mapped afresh and offered to the kernel for huge pages."""
+
+
+def zeroed_masks(shape: tuple[int, ...]) -> torch.Tensor:
+    """A zero-filled bool tensor of `shape`. Big ones are a fresh anonymous mapping (zero by the kernel, freed with
+    the tensor) advised for transparent huge pages where the OS has them (Linux); elsewhere `torch.zeros`."""
+    count = math.prod(shape)
+    if count >= HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region = mmap.mmap(-1, count, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except (OSError, ValueError):  # no THP in this kernel, or the mapping refused: plain memory instead
+            pass
+        else:
+            return torch.frombuffer(region, dtype=torch.bool).view(shape)  # the tensor keeps the mapping alive
+    return torch.zeros(shape, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class AxisWeights:
+    """The official resizes along one axis as a matrix: `weights` (pixels, cells) float32, pixel p = sum over cells
+    c of weights[p, c] * cell c; `first` / `stop` (pixels,) int64: the cells row p weighs are first[p]..stop[p]-1."""
+
+    weights: torch.Tensor
+    first: torch.Tensor
+    stop: torch.Tensor
+
+
+@functools.lru_cache(maxsize=16)
+def axis_weights(padded: int, resized: int, original: int) -> AxisWeights:
+    """Along one axis: the x8 bilinear upsample of padded // 8 cells to `padded` pixels, the crop to `resized`, the
+    bilinear resize to `original` (align_corners=False, as `postprocess._full_size`), applied by torch to each unit
+    vector. Cached: a video's frames share it."""
+    cells = padded // 8
+    basis = torch.eye(cells)[None, :, :, None]  # (1, cells, cells, 1): cell c as channel c
+    x = F.interpolate(basis, size=(padded, 1), mode="bilinear", align_corners=False)[:, :, :resized]
+    if resized != original:
+        x = F.interpolate(x, size=(original, 1), mode="bilinear", align_corners=False)
+    weights = x[0, :, :, 0].t().contiguous()  # (original, cells)
+    on = weights > 0
+    first = on.byte().argmax(1)  # a bilinear row weighs a run of neighbouring cells
+    stop = cells - on.flip(1).byte().argmax(1)
+    return AxisWeights(weights, first, stop)
+
+
+Box = tuple[int, int, int, int]
+"""(y0, y1, x0, x1): pixel rows y0..y1-1 and columns x0..x1-1; (0, 0, 0, 0) for a mask that is empty."""
+
+
+class CellResize:
+    """The stride-8 logits (u, Hp/8, Wp/8) of u masks -> their values at the photo's pixels (both official resizes),
+    one mask and one box at a time, as `rows @ cells @ columns.T`: in fp32, and for boxes of `LOW_PRECISION_FROM`
+    pixels or more in bf16 where `low_precision` (default: the CPU has bf16 hardware)."""
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        padded: tuple[int, int],
+        resized: tuple[int, int],
+        original: tuple[int, int],
+        low_precision: bool | None = None,
+    ):
+        self.axes = (axis_weights(padded[0], resized[0], original[0]), axis_weights(padded[1], resized[1], original[1]))
+        self.size = original
+        self.boxes = self._boxes(logits > 0)
+        dtypes = [torch.float32]
+        if native_bf16_cpu() if low_precision is None else low_precision:
+            dtypes.append(torch.bfloat16)
+        self.low = dtypes[-1]  # the dtype of large boxes
+        # per dtype: cells (u, Hp/8, Wp/8), row weights (H0, Hp/8), column weights transposed (Wp/8, W0)
+        self.operands = {d: (logits.to(d), self.axes[0].weights.to(d), self.axes[1].weights.to(d).t()) for d in dtypes}
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def _boxes(self, positive: torch.Tensor) -> list[Box]:
+        """(u, Hp/8, Wp/8) positive cells -> per mask the box of pixels that weigh one of them (outside it every
+        pixel is <= 0: the weights are >= 0)."""
+        bounds = []
+        for axis, lines in ((0, positive.any(2)), (1, positive.any(1))):  # (u, cells): lines with a positive cell
+            support = (self.axes[axis].weights > 0).float()  # (pixels, cells)
+            near = (lines.float() @ support.t()) > 0  # (u, pixels): pixels weighing a positive cell
+            first = near.byte().argmax(1)
+            stop = self.size[axis] - near.flip(1).byte().argmax(1)
+            bounds.append((first.tolist(), stop.tolist()))
+        nonempty = positive.flatten(1).any(1).tolist()
+        (y0, y1), (x0, x1) = bounds
+        return [(y0[i], y1[i], x0[i], x1[i]) if nonempty[i] else (0, 0, 0, 0) for i in range(len(nonempty))]
+
+    def values(self, i: int, box: Box, step: int) -> torch.Tensor:
+        """Mask i's values at every `step`-th pixel row and column of `box` -> (rows, columns), fp32 or (a large box)
+        `self.low`, in a scratch buffer that the next call overwrites; only the cells the box weighs take part."""
+        y0, y1, x0, x1 = box
+        rows, cols = slice(y0, y1, step), slice(x0, x1, step)
+        shape = (-(-(y1 - y0) // step), -(-(x1 - x0) // step))
+        dtype = self.low if shape[0] * shape[1] >= LOW_PRECISION_FROM else torch.float32
+        all_cells, row_weights, column_weights_t = self.operands[dtype]
+        ys, xs = self.axes[0], self.axes[1]
+        r0, r1 = int(ys.first[y0]), int(ys.stop[y1 - 1])  # the cells these pixels weigh
+        c0, c1 = int(xs.first[x0]), int(xs.stop[x1 - 1])
+        a = row_weights[rows, r0:r1]  # (Sy, Ky)
+        b = column_weights_t[c0:c1, cols]  # (Kx, Sx)
+        cells = all_cells[i, r0:r1, c0:c1]  # (Ky, Kx)
+        scratch = self._scratch.get(dtype)
+        if scratch is None or scratch.numel() < shape[0] * shape[1]:
+            most = -(-self.size[0] // step) * -(-self.size[1] // step)  # the whole photo at this step
+            scratch = self._scratch[dtype] = torch.empty(max(most, shape[0] * shape[1]), dtype=dtype)
+        target = scratch[: shape[0] * shape[1]].view(shape)
+        with torch.autocast("cpu", enabled=False):  # the dtype chosen here, also inside a bf16 predictor's autocast
+            if (c1 - c0) <= (r1 - r0):  # the cheaper order of the two products
+                return torch.mm(a @ cells, b, out=target)  # (Sy, Kx) @ (Kx, Sx)
+            return torch.mm(a, cells @ b, out=target)  # (Sy, Ky) @ (Ky, Sx)
+
+
+def positive(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """values > 0 as bool. bf16 values are compared as the int16 of their bits (1.5x faster than a bf16 compare, the
+    same answer: the sign bit, and +0 is 0; only a NaN logit, which has no mask, would count as inside)."""
+    bits = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
+    return torch.gt(bits, 0, out=out) if out is not None else torch.gt(bits, 0)
+
+
+def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.Tensor) -> list[int]:
+    """Score masks `indices` on every `step`-th row and column into `scores`; -> those with fewer than
+    `EXACT_SCORE_BELOW` pixels inside there."""
+    h, w = resize.size
+    probs = torch.empty(-(-h // step) * -(-w // step))
+    small = []
+    for i in indices:
+        box = resize.boxes[i]
+        if box[0] == box[1]:  # no positive cell: no pixel inside, score 0
+            continue
+        values = resize.values(i, box, step)
+        p = probs[: values.numel()].view_as(values).copy_(values).sigmoid_()  # in float32 (bf16 sigmoids: 2e-3 off)
+        total = F.threshold(p, 0.5, 0.0, inplace=True).sum()  # of the probabilities > 0.5
+        area = int(positive(values).sum())  # (count_nonzero of the thresholded probabilities was 5x slower)
+        scores[i] = float(total) / (area + 1e-6)
+        if area < EXACT_SCORE_BELOW:
+            small.append(i)
+    return small
+
+
+def mask_scores(resize: CellResize) -> torch.Tensor:
+    """The mask score of each mask, (u,) float32: the mean probability over its pixels with probability > 0.5, on
+    every other row and column (on all pixels for small masks); 0 for an empty mask, as the official formula gives."""
+    scores = torch.zeros(len(resize), dtype=torch.float32)
+    small = _score_on(resize, 2, list(range(len(resize))), scores)
+    if small:
+        _score_on(resize, 1, small, scores)
+    return scores
+
+
+def ordered_masks(resize: CellResize, order: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (len(order), H0, W0) masks (probability > 0.5, i.e. value > 0), place j holding mask `order[j]` (a mask
+    may repeat). `out`: a bool tensor of that shape to write into (zeroed first); by default `zeroed_masks`."""
+    masks = zeroed_masks((len(order), *resize.size)) if out is None else out.zero_()
+    for j, i in enumerate(order):
+        y0, y1, x0, x1 = resize.boxes[i]
+        if y0 < y1:
+            positive(resize.values(i, resize.boxes[i], 1), out=masks[j, y0:y1, x0:x1])
+    return masks
