@@ -186,42 +186,14 @@ def test_boxes_hold_every_positive_pixel_and_cut_the_rest():
 
 def test_positive_reads_the_sign_bit_of_bf16():
     """`positive` compares bf16 values as int16 bits: the same answer as `> 0` for negatives, -0, +0, tiny and huge
-    values (fp32 values are compared as they are)."""
+    values, also into a strided bool view (fp32 values are compared as they are)."""
     values = torch.tensor([-3.0, -1e-30, -0.0, 0.0, 1e-30, 2.5, 3e38, -3e38]).to(torch.bfloat16)
-    assert span_masks.positive(values).tolist() == (values > 0).tolist() == [False] * 4 + [True] * 3 + [False]
-    assert span_masks.positive(values.float()).tolist() == (values.float() > 0).tolist()
-
-
-def test_zeroed_masks_with_and_without_huge_pages(monkeypatch):
-    """Big masks come from a fresh mapping advised for huge pages (Linux); where `mmap` has no MADV_HUGEPAGE, or the
-    advice is refused, from `torch.zeros`: zeros and writable either way, alive as long as the tensor (or its numpy
-    view) is."""
-    shape = (3, 1024, 1024)  # 3 MiB: above HUGE_PAGE
-    import gc
-    import mmap
-
-    masks = span_masks.zeroed_masks(shape)
-    view = masks.numpy()
-    del masks
-    gc.collect()
-    view[2, 5, 7] = True
-    assert view.shape == shape and int(view.sum()) == 1
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        monkeypatch.delattr(mmap, "MADV_HUGEPAGE")
-    fallback = span_masks.zeroed_masks(shape)
-    assert fallback.shape == shape and not fallback.any()
-
-    class Refused:
-        MADV_HUGEPAGE = 14
-        MAP_PRIVATE = MAP_ANONYMOUS = 0
-
-        @staticmethod
-        def mmap(*args, **kwargs):
-            raise OSError("no")
-
-    monkeypatch.setattr(span_masks, "mmap", Refused)
-    assert not span_masks.zeroed_masks(shape).any()
-    assert span_masks.zeroed_masks((2, 3)).shape == (2, 3)  # small: plain zeros
+    expected = [False] * 4 + [True] * 3 + [False]
+    assert (values > 0).tolist() == expected
+    assert span_masks.positive(values.float(), torch.empty(8, dtype=torch.bool)).tolist() == expected
+    into = torch.zeros(3, 8, dtype=torch.bool)
+    span_masks.positive(values.clone().view(2, 4), into[1:, 2:6])  # a strided view of the masks
+    assert into[1:, 2:6].flatten().tolist() == expected and not into[0].any() and not into[:, :2].any()
 
 
 def test_instances_from_bf16_logits_agree_with_fp32():

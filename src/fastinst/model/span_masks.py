@@ -16,8 +16,6 @@ INT8) take this shorter route in `postprocess.instances`, with the same two resi
   (`mask_scores`; every pixel for a mask with fewer than `EXACT_SCORE_BELOW` pixels there), so the instances are
   scored, ordered and thresholded before any full-size mask exists: each kept mask is then made once, straight into
   its place (`ordered_masks`: no reordering copy, nothing made for a pair the final threshold drops).
-* The bool masks are fresh memory that the kernel may back with 2 MiB pages (`zeroed_masks`): faulting 50 MB of
-  masks in 4 KiB pages cost more than writing them.
 
 Masks equal the official route's up to the float rounding of the weights (fp32: IoU 1.0 on photos; bf16: >= 0.99),
 scores to ~1e-3 (tests/model/test_postprocess.py).
@@ -26,8 +24,6 @@ scores to ~1e-3 (tests/model/test_postprocess.py).
 from __future__ import annotations
 
 import functools
-import math
-import mmap
 from dataclasses import dataclass
 
 import torch
@@ -41,24 +37,6 @@ EXACT_SCORE_BELOW = 256
 LOW_PRECISION_FROM = 1 << 16
 """Boxes of at least this many pixels (256x256) are computed in bf16 where the CPU has bf16 hardware: a bf16 weight
 moves an edge by a few hundredths of a pixel, nothing to a large mask, up to 8 % IoU of a 50-pixel one."""
-
-HUGE_PAGE = 2 << 20
-"""Bool masks of at least this many bytes are mapped afresh and offered to the kernel for huge pages."""
-
-
-def zeroed_masks(shape: tuple[int, ...]) -> torch.Tensor:
-    """A zero-filled bool tensor of `shape`. Big ones are a fresh anonymous mapping (zero by the kernel, freed with
-    the tensor) advised for transparent huge pages where the OS has them (Linux); elsewhere `torch.zeros`."""
-    count = math.prod(shape)
-    if count >= HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            region = mmap.mmap(-1, count, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            region.madvise(mmap.MADV_HUGEPAGE)
-        except (OSError, ValueError):  # no THP in this kernel, or the mapping refused: plain memory instead
-            pass
-        else:
-            return torch.frombuffer(region, dtype=torch.bool).view(shape)  # the tensor keeps the mapping alive
-    return torch.zeros(shape, dtype=torch.bool)
 
 
 @dataclass(frozen=True)
@@ -158,11 +136,16 @@ class CellResize:
             return torch.mm(a, cells @ b, out=target)  # (Sy, Ky) @ (Ky, Sx)
 
 
-def positive(values: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """values > 0 as bool. bf16 values are compared as the int16 of their bits (1.5x faster than a bf16 compare, the
-    same answer: the sign bit, and +0 is 0; only a NaN logit, which has no mask, would count as inside)."""
-    bits = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
-    return torch.gt(bits, 0, out=out) if out is not None else torch.gt(bits, 0)
+def positive(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """values > 0 into the bool tensor `out`, overwriting bf16 `values`. bf16 values are compared as the int16 of
+    their bits (the same answer: the sign bit, and +0 is 0; only a NaN logit, which has no mask, would count as
+    inside), in place, and the 0/1 narrowed into `out`: torch vectorises a compare into its own dtype and a narrowing
+    copy, not a compare into bool (2.5x slower than the two together)."""
+    if values.dtype != torch.bfloat16:
+        return torch.gt(values, 0, out=out)
+    flags = torch.gt(values.view(torch.int16), 0, out=values.view(torch.int16))  # 0 / 1
+    out.view(torch.uint8).copy_(flags)
+    return out
 
 
 def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.Tensor) -> list[int]:
@@ -178,7 +161,7 @@ def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.T
         values = resize.values(i, box, step)
         p = probs[: values.numel()].view_as(values).copy_(values).sigmoid_()  # in float32 (bf16 sigmoids: 2e-3 off)
         total = F.threshold(p, 0.5, 0.0, inplace=True).sum()  # of the probabilities > 0.5
-        area = int(positive(values).sum())  # (count_nonzero of the thresholded probabilities was 5x slower)
+        area = int(positive(values, torch.empty(values.shape, dtype=torch.bool)).sum())  # count_nonzero: 5x slower
         scores[i] = float(total) / (area + 1e-6)
         if area < EXACT_SCORE_BELOW:
             small.append(i)
@@ -197,8 +180,8 @@ def mask_scores(resize: CellResize) -> torch.Tensor:
 
 def ordered_masks(resize: CellResize, order: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
     """Bool (len(order), H0, W0) masks (probability > 0.5, i.e. value > 0), place j holding mask `order[j]` (a mask
-    may repeat). `out`: a bool tensor of that shape to write into (zeroed first); by default `zeroed_masks`."""
-    masks = zeroed_masks((len(order), *resize.size)) if out is None else out.zero_()
+    may repeat). `out`: a bool tensor of that shape to write into (zeroed first)."""
+    masks = torch.zeros((len(order), *resize.size), dtype=torch.bool) if out is None else out.zero_()
     for j, i in enumerate(order):
         y0, y1, x0, x1 = resize.boxes[i]
         if y0 < y1:
