@@ -144,7 +144,7 @@ def test_bf16_logits_take_the_short_route_and_agree(padded, resized, original, m
 @pytest.mark.parametrize("padded, resized, original", GEOMETRIES)
 def test_cell_resize_is_the_two_official_resizes(padded, resized, original):
     """`CellResize.values` (fp32) gives the official two resizes' values (`_full_size`) to float rounding, at every
-    pixel of a box and at every other row and column of it."""
+    pixel of a box and at the photo's every other row and column inside it."""
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(2, padded[0] // 8, padded[1] // 8, generator=g) * 4
     resize = CellResize(logits, padded, resized, original, low_precision=False)
@@ -157,7 +157,8 @@ def test_cell_resize_is_the_two_official_resizes(padded, resized, original):
             y0, y1, x0, x1 = box
             for step in (1, 2):
                 got = resize.values(i, box, step)
-                expected = official[i, y0:y1:step, x0:x1:step]
+                first_y, first_x = -(-y0 // step) * step, -(-x0 // step) * step  # the photo's every step-th pixel
+                expected = official[i, first_y:y1:step, first_x:x1:step]
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -12,7 +12,7 @@ INT8) take this shorter route in `postprocess.instances`, with the same two resi
 * All weights are >= 0, so a pixel can be positive only where it weighs a positive cell: each mask is made only over
   the box of such pixels (`CellResize.boxes`), and the matmuls only over the cells that box weighs. Outside the box
   the mask stays the zero of fresh memory. A trained model's masks are objects, a small part of the photo.
-* The mask score (the mean probability over the mask) is taken first, on every other row and column of the box
+* The mask score (the mean probability over the mask) is taken first, on the photo's every other row and column
   (`mask_scores`; every pixel for a mask with fewer than `EXACT_SCORE_BELOW` pixels there), so the instances are
   scored, ordered and thresholded before any full-size mask exists: each kept mask is then made once, straight into
   its place (`ordered_masks`: no reordering copy, nothing made for a pair the final threshold drops).
@@ -90,8 +90,8 @@ class CellResize:
         if native_bf16_cpu() if low_precision is None else low_precision:
             dtypes.append(torch.bfloat16)
         self.low = dtypes[-1]  # the dtype of large boxes
-        # per dtype: cells (u, Hp/8, Wp/8), row weights (H0, Hp/8), column weights transposed (Wp/8, W0)
-        self.operands = {d: (logits.to(d), self.axes[0].weights.to(d), self.axes[1].weights.to(d).t()) for d in dtypes}
+        self.cells = {d: logits.to(d) for d in dtypes}  # (u, Hp/8, Wp/8) per dtype
+        self._weights: dict[tuple[torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -111,20 +111,28 @@ class CellResize:
         (y0, y1), (x0, x1) = bounds
         return [(y0[i], y1[i], x0[i], x1[i]) if nonempty[i] else (0, 0, 0, 0) for i in range(len(nonempty))]
 
+    def weights(self, dtype: torch.dtype, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The row and column weights of every `step`-th pixel row / column of the photo: (H0 / step, Hp/8) and
+        (W0 / step, Wp/8), contiguous in `dtype` (strided operands cost the matmuls a copy each)."""
+        key = (dtype, step)
+        if key not in self._weights:
+            self._weights[key] = tuple(a.weights[::step].to(dtype).contiguous() for a in self.axes)  # type: ignore[assignment]
+        return self._weights[key]
+
     def values(self, i: int, box: Box, step: int) -> torch.Tensor:
-        """Mask i's values at every `step`-th pixel row and column of `box` -> (rows, columns), fp32 or (a large box)
-        `self.low`, in a scratch buffer that the next call overwrites; only the cells the box weighs take part."""
-        y0, y1, x0, x1 = box
-        rows, cols = slice(y0, y1, step), slice(x0, x1, step)
-        shape = (-(-(y1 - y0) // step), -(-(x1 - x0) // step))
+        """Mask i's values at the pixel rows and columns of `box` that are multiples of `step` -> (rows, columns),
+        fp32 or (a large box) `self.low`, in a scratch buffer that the next call overwrites; only the cells the box
+        weighs take part."""
+        y0, y1, x0, x1 = (-(-v // step) for v in box)  # the box on the grid of every step-th pixel
+        shape = (y1 - y0, x1 - x0)
         dtype = self.low if shape[0] * shape[1] >= LOW_PRECISION_FROM else torch.float32
-        all_cells, row_weights, column_weights_t = self.operands[dtype]
-        ys, xs = self.axes[0], self.axes[1]
-        r0, r1 = int(ys.first[y0]), int(ys.stop[y1 - 1])  # the cells these pixels weigh
-        c0, c1 = int(xs.first[x0]), int(xs.stop[x1 - 1])
-        a = row_weights[rows, r0:r1]  # (Sy, Ky)
-        b = column_weights_t[c0:c1, cols]  # (Kx, Sx)
-        cells = all_cells[i, r0:r1, c0:c1]  # (Ky, Kx)
+        row_weights, column_weights = self.weights(dtype, step)
+        ys, xs = self.axes
+        r0, r1 = int(ys.first[y0 * step]), int(ys.stop[(y1 - 1) * step])  # the cells these pixels weigh
+        c0, c1 = int(xs.first[x0 * step]), int(xs.stop[(x1 - 1) * step])
+        a = row_weights[y0:y1, r0:r1]  # (Sy, Ky)
+        b = column_weights[x0:x1, c0:c1].t()  # (Kx, Sx)
+        cells = self.cells[dtype][i, r0:r1, c0:c1]  # (Ky, Kx)
         scratch = self._scratch.get(dtype)
         if scratch is None or scratch.numel() < shape[0] * shape[1]:
             most = -(-self.size[0] // step) * -(-self.size[1] // step)  # the whole photo at this step
@@ -148,6 +156,15 @@ def positive(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _count_positive(values: torch.Tensor) -> int:
+    """How many values are > 0, overwriting `values` (a compare into their own dtype, then its sum: count_nonzero
+    and a compare into bool are not vectorised)."""
+    if values.dtype == torch.bfloat16:
+        bits = values.view(torch.int16)  # as in `positive`
+        return int(torch.gt(bits, 0, out=bits).sum(dtype=torch.int32))
+    return int(torch.gt(values, 0, out=values).sum(dtype=torch.float64))
+
+
 def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.Tensor) -> list[int]:
     """Score masks `indices` on every `step`-th row and column into `scores`; -> those with fewer than
     `EXACT_SCORE_BELOW` pixels inside there."""
@@ -159,10 +176,11 @@ def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.T
         if box[0] == box[1]:  # no positive cell: no pixel inside, score 0
             continue
         values = resize.values(i, box, step)
-        p = probs[: values.numel()].view_as(values).copy_(values).sigmoid_()  # in float32 (bf16 sigmoids: 2e-3 off)
-        total = F.threshold(p, 0.5, 0.0, inplace=True).sum()  # of the probabilities > 0.5
-        area = int(positive(values, torch.empty(values.shape, dtype=torch.bool)).sum())  # count_nonzero: 5x slower
-        scores[i] = float(total) / (area + 1e-6)
+        # sigmoid(max(v, 0)) in float32 (bf16 sigmoids: 2e-3 off): the probability inside the mask, exactly 0.5 outside
+        p = probs[: values.numel()].view_as(values).copy_(values).clamp_(min=0).sigmoid_()
+        area = _count_positive(values)
+        total = float(p.sum()) - 0.5 * (p.numel() - area)  # the sum of the probabilities > 0.5
+        scores[i] = total / (area + 1e-6)
         if area < EXACT_SCORE_BELOW:
             small.append(i)
     return small
