@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -199,7 +200,9 @@ def mask_scores(resize: CellResize) -> torch.Tensor:
 def ordered_masks(resize: CellResize, order: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
     """Bool (len(order), H0, W0) masks (probability > 0.5, i.e. value > 0), place j holding mask `order[j]` (a mask
     may repeat). `out`: a bool tensor of that shape to write into (zeroed first)."""
-    masks = torch.zeros((len(order), *resize.size), dtype=torch.bool) if out is None else out.zero_()
+    # numpy's zeros come from calloc: fresh pages the kernel zeroes when first touched, so the pixels outside the
+    # boxes cost nothing here (torch.zeros writes all of them: 17 vs 3 ms for 70 object masks at 1080x810)
+    masks = torch.from_numpy(np.zeros((len(order), *resize.size), dtype=bool)) if out is None else out.zero_()
     for j, i in enumerate(order):
         y0, y1, x0, x1 = resize.boxes[i]
         if y0 < y1:
