@@ -8,7 +8,7 @@ pairs with boolean masks at the original size. The official order upsamples all 
 to the original size before picking the top 100; ours resizes only the queries the top-k keeps (same numbers).
 Logits are drawn so the top 100 pairs use `--unique` distinct queries (real models: typically 30-70 of 100).
 The last two columns: the same logits as a bf16 network gives them (`fastinst.model.span_masks`: the two resizes as
-matmuls inside each mask's box, scores first on every other pixel row and column), and how they agree with ours on
+matmuls inside each mask's box, scores first on every third pixel row and column), and how they agree with ours on
 the same bf16-rounded values in fp32 (every pair found again).
 """
 

@@ -98,7 +98,7 @@ class PostprocessLog:
             return out
 
         def logged_values(resize, i, box, step):
-            if step == 1:  # a mask made at full size (not every other pixel, for its score)
+            if step == 1:  # a mask made at full size (not the sampled pixels of its score)
                 self.calls[-1]["rows"].add((id(resize), i))
             return cell_values(resize, i, box, step)
 

@@ -208,9 +208,9 @@ def test_instances_from_bf16_logits_agree_with_fp32():
 
 
 def test_bf16_route_scores_small_masks_on_every_pixel():
-    """Mask scores come from every other row and column, except for a mask with fewer than EXACT_SCORE_BELOW pixels
-    inside there, which gets the mean over all its pixels, so a small object's score does not hang on which pixels
-    were sampled; a large mask's sampled mean is within 3e-3 of the full one (a hard edge, the worst case)."""
+    """Mask scores come from every SCORE_STEP-th row and column, except for a mask with fewer than EXACT_SCORE_BELOW
+    pixels inside there, which gets the mean over all its pixels, so a small object's score does not hang on which
+    pixels were sampled; a large mask's sampled mean is within 3e-3 of the full one (a hard edge, the worst case)."""
     padded = resized = (64, 96)
     original = (200, 300)
     logits = torch.full((2, 8, 12), -6.0)
@@ -222,9 +222,10 @@ def test_bf16_route_scores_small_masks_on_every_pixel():
     inside = full > 0
     exact = (full.sigmoid() * inside).flatten(1).sum(1) / inside.flatten(1).sum(1)
     assert _iou(masks, inside).min() >= 0.99
-    assert 0 < int(inside[0, ::2, ::2].sum()) < span_masks.EXACT_SCORE_BELOW <= int(inside[1, ::2, ::2].sum())
+    step, small_below = span_masks.SCORE_STEP, span_masks.EXACT_SCORE_BELOW
+    assert 0 < int(inside[0, ::step, ::step].sum()) < small_below <= int(inside[1, ::step, ::step].sum())
     torch.testing.assert_close(scores[0], exact[0], rtol=2e-3, atol=0)  # every pixel (bf16 matmuls: 2e-3)
-    assert abs(float(scores[1] - exact[1])) < 3e-3 and float(scores[1]) != float(exact[1])  # every other pixel
+    assert abs(float(scores[1] - exact[1])) < 3e-3 and float(scores[1]) != float(exact[1])  # sampled pixels
 
 
 def test_bf16_instances_are_scored_first_and_made_in_place(monkeypatch):

@@ -8,7 +8,7 @@ same numbers, less work. It is the one post-processing of every backend (PyTorch
 Mask logits that come out of a bf16 network (`pred_masks.dtype == torch.bfloat16`: `--dtype bf16`, the default on
 CPUs with bf16 hardware; OpenVINO in bf16 and INT8) take a shorter route on a CPU (`fastinst.model.span_masks`): the
 same two resizes as one matrix per axis, applied by two matmuls only inside the box where a mask can be positive,
-the threshold on the logit, the mask scores first on every other row and column so that each kept mask is made
+the threshold on the logit, the mask scores first on every third row and column so that each kept mask is made
 once, straight into its place. Its masks and scores agree with the official route's (IoU >= 0.99, scores within
 1e-2) where the bf16 network already moves them more; fp32 logits keep the official order, bit for bit.
 
