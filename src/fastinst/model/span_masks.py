@@ -150,25 +150,26 @@ class CellResize:
             return torch.mm(a, cells @ b, out=target)  # (Sy, Ky) @ (Ky, Sx)
 
 
+def _flags(values: torch.Tensor) -> torch.Tensor:
+    """values > 0 as 0 / 1 in their own dtype, in place. bf16 values are compared as the int16 of their bits (the same
+    answer: the sign bit, and +0 is 0; only a NaN logit, which has no mask, would count as inside): torch vectorises a
+    compare into the input's dtype, not one into bool or a bf16 compare."""
+    bits = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
+    return torch.gt(bits, 0, out=bits)
+
+
 def positive(values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """values > 0 into the bool tensor `out`, overwriting bf16 `values`. bf16 values are compared as the int16 of
-    their bits (the same answer: the sign bit, and +0 is 0; only a NaN logit, which has no mask, would count as
-    inside), in place, and the 0/1 narrowed into `out`: torch vectorises a compare into its own dtype and a narrowing
-    copy, not a compare into bool (2.5x slower than the two together)."""
+    """values > 0 into the bool tensor `out`, overwriting bf16 `values`: bf16 as `_flags` narrowed into `out` (2.5x
+    faster than a compare into bool), fp32 compared straight into `out` (there the faster: 11 vs 23 ms, 59 masks)."""
     if values.dtype != torch.bfloat16:
         return torch.gt(values, 0, out=out)
-    flags = torch.gt(values.view(torch.int16), 0, out=values.view(torch.int16))  # 0 / 1
-    out.view(torch.uint8).copy_(flags)
+    out.view(torch.uint8).copy_(_flags(values))
     return out
 
 
 def _count_positive(values: torch.Tensor) -> int:
-    """How many values are > 0, overwriting `values` (a compare into their own dtype, then its sum: count_nonzero
-    and a compare into bool are not vectorised)."""
-    if values.dtype == torch.bfloat16:
-        bits = values.view(torch.int16)  # as in `positive`
-        return int(torch.gt(bits, 0, out=bits).sum(dtype=torch.int32))
-    return int(torch.gt(values, 0, out=values).sum(dtype=torch.float64))
+    """How many values are > 0, overwriting `values`: the sum of `_flags` (count_nonzero is not vectorised)."""
+    return int(_flags(values).sum(dtype=torch.float64))
 
 
 def _score_on(resize: CellResize, step: int, indices: list[int], scores: torch.Tensor) -> list[int]:
