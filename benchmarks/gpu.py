@@ -539,8 +539,8 @@ def release(state: State, remaining: Counter, name: str, dtype_name: str) -> Non
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def machine_info(state: State) -> dict[str, Any]:
-    device = state.device
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Where the rows ran (also benchmarks/gpu_train.py's table head)."""
     info: dict[str, Any] = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
@@ -697,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         else (Path(tempfile.mkdtemp(prefix="fastinst-gpu-dry-")) if args.dry_run else REPO / "benchmarks/results/gpu")
     )
     state = State(args, device, t0)
-    info = machine_info(state)
+    info = machine_info(state.device)
     plan = plan_rows(args)
     remaining: Counter = Counter()
     for name, dtype_name, mode in plan:

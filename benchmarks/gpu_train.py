@@ -50,11 +50,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import gc
 import json
 import math
-import platform
 import statistics
 import sys
 import tempfile
@@ -72,6 +70,7 @@ from fastinst.data.synthetic import ensure_synthetic_coco
 from fastinst.engine.trainer import Trainer
 from fastinst.engine.training import build_training
 from gpu import calibrate_batchnorms, cpu_name, one_line, spread  # benchmarks/gpu.py, next to this script
+from gpu import machine_info as gpu_machine_info  # its machine_info, extended below
 
 MODEL = "fastinst-d1-r50"
 DTYPES = ("fp32", "fp16", "bf16")
@@ -280,26 +279,11 @@ def run_row(
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-    }
+    """`gpu.machine_info`, with the CPU and the GPU's memory."""
+    info = gpu_machine_info(device)
+    info["cpu"] = cpu_name()
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(
-            gpu_memory_gib=round(props.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            cudnn_benchmark=torch.backends.cudnn.benchmark,
-            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
-            float32_matmul_precision=torch.get_float32_matmul_precision(),
-        )
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
     return info
 
 
