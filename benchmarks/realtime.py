@@ -86,9 +86,9 @@ def photo_of(size: tuple[int, int]) -> np.ndarray:
 INT8_CALIBRATION = 30  # synthetic scenes (+ the photo) an INT8 IR is calibrated on here
 
 
-def runtime(model, backend: str, dtype: str, photo: np.ndarray, size: tuple[int, int]):
-    """The model on `backend`: the PyTorch module itself, or its export run by onnxruntime / OpenVINO ("int8": a
-    fixed-size INT8 IR of `size`, float layers in the auto precision)."""
+def runtime(model, backend: str, dtype: str, photo: np.ndarray):
+    """The model on `backend`: the PyTorch module itself, or its export run by onnxruntime / OpenVINO ("int8": an
+    INT8 IR, float layers in the auto precision)."""
     if backend == "torch":
         return model
     import tempfile
@@ -97,12 +97,12 @@ def runtime(model, backend: str, dtype: str, photo: np.ndarray, size: tuple[int,
     from fastinst.runtimes import OnnxModel, OpenVinoModel
 
     folder = Path(tempfile.mkdtemp(prefix="fastinst-realtime-"))
-    if dtype == "int8":  # a fixed-size INT8 IR at the photo's padded size, calibrated on synthetic scenes
+    if dtype == "int8":  # an INT8 IR of free size (as `fastinst export --int8`), calibrated on synthetic scenes
         from fastinst.data.synthetic import render_sample
         from fastinst.export import export_openvino
 
         scenes = [render_sample(i, "train", i, 640)[0] for i in range(INT8_CALIBRATION)]
-        xml = export_openvino(model, folder / "int8.xml", size=size, calibration=[*scenes, photo])
+        xml = export_openvino(model, folder / "int8.xml", dynamic=True, calibration=[*scenes, photo])
         return OpenVinoModel(xml, dtype="auto")
     path = export_onnx(model, folder / "model.onnx", dynamic=True)
     if backend == "onnxruntime":
@@ -208,8 +208,6 @@ def main() -> int:
     cpu, flags = cpu_flags()
     print(f"CPU: {cpu}\nflags: {flags}\ntorch {torch.__version__}, {args.threads} threads, photo {photo.shape[:2]}")
     print(f"network at {h}x{w}: {macs / 1e9:.2f} GMAC")
-    div = cfg.model.size_divisibility
-    padded_size = (-(-h // div) * div, -(-w // div) * div)
 
     rows = []
     reference = Predictor(model, dtype="fp32").predict_batch([photo])[0]
@@ -219,7 +217,7 @@ def main() -> int:
                 continue  # onnxruntime runs the exported fp32 graph
             if name == "int8" and backend != "openvino":
                 continue  # INT8 is an OpenVINO IR (fastinst export --int8)
-            exported = runtime(model, backend, name, photo, padded_size)
+            exported = runtime(model, backend, name, photo)
             predictor = Predictor(exported, dtype="auto" if name == "int8" else name)
             user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
             found = predictor.predict_batch([photo])[0]

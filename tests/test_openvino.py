@@ -247,12 +247,47 @@ def test_int8_export_writes_a_quantized_ir_that_every_command_runs(named, photos
     assert out.with_suffix(".bin").stat().st_size < 0.5 * fp32.with_suffix(".bin").stat().st_size
     runtime = OpenVinoModel(out)
     assert runtime.dtype == "int8" and "calibrated on 6 images" in runtime.dtype_reason
-    assert runtime.names == ["dog", "cat"] and runtime.size is not None
+    assert runtime.names == ["dog", "cat"] and runtime.size is None  # free sizes unless --size fixes one
     capsys.readouterr()
-    assert main(["predict", str(base / "photo0.png"), "--backend", "openvino", "--onnx", str(out),
-                 "--output", str(tmp_path / "pred"), "--save-json"]) == 0  # fmt: skip
+    assert main(["predict", str(base / "photo0.png"), str(base / "photo1.png"), "--backend", "openvino", "--onnx",
+                 str(out), "--output", str(tmp_path / "pred"), "--save-json"]) == 0  # fmt: skip
     first = capsys.readouterr().out.splitlines()[0]
     assert "openvino · int8 (INT8 IR calibrated on 6 images" in first
+    # the two photos (320x320 and 180x300) run at their own padded sizes
+    files = sorted((tmp_path / "pred").glob("*.json"))
+    assert len(files) == 2
+    fixed = tmp_path / "fixed-int8.xml"
+    assert main([*args, "--calibration", "6", "--size", "224", "320", "--output", str(fixed)]) == 0
+    assert "(224x320, opset" in capsys.readouterr().out
+    assert OpenVinoModel(fixed).size == (224, 320)
+
+
+def test_int8_leaves_the_pooling_stand_ins_float(named, photos, tmp_path):
+    """A dynamic graph's adaptive pooling is matmuls by matrices made from the input's shape: NNCF must leave them
+    float (quantized, it fails on the PPM's concat), and every other matmul and convolution is quantized."""
+    pytest.importorskip("nncf", reason="NNCF is not installed (pip install 'fastinst[openvino]')")
+    import openvino as ov
+
+    from fastinst.export import calibration_images, export_onnx, export_openvino, shape_matmuls
+
+    model = named[0]
+    dynamic = ov.convert_model(str(export_onnx(model, tmp_path / "d.onnx", size=(224, 224), dynamic=True)))
+    stand_ins = shape_matmuls(dynamic)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    assert len(stand_ins) == 2 * len(pools) > 0  # rows, then columns, of each PPM pooling
+    fixed = ov.convert_model(str(export_onnx(model, tmp_path / "f.onnx", size=(224, 224))))
+    assert shape_matmuls(fixed) == []
+    xml = export_openvino(model, tmp_path / "q.xml", dynamic=True, calibration=calibration_images(photos, count=4))
+    quantized = ov.Core().read_model(xml)
+    fed_by_fq = {}  # MatMul / Convolution -> whether an input comes through a FakeQuantize
+    for op in quantized.get_ordered_ops():
+        if op.get_type_name() in ("MatMul", "Convolution"):
+            kinds = [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
+            fed_by_fq[op.get_friendly_name()] = "FakeQuantize" in kinds
+    assert not any(fed_by_fq[name] for name in stand_ins)
+    others = [v for k, v in fed_by_fq.items() if k not in stand_ins]
+    assert sum(others) >= 0.9 * len(others)
+    assert quantized.inputs[0].get_partial_shape().is_dynamic
 
 
 def test_int8_check_refuses_an_ir_that_loses_the_instances(tmp_path):
@@ -290,7 +325,6 @@ def test_int8_check_refuses_an_ir_that_loses_the_instances(tmp_path):
     ("extra", "message"),
     [
         (["--int8"], "--int8 needs --data"),
-        (["--int8", "--data", "D", "--dynamic"], "--int8 writes a fixed-size IR"),
         (["--int8", "--data", "D", "--format", "onnx"], "--int8 writes an OpenVINO IR"),
         (["--data", "D"], "--data is for --int8"),
         (["--int8", "--data", "no/such/folder"], "no/such/folder"),

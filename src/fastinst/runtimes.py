@@ -152,12 +152,7 @@ class ExportedModel:
         try:
             images, sizes = pad_batch(self.cfg, chunk, self.size)
         except ValueError as e:  # larger than the fixed input of this file
-            how = (
-                "a larger --size (INT8 IRs have a fixed size)"
-                if self.dtype == "int8"
-                else "--dynamic or a larger --size"
-            )
-            raise FastInstError(f"{self.path}: {e}; export with {how}") from None
+            raise FastInstError(f"{self.path}: {e}; export with --dynamic or a larger --size") from None
         if self._needs_cells and not enough_cells(images.shape[-2:], self.cfg):
             raise FastInstError(
                 f"{self.path}: a {images.shape[-2]}x{images.shape[-1]} input is too small for this "
