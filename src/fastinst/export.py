@@ -438,11 +438,9 @@ def quantize_network(
     (43 vs 34 of 55 at mask IoU >= 0.9, same speed). Each image is fed as the runtime will feed it: the test resize,
     normalised, padded to a multiple of 32 (`size` None: a dynamic network) or fitted into the fixed `size`.
 
-    A dynamic network's pooling stand-in multiplies by matrices made from the input's shape (`shape_matmuls`); those
-    stay float, which NNCF needs (quantized, the PPM's concat gets unequal quantizer configs: "QConfigs for unified
-    scale group ... are not equal") and which costs nothing (they are a few hundred values). The demo model
-    (`fastinst demo --iters 2000`, fp32 56.87 mask AP) keeps 56.64 (fp32 elsewhere) / 56.98 (bf16 elsewhere) that way;
-    a fixed 224x320 IR, into which its square images are padded, 55.34 / 56.18 (its float IR alone: 55.67 / 56.30)."""
+    A dynamic network's pooling stand-in multiplies by matrices made from the input's shape (`shape_matmuls`): they
+    stay float, which NNCF needs ("QConfigs for unified scale group ... are not equal") and costs nothing. Demo mask
+    AP: fp32 56.87, INT8 56.64 (dynamic) vs 55.34 (fixed 224x320; benchmarks/README.md)."""
     try:
         import nncf
     except ImportError as e:
