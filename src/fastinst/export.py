@@ -438,9 +438,8 @@ def quantize_network(
     (43 vs 34 of 55 at mask IoU >= 0.9, same speed). Each image is fed as the runtime will feed it: the test resize,
     normalised, padded to a multiple of 32 (`size` None: a dynamic network) or fitted into the fixed `size`.
 
-    A dynamic network's pooling stand-in multiplies by matrices made from the input's shape (`shape_matmuls`): they
-    stay float, which NNCF needs ("QConfigs for unified scale group ... are not equal") and costs nothing. Demo mask
-    AP: fp32 56.87, INT8 56.64 (dynamic) vs 55.34 (fixed 224x320; benchmarks/README.md)."""
+    The pooling stand-in's shape-made matrices (`shape_matmuls`) stay float, which NNCF needs on a dynamic network
+    ("QConfigs for unified scale group ... are not equal"). Demo mask AP: benchmarks/README.md."""
     try:
         import nncf
     except ImportError as e:
@@ -452,8 +451,7 @@ def quantize_network(
     cfg = model.cfg
 
     def item(image: np.ndarray | str | Path) -> np.ndarray:
-        """An image as the runtime feeds it: the test resize (shrunk to fit a fixed `size`), normalised and padded
-        (to `size`, or to a multiple of 32)."""
+        """An image as the runtime feeds it: resized (and shrunk to fit a fixed `size`), normalised, padded."""
         array = image if isinstance(image, np.ndarray) else read_image(image)
         h, w = resize_shape(array.shape[0], array.shape[1], cfg.input.min_size_test, cfg.input.max_size_test)
         if size is not None and (h > size[0] or w > size[1]):
