@@ -97,3 +97,33 @@ def test_auto_on_each_cpu_kind(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     assert (fuse.inference_dtype("auto", "cpu"), fuse.dtype_reason("auto", "cpu")) == expected
     assert fuse.dtype_reason("bf16", "cpu") == "" and fuse.dtype_reason("fp16", "cpu") == "fp16 asked: CPUs run bf16"
+
+
+@pytest.mark.parametrize("name", ["fastinst-demo", "fastinst-d1-r50", "fastinst-d1-r50vd-dcn"])
+def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
+    """bf16 on a CPU: every block (basic, bottleneck, ResNet-vd with deformable convs) runs its ReLUs and residual
+    add inside oneDNN's convolutions, with the same state_dict; its error to fp32 stays that of the unfused bf16
+    network. fp32 and CPUs without the fused op keep the plain blocks (the branch forced both ways)."""
+    import fastinst.model.fuse as fuse
+
+    model = _with_random_norms(name)
+    blocks = [m for m in model.backbone.modules() if isinstance(m, fuse.Block)]
+    fused = optimize_for_inference(model, channels_last=True, dtype=torch.bfloat16)
+    assert sum(isinstance(m, fuse.FusedBlock) for m in fused.modules()) == len(blocks) > 0
+    monkeypatch.setattr(fuse, "pointwise_fusion_available", lambda model: False)
+    plain = optimize_for_inference(model, channels_last=True, dtype=torch.bfloat16)
+    assert not any(isinstance(m, fuse.FusedBlock) for m in plain.modules())
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    monkeypatch.undo()
+    assert not any(isinstance(m, fuse.FusedBlock) for m in optimize_for_inference(model).modules())  # fp32
+
+    plain_blocks = dict(plain.named_modules())
+    torch.manual_seed(1)
+    for where, block in fused.named_modules():  # each block against the plain one it replaced, in bf16
+        if not isinstance(block, fuse.FusedBlock):
+            continue
+        x = torch.randn(1, block.conv1.in_channels, 24, 40).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            got, ref = block(x).float(), plain_blocks[where](x).float()
+        assert got.shape == ref.shape and got.min() >= 0, where
+        torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item(), msg=where)
