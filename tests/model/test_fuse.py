@@ -102,8 +102,8 @@ def test_auto_on_each_cpu_kind(monkeypatch, amx, avx512_bf16, expected):
 @pytest.mark.parametrize("name", ["fastinst-demo", "fastinst-d1-r50", "fastinst-d1-r50vd-dcn"])
 def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
     """bf16 on a CPU: every block (basic, bottleneck, ResNet-vd with deformable convs) runs its ReLUs and residual
-    add inside oneDNN's convolutions, with the same state_dict; its error to fp32 stays that of the unfused bf16
-    network. fp32 and CPUs without the fused op keep the plain blocks (the branch forced both ways)."""
+    add inside oneDNN's convolutions, with the same state_dict, and each fused block gives what the plain block it
+    replaced gives in bf16. fp32 and CPUs without the fused op keep the plain blocks (the branch forced both ways)."""
     import fastinst.model.fuse as fuse
 
     model = _with_random_norms(name)

@@ -228,16 +228,13 @@ class FusedBlock(nn.Module):
     deformable 3x3 runs as before, its norm and ReLU apart. In bf16 oneDNN adds the residual before rounding (eager
     rounds the conv's output to bf16 first); otherwise the arithmetic is the block's."""
 
-    shortcut: ConvNorm | None  # the first three are registered only for the blocks that have them
-    conv2_offset: nn.Conv2d
+    conv2_offset: nn.Conv2d  # these two only for a deformable conv2
     bn2: nn.Module
-    downsample: nn.Sequential | None
 
     def __init__(self, block: Block):
         super().__init__()
         vd = isinstance(block, VdBottleneck)
-        if not isinstance(block, VdBottleneck):
-            self.shortcut = block.shortcut  # ConvNorm or None
+        self.shortcut: ConvNorm | None = None if isinstance(block, VdBottleneck) else block.shortcut
         self.conv1 = block.conv1
         if vd and block.deform:
             self.conv2_offset = cast(nn.Conv2d, block.conv2_offset)
@@ -246,13 +243,12 @@ class FusedBlock(nn.Module):
             self.bn2 = cast(nn.Module, block.bn2)  # not folded into a deformable conv
         self.conv3 = None if isinstance(block, BasicBlock) else block.conv3
         self.downsample = cast(nn.Sequential | None, block.downsample) if vd else None  # (pool, 1x1 conv, Identity)
-        self.vd = vd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.conv1.weight.dtype)  # (B, Cin, H, W)
         if self.downsample is not None:
             identity = fused_conv(cast(nn.Conv2d, self.downsample[1]), self.downsample[0](x), relu=False)
-        elif not self.vd and self.shortcut is not None:
+        elif self.shortcut is not None:
             identity = fused_conv(self.shortcut, x, relu=False)  # (B, Cout, H/s, W/s)
         else:
             identity = x
