@@ -236,14 +236,20 @@ def test_bf16_instances_are_scored_first_and_made_in_place(monkeypatch):
     logits[3, :2] = 9.0  # query 3 confident in two classes: one mask, two pairs
     low = masks.to(torch.bfloat16)
     made: list[int] = []
-    values = CellResize.values
+    values, together = CellResize.values, CellResize.values_together
 
     def counted(self, i, box, step):
         if step == 1:
             made.append(i)
         return values(self, i, box, step)
 
+    def counted_together(self, indices, box, step):
+        if step == 1:  # a run of masks with large boxes
+            made.extend(indices)
+        return together(self, indices, box, step)
+
     monkeypatch.setattr(CellResize, "values", counted)
+    monkeypatch.setattr(CellResize, "values_together", counted_together)
     out = instances(logits, low, padded, resized, original, score_threshold=0.3)
     expected = instances(logits, low.float(), padded, resized, original, score_threshold=0.3)
     assert 0 < len(made) == len(out["scores"])  # one full-size mask per kept pair, none for a dropped one

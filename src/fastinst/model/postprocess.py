@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .mask_memory import mask_memory
 from .span_masks import CellResize, mask_scores, ordered_masks
 
 TILED_ABOVE = 1 << 27
@@ -79,7 +80,7 @@ def binary_masks(
     if n == 1 and step == 2:  # a lone mask's sum would be split between threads: do it as one of a pair
         binary, scores = binary_masks(logits.expand(2, -1, -1), padded, resized, original)
         return (binary[:1] if out is None else out.copy_(binary[:1])), scores[:1]
-    binary = torch.empty((n, *original), dtype=torch.bool, device=logits.device) if out is None else out
+    binary = _new_masks((n, *original), logits.device) if out is None else out
     scores = torch.empty(n, dtype=torch.float32, device=logits.device)
     for s in range(0, n, step):
         s = max(0, min(s, n - step))  # the last step overlaps the one before instead of being a single mask
@@ -90,6 +91,13 @@ def binary_masks(
         # ~inside took two more passes over the masks and was 7x slower per pair); the same values, the same sums
         scores[s : s + step] = F.threshold(probs, 0.5, 0.0, inplace=True).flatten(1).sum(1) / (area + 1e-6)
     return binary, scores
+
+
+def _new_masks(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Uninitialised bool masks: on a CPU in `mask_memory` (the memory of an earlier image's dropped masks)."""
+    if device.type == "cpu":
+        return mask_memory(shape)
+    return torch.empty(shape, dtype=torch.bool, device=device)
 
 
 def _tiled(logits: torch.Tensor, resized: tuple[int, int], original: tuple[int, int]) -> bool:
@@ -140,7 +148,7 @@ def binary_masks_tiled(
     """
     n = logits.shape[0]
     height, width = original
-    binary = torch.empty((n, height, width), dtype=torch.bool, device=logits.device) if out is None else out
+    binary = _new_masks((n, height, width), logits.device) if out is None else out
     sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
     areas = torch.zeros(n, dtype=torch.int64, device=logits.device)
     same = tuple(resized) == tuple(original)
@@ -251,7 +259,7 @@ def instances(
         return {"masks": masks, "scores": scores[order], "labels": labels[order], "queries": queries[order]}
     # huge masks: one bool buffer for all n pairs, the u masks made into its head and arranged in place
     huge = queries.numel() * original[0] * original[1] > TILED_ABOVE
-    buffer = torch.empty((queries.numel(), *original), dtype=torch.bool, device=pred_masks.device) if huge else None
+    buffer = _new_masks((queries.numel(), *original), pred_masks.device) if huge else None
     head = None if buffer is None else buffer[: unique.numel()]
     binary, per_mask = binary_masks(pred_masks[unique], padded, resized, original, out=head)  # (u, H0, W0)
     scores = scores * per_mask[inverse]  # (n,)
