@@ -12,8 +12,10 @@ Printed, every time from this run only:
 * the fp32 and bf16 matmul rates (2048^2, before and after the models; the higher of the two) and the floors
   2 x MACs / rate of the network at the resized size;
 * per backend and precision (the default "auto" and each of fp32 / bf16; onnxruntime in fp32 only): user path ms,
-  network ms, instances kept, the user path and the network as fractions of the fp32 and bf16 floors, and the
-  instances matched to fp32 PyTorch's (same class, mask IoU >= 0.9);
+  network ms, instances kept, the user path and the network as fractions of the fp32 and bf16 floors, the
+  instances matched to fp32 PyTorch's (same class, mask IoU >= 0.9), and the stages timed inside the user path
+  (`stages_ms`: resize, normalise + pad, network, post-processing, each right after the one before: the
+  post-processing share of the goal; "pre+post" is the user path minus the network timed on its own);
 * "official order": the unfused fp32 network and the official post-processing (all 100 top-k masks upsampled to the
   padded and then the full size) in the same process: our network code standing in for the official one, whose
   FrozenBN is slower still (issue #16 measured the official code itself on an AMX machine);
@@ -137,6 +139,51 @@ def network_ms(predictor, photo: np.ndarray, iters: int) -> float:
         return median_ms(run, iters)
 
 
+def stages_ms(predictor, photo: np.ndarray, iters: int) -> dict[str, float]:
+    """The user path's stages timed inside it (`predict_batch`, `iters` calls, medians): the test resize,
+    normalise + pad, post-processing (`instances` for every kept instance), and the network: the rest of the call.
+    Unlike `network_ms` (the network on its own), this counts what each stage costs right after the one before."""
+    import time
+
+    import fastinst.model.fastinst as torch_model
+    import fastinst.runtimes as runtimes
+
+    spans = {  # stage -> the functions that make it, on the PyTorch model and on an exported runtime
+        "resize": [(torch_model, "to_model_input"), (runtimes, "to_model_input")],
+        "pad": [(torch_model.FastInst, "preprocess"), (runtimes.ExportedModel, "preprocess")],
+        "post": [(torch_model.FastInst, "postprocess"), (runtimes, "instances")],
+    }
+    spent = dict.fromkeys(spans, 0.0)
+
+    def timed(fn, stage):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[stage] += time.perf_counter() - start
+
+        return run
+
+    originals = [(owner, name, getattr(owner, name)) for parts in spans.values() for owner, name in parts]
+    for stage, parts in spans.items():
+        for owner, name in parts:
+            setattr(owner, name, timed(getattr(owner, name), stage))
+    rows = []
+    try:
+        predictor.predict_batch([photo])
+        for _ in range(iters):
+            spent.update(dict.fromkeys(spans, 0.0))
+            start = time.perf_counter()
+            predictor.predict_batch([photo])
+            user = time.perf_counter() - start
+            rows.append({**spent, "network": user - sum(spent.values()), "user": user})
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    return {k: 1e3 * float(np.median([r[k] for r in rows])) for k in rows[0]}
+
+
 def compiled_network(model, photo: np.ndarray, iters: int) -> dict:
     """The default predictor's network under torch.compile (inductor, weights frozen as constants): the seconds the
     first call takes (compiling) and the median ms after."""
@@ -222,6 +269,7 @@ def main() -> int:
             user = median_ms(lambda p=predictor: p.predict_batch([photo]), args.iters)
             found = predictor.predict_batch([photo])[0]
             net = network_ms(predictor, photo, args.iters)
+            inside = stages_ms(predictor, photo, args.iters)
             rows.append(
                 {
                     "backend": backend,
@@ -229,6 +277,7 @@ def main() -> int:
                     "runs_as": predictor.dtype,
                     "user_ms": user,
                     "network_ms": net,
+                    "stages_ms": inside,
                     "kept": len(found),
                     "matched": matched(reference, found),
                 }
@@ -278,10 +327,12 @@ def main() -> int:
     print()
     print(
         "| backend | dtype | runs as | user path ms | network ms | pre+post ms (share) | kept | matched fp32 "
-        "| user / fp32 floor | network / fp32 floor | network / bf16 floor | vs official order |"
+        "| user / fp32 floor | network / fp32 floor | network / bf16 floor | vs official order "
+        "| inside the user path: resize / pad / network / post ms (post share) |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
+        st = r["stages_ms"]
         r["of_fp32_floor"] = floor["fp32"] / r["user_ms"]
         r["of_bf16_floor"] = floor["bf16"] / r["user_ms"]
         r["network_of_fp32_floor"] = floor["fp32"] / r["network_ms"]
@@ -291,7 +342,9 @@ def main() -> int:
             f"| {r['backend']} | {r['dtype']} | {r['runs_as']} | {r['user_ms']:.0f} | {r['network_ms']:.0f} "
             f"| {r['user_ms'] - r['network_ms']:.0f} ({1 - r['network_ms'] / r['user_ms']:.0%}) | {r['kept']} "
             f"| {r['matched']:.0%} | {r['of_fp32_floor']:.0%} | {r['network_of_fp32_floor']:.0%} "
-            f"| {r['network_of_bf16_floor']:.0%} | {r['vs_official_order']:.2f}x |"
+            f"| {r['network_of_bf16_floor']:.0%} | {r['vs_official_order']:.2f}x "
+            f"| {st['resize']:.1f} / {st['pad']:.1f} / {st['network']:.0f} / {st['post']:.1f} "
+            f"({st['post'] / st['user']:.0%} of {st['user']:.0f}) |"
         )
     auto = rows[0]
     print(
