@@ -173,9 +173,30 @@ def test_attention_mask_opens_aux_rows_and_full_rows_and_repeats_per_head():
     mask = dec.attention_mask(blocked)
     image0 = torch.tensor([[t, f, t], [f, f, f], [f, f, f]])  # the full row is opened, the aux row never blocked
     image1 = torch.tensor([[f, f, f], [f, t, f], [f, f, f]])
-    assert mask.shape == (4, 3, 3) and mask.dtype == torch.bool
+    assert mask.shape == (4, 3, 3) and mask.dtype == torch.float32  # additive: -inf blocks, 0 opens
+    assert set(mask.unique().tolist()) == {float("-inf"), 0.0}
     for i, expected in enumerate([image0, image0, image1, image1]):  # index b·heads + h
-        assert torch.equal(mask[i], expected), i
+        assert torch.equal(mask[i] == float("-inf"), expected), i
+
+
+def test_attention_mask_is_made_once_in_the_dtype_attention_runs_in():
+    """One image: the heads share one copy of the mask (a stride-0 view, not nheads copies); under autocast it is
+    made in autocast's dtype (a float32 mask would be cast, and so copied per head, inside attention); and the
+    cross-attention layer gives the same output with it as with the bool mask it stands for."""
+    torch.manual_seed(0)
+    dec = FastInstDecoder(8, 2, 4, num_aux_queries=1, nheads=2, dim_feedforward=16, dec_layers=1)
+    blocked = torch.rand(1, 2, 5) < 0.5
+    mask = dec.attention_mask(blocked)
+    assert mask.shape == (2, 3, 5) and mask.stride(0) == 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert dec.attention_mask(blocked).dtype == torch.bfloat16
+    layer = dec.transformer_query_cross_attention_layers[0].eval()
+    q, x = torch.randn(3, 1, 8), torch.randn(5, 1, 8)
+    qpos, pos = torch.randn(3, 1, 8), torch.randn(5, 1, 8)
+    with torch.no_grad():
+        additive = layer(q, x, attn_mask=mask, pos=pos, query_pos=qpos)
+        boolean = layer(q, x, attn_mask=(mask == float("-inf")).contiguous(), pos=pos, query_pos=qpos)
+    assert torch.equal(additive, boolean)
 
 
 def test_gt_attention_mask_samples_the_gt_at_stride_8():
@@ -190,7 +211,7 @@ def test_gt_attention_mask_samples_the_gt_at_stride_8():
     mask = dec.gt_attention_mask(matching, [{"labels": torch.tensor([0, 1]), "masks": masks}], (2, 3), 3)
     t, f = True, False
     expected = torch.tensor([[f] * 6, [f] * 6, [t, t, t, f, t, t], [f] * 6])
-    assert mask.shape == (1, 4, 6) and torch.equal(mask[0], expected)
+    assert mask.shape == (1, 4, 6) and torch.equal(mask[0] == float("-inf"), expected)
 
 
 # -- every variant, end to end ---------------------------------------------------------------------------------------

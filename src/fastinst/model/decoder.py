@@ -19,7 +19,8 @@ from torch import nn
 
 
 class CrossAttentionLayer(nn.Module):
-    """out = LN(tgt + MHA(tgt + query_pos, memory + pos, memory, mask)); True in `attn_mask` blocks attention."""
+    """out = LN(tgt + MHA(tgt + query_pos, memory + pos, memory, mask)); `attn_mask` is added to the attention
+    logits (-inf blocks), or True in a bool one blocks."""
 
     def __init__(self, dim: int, nheads: int):
         super().__init__()
@@ -163,17 +164,25 @@ class FastInstDecoder(nn.Module):
         cls = self.class_embed_layers[stage](qn) if with_cls else None
         emb = self.mask_embed_layers[stage](qn)  # (B, N, D)
         feats = self.mask_features_layers[stage](x.transpose(0, 1))  # (B, HW8, D)
-        masks = torch.einsum("bqc,blc->bql", emb, feats)  # (B, N, HW8)
+        # (B, N, D) @ (B, D, HW8): bmm takes the transposed features as they are (einsum copies them first in bf16:
+        # 3.9 vs 0.26 ms at 768x576 on an AMX Xeon; the same numbers)
+        masks = torch.bmm(emb, feats.transpose(1, 2))  # (B, N, HW8)
         attn = self.attention_mask(masks.detach() < 0) if with_mask else None
         return cls, masks.unflatten(2, size), attn
 
     def attention_mask(self, blocked: torch.Tensor) -> torch.Tensor:
-        """blocked (B, N, HW) for the IA queries -> (B*heads, N+aux, HW) bool, aux rows open, full rows opened."""
+        """blocked (B, N, HW) for the IA queries -> additive mask (B*heads, N+aux, HW): -inf where blocked, 0 where
+        open (aux rows open, full rows opened), made once in the dtype attention runs in (autocast's, else the
+        model's) and shared by the heads: a view for one image. Attention would otherwise turn a bool mask into a
+        float one per head and cast it (9 of a 120 ms bf16 network on an AMX Xeon, for 8 x 108 x 6912 values)."""
         b, _, hw = blocked.shape
         aux = blocked.new_zeros(b, self.num_aux_queries, hw)
-        blocked = torch.cat([blocked, aux], 1)
+        blocked = torch.cat([blocked, aux], 1)  # (B, N+aux, HW)
         blocked = blocked & ~blocked.all(-1, keepdim=True)
-        return blocked.repeat_interleave(self.nheads, dim=0)
+        kind = blocked.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.meta_pos_embed.dtype
+        additive = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
+        return additive.unsqueeze(1).expand(-1, self.nheads, -1, -1).flatten(0, 1)  # (B*heads, N+aux, HW)
 
     def layer(self, i: int, q, x, qpos, pos8, attn):
         """One dual-path layer: pixels attend to queries, then queries (masked) to the updated pixels."""
