@@ -179,8 +179,9 @@ class FastInstDecoder(nn.Module):
         aux = blocked.new_zeros(b, self.num_aux_queries, hw)
         blocked = torch.cat([blocked, aux], 1)  # (B, N+aux, HW)
         blocked = blocked & ~blocked.all(-1, keepdim=True)
-        kind = blocked.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else self.meta_pos_embed.dtype
+        kind = blocked.device.type  # autocast exists for cpu, cuda, mps, ...; not for the meta device of `flops`
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        dtype = torch.get_autocast_dtype(kind) if autocast else self.meta_pos_embed.dtype
         additive = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device).masked_fill_(blocked, float("-inf"))
         return additive.unsqueeze(1).expand(-1, self.nheads, -1, -1).flatten(0, 1)  # (B*heads, N+aux, HW)
 
