@@ -109,6 +109,20 @@ def test_scores_together_equal_scores_one_by_one(monkeypatch, low_precision):
     torch.testing.assert_close(together, each, rtol=0, atol=2e-3 if low_precision else 1e-5)
 
 
+@pytest.mark.parametrize("columns", [300, 1 << 15], ids=["int16-rows", "wider-than-int16"])
+def test_areas_are_exact_counts(columns):
+    """`_area` counts each mask's flags exactly: int16 flags of bf16 values row by row in int16, and rows of 2^15 or
+    more flags (which an int16 row sum would overflow) and float32 flags in float."""
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 7, columns, generator=g)
+    values[1] = 1.0  # every pixel inside: a full row of 2^15 ones overflows int16
+    expected = (values > 0).flatten(1).sum(1).double()
+    for dtype in (torch.bfloat16, torch.float32):
+        flags = span_masks._flags(values.to(dtype))
+        assert flags.dtype == (torch.int16 if dtype == torch.bfloat16 else torch.float32)
+        assert torch.equal(span_masks._area(flags), expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["official-route", "short-route"])
 def test_masks_a_caller_holds_are_never_overwritten(dtype):
     """The next image's masks go to other memory while the caller still holds the last ones, on both routes."""

@@ -156,7 +156,7 @@ def test_cell_resize_is_the_two_official_resizes(padded, resized, original):
         for box in (whole, inner):
             y0, y1, x0, x1 = box
             for step in (1, 2):
-                got = resize.values(i, box, step)
+                got = resize.values([i], box, step)[0]
                 first_y, first_x = -(-y0 // step) * step, -(-x0 // step) * step  # the photo's every step-th pixel
                 expected = official[i, first_y:y1:step, first_x:x1:step]
                 torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -236,20 +236,14 @@ def test_bf16_instances_are_scored_first_and_made_in_place(monkeypatch):
     logits[3, :2] = 9.0  # query 3 confident in two classes: one mask, two pairs
     low = masks.to(torch.bfloat16)
     made: list[int] = []
-    values, together = CellResize.values, CellResize.values_together
+    values = CellResize.values
 
-    def counted(self, i, box, step):
-        if step == 1:
-            made.append(i)
-        return values(self, i, box, step)
-
-    def counted_together(self, indices, box, step):
-        if step == 1:  # a run of masks with large boxes
+    def counted(self, indices, box, step):
+        if step == 1:  # one mask, or a run of masks with large boxes
             made.extend(indices)
-        return together(self, indices, box, step)
+        return values(self, indices, box, step)
 
     monkeypatch.setattr(CellResize, "values", counted)
-    monkeypatch.setattr(CellResize, "values_together", counted_together)
     out = instances(logits, low, padded, resized, original, score_threshold=0.3)
     expected = instances(logits, low.float(), padded, resized, original, score_threshold=0.3)
     assert 0 < len(made) == len(out["scores"])  # one full-size mask per kept pair, none for a dropped one

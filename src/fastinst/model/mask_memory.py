@@ -54,11 +54,11 @@ def clear_outside(mask: torch.Tensor, box: tuple[int, int, int, int]) -> None:
         mask.zero_()
         return
     height, width = mask.shape
-    for part, empty in (
-        (mask[:y0], y0 == 0),
-        (mask[y1:], y1 == height),
-        (mask[y0:y1, :x0], x0 == 0),
-        (mask[y0:y1, x1:], x1 == width),
-    ):
-        if not empty:
-            part.zero_()
+    if y0 > 0:
+        mask[:y0].zero_()
+    if y1 < height:
+        mask[y1:].zero_()
+    if x0 > 0:
+        mask[y0:y1, :x0].zero_()
+    if x1 < width:
+        mask[y0:y1, x1:].zero_()

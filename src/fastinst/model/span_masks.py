@@ -13,7 +13,7 @@ INT8) take this shorter route in `postprocess.instances`, with the same two resi
   the box of such pixels (`CellResize.boxes`), and the matmuls only over the cells that box weighs; outside the box
   the mask is set False (its memory may be an earlier image's: `mask_memory`). A trained model's masks are objects,
   a small part of the photo. Masks whose boxes are a large part of the photo (`SHARED_BOX_FROM`) are scored and made
-  several at a time over the box that holds theirs (`CellResize.values_together`: one pair of batched matmuls and
+  several at a time over the box that holds theirs (`CellResize.values` of several masks: one pair of matmuls and
   one pass of each elementwise op instead of a dozen small calls per mask).
 * The mask score (the mean probability over the mask) is taken first, on the photo's every third row and column
   (`mask_scores`; every pixel for a mask with fewer than `EXACT_SCORE_BELOW` pixels there), so the instances are
@@ -106,12 +106,12 @@ class CellResize:
     ):
         self.axes = (axis_weights(padded[0], resized[0], original[0]), axis_weights(padded[1], resized[1], original[1]))
         self.size = original
-        self.boxes = self._boxes(logits)
         dtypes = [torch.float32]
         if native_bf16_cpu() if low_precision is None else low_precision:
             dtypes.append(torch.bfloat16)
         self.low = dtypes[-1]  # the dtype of large boxes
         self.cells = {d: logits.to(d) for d in dtypes}  # (u, Hp/8, Wp/8) per dtype
+        self.boxes = self._boxes(self.cells[torch.float32])  # (torch's bf16 max-reductions are 3x slower)
         self._weights: dict[tuple[torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._scratch: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
@@ -122,12 +122,13 @@ class CellResize:
         """(u, Hp/8, Wp/8) cells -> per mask the box of pixels that weigh a positive one (outside it every pixel is
         <= 0: the weights are >= 0)."""
         bounds = []
-        for axis, peaks in ((0, logits.amax(2)), (1, logits.amax(1))):  # (u, cells): each line's largest cell
+        row_peaks = logits.amax(2)  # (u, Hp/8): each row's largest cell
+        for axis, peaks in ((0, row_peaks), (1, logits.amax(1))):  # (u, cells): each line's largest cell
             near = ((peaks > 0).float() @ self.axes[axis].support) > 0  # (u, pixels): pixels weighing a positive cell
             first = near.byte().argmax(1)
             stop = self.size[axis] - near.flip(1).byte().argmax(1)
             bounds.append((first.tolist(), stop.tolist()))
-        nonempty = (logits.flatten(1).amax(1) > 0).tolist()
+        nonempty = (row_peaks.amax(1) > 0).tolist()
         (y0, y1), (x0, x1) = bounds
         return [(y0[i], y1[i], x0[i], x1[i]) if nonempty[i] else (0, 0, 0, 0) for i in range(len(nonempty))]
 
@@ -164,29 +165,17 @@ class CellResize:
         b = column_weights[c0:c1, x0:x1]  # (Kx, Sx)
         return a, b, (slice(r0, r1), slice(c0, c1)), dtype
 
-    def values(self, i: int, box: Box, step: int) -> torch.Tensor:
-        """Mask i's values at the pixel rows and columns of `box` that are multiples of `step` -> (rows, columns),
-        fp32 or (a large box) `self.low`, in a scratch buffer that the next call overwrites; only the cells the box
-        weighs take part."""
-        a, b, (rows, columns), dtype = self._operands(box, step)
-        cells = self.cells[dtype][i, rows, columns]  # (Ky, Kx)
-        shape = (a.shape[0], b.shape[1])
-        most = -(-self.size[0] // step) * -(-self.size[1] // step)  # the whole photo at this step: sized once
-        target = self.scratch("values", max(most, shape[0] * shape[1]), dtype)[: shape[0] * shape[1]].view(shape)
-        with torch.autocast("cpu", enabled=False):  # the dtype chosen here, also inside a bf16 predictor's autocast
-            if b.shape[0] <= a.shape[1]:  # the cheaper order of the two products
-                return torch.mm(a @ cells, b, out=target)  # (Sy, Kx) @ (Kx, Sx)
-            return torch.mm(a, cells @ b, out=target)  # (Sy, Ky) @ (Ky, Sx)
-
-    def values_together(self, indices: list[int], box: Box, step: int) -> torch.Tensor:
-        """`values` of masks `indices` over one shared box -> (len(indices), rows, columns), in a scratch buffer
-        that the next call overwrites: one pair of batched matmuls for all of them."""
+    def values(self, indices: list[int], box: Box, step: int) -> torch.Tensor:
+        """The values of masks `indices` at the pixel rows and columns of `box` that are multiples of `step` ->
+        (len(indices), rows, columns), fp32 or (a large box) `self.low`, in a scratch buffer that the next call
+        overwrites: one pair of matmuls for all the masks, over only the cells the box weighs."""
         a, b, (rows, columns), dtype = self._operands(box, step)
         cells = self.cells[dtype][:, rows, columns][indices]  # (g, Ky, Kx)
-        shape = (len(indices), a.shape[0], b.shape[1])
-        target = self.scratch("together", shape[0] * shape[1] * shape[2], dtype).view(shape)
-        with torch.autocast("cpu", enabled=False):
-            if b.shape[0] <= a.shape[1]:
+        (g, ky, kx), (sy, sx) = cells.shape, (a.shape[0], b.shape[1])
+        most = -(-self.size[0] // step) * -(-self.size[1] // step)  # the whole photo at this step: sized once
+        target = self.scratch("values", max(most, g * sy * sx), dtype)[: g * sy * sx].view(g, sy, sx)
+        with torch.autocast("cpu", enabled=False):  # the dtype chosen here, also inside a bf16 predictor's autocast
+            if kx <= ky:  # the cheaper order of the two products
                 return torch.matmul(torch.matmul(a, cells), b, out=target)  # (g, Sy, Kx) @ (Kx, Sx)
             return torch.matmul(a, cells @ b, out=target)  # (Sy, Ky) @ (g, Ky, Sx)
 
@@ -220,13 +209,22 @@ def _large(resize: CellResize, box: Box) -> bool:
     return (y1 - y0) * (x1 - x0) * SHARED_BOX_FROM >= resize.size[0] * resize.size[1]
 
 
+def _area(flags: torch.Tensor) -> torch.Tensor:
+    """(g, rows, columns) 0 / 1 flags (`_flags`) of g masks -> how many are 1 per mask, float64 (g,), exactly. int16
+    flags are summed along each row in int16 (exact below 2^15 columns), then the rows: 3x faster than one float32
+    sum of them, which converts each flag on the way."""
+    if flags.dtype == torch.int16 and flags.shape[2] < 1 << 15:
+        return flags.sum(2, dtype=torch.int16).sum(1).double()
+    return flags.flatten(1).sum(1, dtype=torch.float64)  # float32 0 / 1: exact
+
+
 def _probability_sums(resize: CellResize, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g, N) values of g masks -> per mask the sum of its probabilities > 0.5 and how many there are, float64 (g,)
-    each; overwrites `values`. A pixel <= 0 adds exactly 0 to the sum: its probability is taken as sigmoid(max(v,
-    0)) = 0.5 (in float32: bf16 sigmoids are 2e-3 off), and 0.5 is taken off for it."""
+    """(g, rows, columns) values of g masks -> per mask the sum of its probabilities > 0.5 and how many there are,
+    float64 (g,) each; overwrites `values`. A pixel <= 0 adds exactly 0 to the sum: its probability is taken as
+    sigmoid(max(v, 0)) = 0.5 (in float32: bf16 sigmoids are 2e-3 off), and 0.5 is taken off for it."""
     probs = resize.scratch("probs", values.numel(), torch.float32).view_as(values).copy_(values).relu_().sigmoid_()
-    area = _flags(values).sum(1, dtype=torch.float32).double()  # (g,) exact up to 2^24 pixels
-    return probs.sum(1).double() - 0.5 * (values.shape[1] - area), area
+    area = _area(_flags(values))  # (g,)
+    return probs.flatten(1).sum(1).double() - 0.5 * (values[0].numel() - area), area
 
 
 def _score_each(resize: CellResize, step: int, indices: list[int], scores: torch.Tensor) -> list[int]:
@@ -234,7 +232,7 @@ def _score_each(resize: CellResize, step: int, indices: list[int], scores: torch
     -> those with fewer than `EXACT_SCORE_BELOW` pixels inside there."""
     small = []
     for i in indices:
-        total, area = _probability_sums(resize, resize.values(i, resize.boxes[i], step).view(1, -1))
+        total, area = _probability_sums(resize, resize.values([i], resize.boxes[i], step))
         scores[i] = float(total[0] / (area[0] + 1e-6))
         if area[0] < EXACT_SCORE_BELOW:
             small.append(i)
@@ -250,7 +248,7 @@ def _score_together(resize: CellResize, step: int, indices: list[int], scores: t
     small = []
     for s in range(0, len(indices), group):
         chunk = indices[s : s + group]
-        total, area = _probability_sums(resize, resize.values_together(chunk, box, step).flatten(1))  # (g,) each
+        total, area = _probability_sums(resize, resize.values(chunk, box, step))  # (g,) each
         scores[chunk] = (total / (area + 1e-6)).float()
         small += [i for i, a in zip(chunk, area.tolist(), strict=True) if a < EXACT_SCORE_BELOW]
     return small
@@ -296,7 +294,6 @@ def ordered_masks(resize: CellResize, order: list[int], out: torch.Tensor | None
         for place in range(j, k):
             clear_outside(masks[place], box)
         if y0 < y1:
-            values = resize.values(order[j], box, 1)[None] if k == j + 1 else resize.values_together(order[j:k], box, 1)
-            positive(values, out=masks[j:k, y0:y1, x0:x1])
+            positive(resize.values(order[j:k], box, 1), out=masks[j:k, y0:y1, x0:x1])
         j = k
     return masks
