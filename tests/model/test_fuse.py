@@ -109,17 +109,29 @@ def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
     model = _with_random_norms(name)
     blocks = [m for m in model.backbone.modules() if isinstance(m, fuse.Block)]
     fused = optimize_for_inference(model, channels_last=True, dtype=torch.bfloat16)
+    stems = [m for m in model.backbone.modules() if isinstance(m, fuse.Stem)]  # ResNet-vd's stem is its own
     assert sum(isinstance(m, fuse.FusedBlock) for m in fused.modules()) == len(blocks) > 0
+    assert (
+        sum(isinstance(m, fuse.FusedStem) for m in fused.modules()) == len(stems) == (name != "fastinst-d1-r50vd-dcn")
+    )
     monkeypatch.setattr(fuse, "pointwise_fusion_available", lambda model: False)
     plain = optimize_for_inference(model, channels_last=True, dtype=torch.bfloat16)
-    assert not any(isinstance(m, fuse.FusedBlock) for m in plain.modules())
+    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in plain.modules())
     assert list(fused.state_dict()) == list(plain.state_dict())
     monkeypatch.undo()
-    assert not any(isinstance(m, fuse.FusedBlock) for m in optimize_for_inference(model).modules())  # fp32
+    fp32 = optimize_for_inference(model)
+    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in fp32.modules())
 
     plain_blocks = dict(plain.named_modules())
     torch.manual_seed(1)
-    for where, block in fused.named_modules():  # each block against the plain one it replaced, in bf16
+    for where, block in fused.named_modules():  # each block and stem against the plain one it replaced, in bf16
+        if isinstance(block, fuse.FusedStem):
+            x = torch.randn(1, 3, 48, 80).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+                got, ref = block(x).float(), plain_blocks[where](x).float()
+            assert got.shape == ref.shape == (1, block.conv1.out_channels, 12, 20) and got.min() >= 0, where
+            torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item(), msg=where)
+            continue
         if not isinstance(block, fuse.FusedBlock):
             continue
         x = torch.randn(1, block.conv1.in_channels, 24, 40).contiguous(memory_format=torch.channels_last)
