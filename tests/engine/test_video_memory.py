@@ -97,22 +97,15 @@ class PostprocessLog:
             assert out.shape[1:] == (HEIGHT, WIDTH)
             return out
 
-        def logged_values(resize, i, box, step):
-            if step == 1:  # a mask made at full size (not the sampled pixels of its score)
-                self.calls[-1]["rows"].add((id(resize), i))
-            return cell_values(resize, i, box, step)
-
-        def logged_together(resize, indices, box, step):
-            if step == 1:  # a run of masks with large boxes made together
+        def logged_values(resize, indices, box, step):
+            if step == 1:  # masks made at full size (not the sampled pixels of their scores)
                 self.calls[-1]["rows"].update((id(resize), i) for i in indices)
-            return cell_together(resize, indices, box, step)
+            return cell_values(resize, indices, box, step)
 
         _full_size, cell_values = postprocess._full_size, span_masks.CellResize.values
-        cell_together = span_masks.CellResize.values_together
         monkeypatch.setattr(postprocess, "select", logged_select)
         monkeypatch.setattr(postprocess, "_full_size", logged_full_size)
         monkeypatch.setattr(span_masks.CellResize, "values", logged_values)
-        monkeypatch.setattr(span_masks.CellResize, "values_together", logged_together)
 
 
 @pytest.mark.parametrize(("sharpen", "batch_size"), [(False, 3), (True, 2)], ids=["random", "sharpened"])
