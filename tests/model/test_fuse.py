@@ -119,8 +119,8 @@ def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
     assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in plain.modules())
     assert list(fused.state_dict()) == list(plain.state_dict())
     monkeypatch.undo()
-    fp32 = optimize_for_inference(model)
-    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in fp32.modules())
+    folded_only = optimize_for_inference(model)  # no inference dtype: plain blocks (a model bound for a GPU)
+    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in folded_only.modules())
 
     plain_blocks = dict(plain.named_modules())
     torch.manual_seed(1)
@@ -139,3 +139,24 @@ def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
             got, ref = block(x).float(), plain_blocks[where](x).float()
         assert got.shape == ref.shape and got.min() >= 0, where
         torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item(), msg=where)
+
+
+@pytest.mark.parametrize("name", ["fastinst-demo", "fastinst-d1-r50vd-dcn"])
+def test_fp32_on_cpu_fuses_and_gives_the_plain_networks_outputs(monkeypatch, name):
+    """The Predictor's fp32 on a CPU fuses the blocks and stem too (the default on CPUs without bf16 hardware); the
+    whole network's outputs are the plain folded network's up to fp32 rounding (bit-identical where oneDNN runs the
+    fused conv with the same kernel, as on the CPUs measured)."""
+    import fastinst.model.fuse as fuse
+
+    model = _with_random_norms(name)
+    fused = optimize_for_inference(model, channels_last=True, dtype=torch.float32)
+    blocks = [m for m in model.backbone.modules() if isinstance(m, fuse.Block)]
+    assert sum(isinstance(m, fuse.FusedBlock) for m in fused.modules()) == len(blocks) > 0
+    assert all(p.dtype == torch.float32 for p in fused.parameters())
+    monkeypatch.setattr(fuse, "pointwise_fusion_available", lambda model: False)
+    plain = optimize_for_inference(model, channels_last=True, dtype=torch.float32)
+    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in plain.modules())
+    x = torch.randn(1, 3, 128, 160).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for got, ref in zip(InferenceNet(fused)(x), InferenceNet(plain)(x), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

@@ -127,8 +127,9 @@ class Predictor:
     * "auto" (default): fp16 on CUDA, bf16 on CPUs with bf16 hardware (AMX, AVX512-BF16), fp32 on other CPUs
       (`fastinst.model.fuse.inference_dtype` says why); "fp32", "bf16", "fp16" force one (fp16 runs as bf16 on a
       CPU). Results are float32 either way.
-    * bf16 / fp16: conv and linear weights cast once, autocast for the rest (norms stay fp32); on a CPU in bf16 the
-      ResNet blocks' ReLUs and residual adds run inside oneDNN's convolutions (`fuse.FusedBlock`).
+    * bf16 / fp16: conv and linear weights cast once, autocast for the rest (norms stay fp32).
+    * on a CPU, in fp32 and bf16, the ResNet blocks' ReLUs and residual adds run inside oneDNN's convolutions
+      (`fuse.FusedBlock`, `fuse.FusedStem`).
     """
 
     def __init__(self, model: Any, dtype: str = "auto"):
