@@ -11,7 +11,12 @@ from fastinst.cli import main
 from fastinst.flops import count_flops
 
 
-def test_benchmark_writes_json(tmp_path, capsys):
+def test_benchmark_writes_json(tmp_path, capsys, monkeypatch):
+    import fastinst.model.fuse as fuse
+
+    fused: list[int] = []  # --fuse --channels-last on a CPU in fp32: the network as predict runs it, blocks fused
+    fuse_blocks = fuse.fuse_blocks
+    monkeypatch.setattr(fuse, "fuse_blocks", lambda model: fused.append(fuse_blocks(model)) or fused[-1])
     out = tmp_path / "bench.json"
     assert (
         main(
@@ -29,6 +34,7 @@ def test_benchmark_writes_json(tmp_path, capsys):
                 "--threads",
                 "2",
                 "--fuse",
+                "--channels-last",
                 "--json",
                 str(out),
             ]
@@ -37,6 +43,7 @@ def test_benchmark_writes_json(tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     assert result["model"] == "fastinst-demo" and result["size"] == [64, 96] and result["fused"]
+    assert fused and fused[0] > 0
     for key in ("network", "pipeline"):
         stats = result[key]
         assert 0 < stats["median_ms"] <= stats["p90_ms"] and stats["fps"] > 0

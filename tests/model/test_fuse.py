@@ -121,6 +121,10 @@ def test_bf16_on_cpu_fuses_every_resnet_block(monkeypatch, name):
     monkeypatch.undo()
     folded_only = optimize_for_inference(model)  # no inference dtype: plain blocks (a model bound for a GPU)
     assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in folded_only.modules())
+    nchw = optimize_for_inference(model, dtype=torch.bfloat16)  # NCHW: plain blocks, which run in bf16 there
+    assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in nchw.modules())
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert all(o.isfinite().all() for o in InferenceNet(nchw)(torch.randn(1, 3, 64, 96)))
 
     plain_blocks = dict(plain.named_modules())
     torch.manual_seed(1)

@@ -50,7 +50,11 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--backend", default="torch", choices=BACKENDS, help="eager PyTorch, torch.compile, onnxruntime or OpenVINO"
     )
-    p.add_argument("--fuse", action="store_true", help="fold BatchNorms into convs first (model.fuse)")
+    p.add_argument(
+        "--fuse",
+        action="store_true",
+        help="prepare the network as predict does: BatchNorms folded (with --channels-last on a CPU: blocks fused)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last weights and inputs")
     p.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)")
@@ -194,8 +198,10 @@ def benchmark(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         flops = count_flops(model, *size)
     params = sum(p.numel() for p in model.parameters())
-    if args.fuse:
-        model = optimize_for_inference(model, channels_last=args.channels_last, inplace=True)
+    if args.fuse:  # as the Predictor prepares it: eager on a CPU in fp32 / bf16 + channels_last, the blocks fused
+        same = args.backend == "torch" and device.type == "cpu" and low in (None, torch.bfloat16)
+        dtype = (low or torch.float32) if same else None
+        model = optimize_for_inference(model, channels_last=args.channels_last, inplace=True, dtype=dtype)
     elif args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = model.to(device)

@@ -15,12 +15,12 @@ meant to run under `torch.autocast` of that dtype: matmuls and convs then run in
 their weights per call, while autocast keeps norms, softmax and the post-processing in fp32 (their parameters stay
 fp32, as do `pixel_mean` / `pixel_std`). `inference_dtype` picks the default per device (see its docstring).
 
-Given an inference dtype (the `Predictor` always gives one: fp32 or bf16) on a CPU, the backbone's blocks also
-become `FusedBlock`s (and the ResNet stem a `FusedStem`): each conv runs as one oneDNN call with its ReLU, and the
-last one with the residual add and ReLU, instead of separate elementwise passes over the feature maps (on an AMX CPU
-those passes had cost a third as much as the convs themselves in bf16; on Zen 4 the fp32 network goes 711 -> 617 ms,
-its outputs bit-identical there). Without a dtype the model keeps its plain blocks (what a model moved to a GPU
-afterwards needs).
+Given an inference dtype and channels_last (the `Predictor` always gives both: fp32 or bf16) on a CPU, the
+backbone's blocks also become `FusedBlock`s (and the ResNet stem a `FusedStem`): each conv runs as one oneDNN call
+with its ReLU, and the last one with the residual add and ReLU, instead of separate elementwise passes over the
+feature maps (on an AMX CPU those passes had cost a third as much as the convs themselves in bf16; on Zen 4 the fp32
+network goes 711 -> 617 ms, its outputs bit-identical there). Without a dtype the model keeps its plain blocks (what
+a model moved to a GPU afterwards needs).
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def optimize_for_inference(
 ) -> _M:
     """An eval-mode FastInst with BatchNorms folded into convs, channels_last weights if asked, and the conv / linear
     weights cast to `dtype` if given (then run it under `torch.autocast(device_type, dtype)`); with `dtype` fp32 or
-    bf16 on a CPU, the ResNet blocks and stem fused with their ReLUs and residual adds (`fuse_blocks`).
+    bf16 and channels_last on a CPU, the ResNet blocks and stem fused with their ReLUs and residual adds
+    (`fuse_blocks`).
 
     In fp32 the outputs equal the unfused model's up to float rounding. With `inplace=False` (default) `model` is left
     as is. channels_last pays off for the convolutions with oneDNN and on GPUs with tensor cores (measurements:
@@ -205,8 +206,8 @@ def optimize_for_inference(
         cast_weights(model, dtype)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if dtype in (torch.float32, torch.bfloat16) and pointwise_fusion_available(model):
-        fuse_blocks(model)
+    if channels_last and dtype in (torch.float32, torch.bfloat16) and pointwise_fusion_available(model):
+        fuse_blocks(model)  # the layout oneDNN's fused ops are for (NCHW bf16 falls back to an add_relu without bf16)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
