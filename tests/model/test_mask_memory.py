@@ -46,10 +46,25 @@ def test_memory_is_reused_only_once_nothing_holds_it(monkeypatch):
     assert _address(bigger) != kept
     monkeypatch.setattr(memory, "KEEP_UP_TO", 1000)
     huge = memory.mask_memory((1, 40, 50))  # over KEEP_UP_TO: its own memory, never kept
-    assert _address(huge) != _address(bigger) and memory._spare[0].ctypes.data == _address(bigger)
+    assert _address(huge) != _address(bigger) and memory._spare[-1].ctypes.data == _address(bigger)
     kept = _address(bigger)
     del huge, bigger
     assert _address(memory.mask_memory((1, 10, 10))) == kept  # the kept buffer is still the one under KEEP_UP_TO
+
+
+def test_a_loop_that_holds_the_last_results_alternates_between_two_buffers():
+    """`for result in stream:` holds one image's masks while the next are made: the two buffers take turns, and no
+    image gets memory that a held result still uses."""
+    held = memory.mask_memory((3, 40, 50))
+    addresses = {_address(held)}
+    for _ in range(6):
+        made = memory.mask_memory((3, 40, 50))
+        assert _address(made) != _address(held)
+        addresses.add(_address(made))
+        held = made  # the loop variable moves on: the results before it are dropped
+    assert len(addresses) == memory.KEEP_BUFFERS == 2
+    others = [memory.mask_memory((3, 40, 50)) for _ in range(3)]  # all held: each in its own memory
+    assert len({_address(t) for t in [held, *others]}) == 4 and len(memory._spare) == 2
 
 
 def test_clear_outside_leaves_only_the_box():
