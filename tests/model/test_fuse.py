@@ -164,3 +164,33 @@ def test_fp32_on_cpu_fuses_and_gives_the_plain_networks_outputs(monkeypatch, nam
     with torch.inference_mode():
         for got, ref in zip(InferenceNet(fused)(x), InferenceNet(plain)(x), strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("failure", ["raises", "wrong answer"])
+def test_plain_blocks_where_the_fused_convolutions_fail(monkeypatch, failure):
+    """A PyTorch whose oneDNN lacks the fused convolutions (or gets them wrong) keeps the plain blocks, found by a
+    probe once per process, instead of failing in the middle of a prediction; here they work, in both precisions."""
+    import fastinst.model.fuse as fuse
+
+    fuse.fused_ops_work.cache_clear()
+    assert fuse.fused_ops_work(torch.float32) and fuse.fused_ops_work(torch.bfloat16)
+    real = fuse.fused_conv
+
+    def broken(conv, x, relu, residual=None):
+        if failure == "raises":
+            raise RuntimeError("no oneDNN kernel for this")
+        return torch.zeros_like(real(conv, x, relu, residual))
+
+    monkeypatch.setattr(fuse, "fused_conv", broken)
+    fuse.fused_ops_work.cache_clear()
+    try:
+        assert not fuse.fused_ops_work(torch.float32) and not fuse.fused_ops_work(torch.bfloat16)
+        model = _with_random_norms("fastinst-demo")
+        plain = optimize_for_inference(model, channels_last=True, dtype=torch.float32)
+        assert not any(isinstance(m, fuse.FusedBlock | fuse.FusedStem) for m in plain.modules())
+        x = torch.randn(1, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            assert all(o.isfinite().all() for o in InferenceNet(plain)(x))
+    finally:
+        monkeypatch.undo()
+        fuse.fused_ops_work.cache_clear()

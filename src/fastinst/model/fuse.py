@@ -26,6 +26,7 @@ a model moved to a GPU afterwards needs).
 from __future__ import annotations
 
 import copy
+import functools
 from typing import TypeVar, cast
 
 import torch
@@ -214,10 +215,44 @@ def optimize_for_inference(
 
 
 def pointwise_fusion_available(model: nn.Module) -> bool:
-    """Whether `FusedBlock` can run `model`: a CPU model and a PyTorch built with oneDNN."""
+    """Whether `FusedBlock` can run `model`: a CPU model, a PyTorch built with oneDNN, and fused convolutions that run
+    here in the model's conv dtype and give eager's answer (`fused_ops_work`)."""
     first = next(model.parameters(), None)
     on_cpu = first is None or first.device.type == "cpu"
-    return on_cpu and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    if not (on_cpu and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return False
+    dtype = next((m.weight.dtype for m in model.modules() if isinstance(m, nn.Conv2d)), torch.float32)
+    return fused_ops_work(dtype)
+
+
+@functools.cache
+def fused_ops_work(dtype: torch.dtype) -> bool:
+    """Whether `fused_conv` runs on this machine in `dtype` and gives what the eager ops give, once per process: a 3x3
+    conv + ReLU and a 1x1 conv + residual + ReLU on a tiny channels_last input. A build or CPU whose oneDNN lacks the
+    fused kernels (or gets them wrong) keeps the plain blocks instead of failing in the middle of a prediction."""
+    generator = torch.Generator().manual_seed(0)  # the caller's random streams are left as they are
+
+    def tensor(*shape: int) -> torch.Tensor:
+        values = torch.randn(*shape, generator=generator).to(dtype)
+        return values.contiguous(memory_format=torch.channels_last) if values.dim() == 4 else values
+
+    x, residual = tensor(1, 16, 6, 6), tensor(1, 16, 6, 6)
+    rtol, atol = (1e-4, 1e-4) if dtype == torch.float32 else (0.05, 0.1)
+    try:
+        with torch.no_grad():
+            for k, res in ((3, None), (1, residual)):
+                conv = nn.utils.skip_init(nn.Conv2d, 16, 16, k, padding=k // 2, dtype=dtype)
+                conv.weight.copy_(tensor(16, 16, k, k))
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+                bias = tensor(16)
+                conv.bias = nn.Parameter(bias, requires_grad=False)
+                expected = F.relu(F.conv2d(x, conv.weight, bias, padding=k // 2) + (0 if res is None else res))
+                got = fused_conv(conv, x, relu=True, residual=res)
+                if not torch.allclose(got.float(), expected.float(), rtol=rtol, atol=atol):
+                    return False
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def fused_conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
