@@ -199,8 +199,8 @@ def benchmark(args: argparse.Namespace) -> dict:
         flops = count_flops(model, *size)
     params = sum(p.numel() for p in model.parameters())
     if args.fuse:  # as the Predictor prepares it: eager on a CPU in fp32 / bf16 + channels_last, the blocks fused
-        same = args.backend == "torch" and device.type == "cpu" and low in (None, torch.bfloat16)
-        dtype = (low or torch.float32) if same else None
+        as_predict = args.backend == "torch" and device.type == "cpu" and low in (None, torch.bfloat16)
+        dtype = (low or torch.float32) if as_predict else None
         model = optimize_for_inference(model, channels_last=args.channels_last, inplace=True, dtype=dtype)
     elif args.channels_last:
         model = model.to(memory_format=torch.channels_last)
