@@ -238,6 +238,22 @@ def test_opset_20(demo, tmp_path):
     assert verify_onnx(model, path) < 1e-3
 
 
+@pytest.mark.parametrize("opset", [18, 17])
+def test_a_prepared_model_exports_as_its_plain_copy(opset, tmp_path):
+    """The Predictor's fp32 model runs its ResNet blocks as oneDNN fused convolutions on a CPU (`fuse.FusedBlock`),
+    which no exporter can write out; under an exporter (dynamo, and the TorchScript one of opset 17) they run as the
+    plain ops, so `export_onnx(predictor.model)` works and gives the prepared model's outputs."""
+    from fastinst.model.fuse import FusedBlock, FusedStem
+
+    prepared = Predictor(_model("fastinst-demo"), "fp32").model
+    if not any(isinstance(m, FusedBlock | FusedStem) for m in prepared.modules()):
+        pytest.skip("oneDNN's fused convolutions are not available on this build")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # opset 17's fallback warning (its own test above)
+        path = export_onnx(prepared, tmp_path / "prepared.onnx", size=SIZE, opset=opset)
+    assert verify_onnx(prepared, path, render_sample(0, "val", 1, 256)[0]) < 1e-3
+
+
 def test_verify_fails_on_a_different_model(demo):
     _, fixed, _, _ = demo
     other = _model("fastinst-demo")
