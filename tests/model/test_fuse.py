@@ -194,3 +194,36 @@ def test_plain_blocks_where_the_fused_convolutions_fail(monkeypatch, failure):
     finally:
         monkeypatch.undo()
         fuse.fused_ops_work.cache_clear()
+
+
+def test_weights_packed_once_per_input_shape_and_never_stale(monkeypatch):
+    """Fused convolutions take their weights in oneDNN's layout, packed once for the input shape they meet
+    (`fuse.packed_weight`): the network's outputs are the ones with the plain weights at every size, a new size packs
+    again, and a weight changed in place (a state dict loaded into the prepared model) is packed again too."""
+    import fastinst.model.fuse as fuse
+
+    if not fuse.pointwise_fusion_available(nn.Conv2d(1, 1, 1)):
+        pytest.skip("oneDNN's fused convolutions are not available on this build")
+    fused = optimize_for_inference(_with_random_norms("fastinst-demo"), channels_last=True, dtype=torch.float32)
+    stem = next(m for m in fused.modules() if isinstance(m, fuse.FusedStem)).conv1
+    net = InferenceNet(fused)
+
+    def run(h: int, w: int, packed: bool = True) -> tuple[torch.Tensor, ...]:
+        if not packed:
+            monkeypatch.setattr(fuse, "packed_weight", lambda conv, x: conv.weight)
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h)).contiguous(
+            memory_format=torch.channels_last
+        )
+        with torch.inference_mode():
+            out = net(x)
+        monkeypatch.undo()
+        return out
+
+    for h, w in [(128, 160), (96, 224), (128, 160)]:  # back and forth between sizes
+        for got, ref in zip(run(h, w), run(h, w, packed=False), strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+        assert fuse._PACKED[stem][0][0] == (1, 3, h, w)  # the stem's weight packed for this size
+    with torch.no_grad():
+        stem.weight.mul_(-1.0)
+    for got, ref in zip(run(128, 160), run(128, 160, packed=False), strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
