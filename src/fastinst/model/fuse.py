@@ -255,10 +255,10 @@ def fused_ops_work(dtype: torch.dtype) -> bool:
 
 
 def fused_conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """conv(x) [+ residual] [-> ReLU] as one oneDNN convolution with post-ops, in the conv's weight dtype (x and
-    residual are cast to it, as autocast would), with the weight in oneDNN's layout for x's shape (`packed_weight`).
-    Under an exporter or tracer (ONNX, torch.export, torch.jit) as the plain ops they stand for, which those can
-    write out: a prepared model exports as its plain copy does."""
+    """relu(conv(x) + residual), or conv(x) [-> ReLU] without a residual, as one oneDNN convolution with post-ops,
+    in the conv's weight dtype (x and residual are cast to it, as autocast would), with the weight in oneDNN's layout
+    for x's shape (`packed_weight`). Under an exporter or tracer (ONNX, torch.export, torch.jit) as the plain ops they
+    stand for, which those can write out: a prepared model exports as its plain copy does."""
     x = x.to(conv.weight.dtype)
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
