@@ -245,8 +245,7 @@ def fused_ops_work(dtype: torch.dtype) -> bool:
                 conv = nn.utils.skip_init(nn.Conv2d, 16, 16, k, padding=k // 2, dtype=dtype)  # no RNG drawn
                 conv.weight = nn.Parameter(tensor(16, 16, k, k), requires_grad=False)  # channels_last
                 conv.bias = nn.Parameter(tensor(16), requires_grad=False)
-                expected = F.relu(F.conv2d(x, conv.weight, conv.bias, padding=k // 2) + (0 if res is None else res))
-                got = fused_conv(conv, x, relu=True, residual=res)
+                expected, got = eager_conv(conv, x, True, res), fused_conv(conv, x, relu=True, residual=res)
                 if not torch.allclose(got.float(), expected.float(), rtol=rtol, atol=atol):
                     return False
     except (RuntimeError, NotImplementedError):
@@ -261,15 +260,25 @@ def fused_conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool, residual: torch.Ten
     stand for, which those can write out: a prepared model exports as its plain copy does."""
     x = x.to(conv.weight.dtype)
     if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
-        y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        y = y if residual is None else y + residual.to(x.dtype)
-        return F.relu(y) if relu or residual is not None else y
+        return eager_conv(conv, x, relu, residual)
     weight = conv.weight if torch.compiler.is_compiling() else packed_weight(conv, x)
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    geometry = _geometry(conv)
     op = torch.ops.mkldnn._convolution_pointwise
     if residual is None:
         return op(x, weight, conv.bias, *geometry, "relu" if relu else "none", [], "")
     return op.binary(x, residual.to(x.dtype), weight, conv.bias, *geometry, "add", None, "relu", [], "")
+
+
+def eager_conv(conv: nn.Conv2d, x: torch.Tensor, relu: bool, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """What `fused_conv` computes, as separate eager ops: relu(conv(x) + residual), or conv(x) [-> ReLU]."""
+    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = y if residual is None else y + residual.to(y.dtype)
+    return F.relu(y) if relu or residual is not None else y
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list, list, list, int]:
+    """(padding, stride, dilation, groups) of `conv`, as oneDNN's convolution ops take them."""
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
 
 
 _PACKED: weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
@@ -284,8 +293,7 @@ def packed_weight(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     key = (tuple(x.shape), conv.weight.data_ptr(), conv.weight._version)
     entry = _PACKED.get(conv)
     if entry is None or entry[0] != key:
-        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *geometry, list(x.shape))
+        packed = torch.ops.mkldnn._reorder_convolution_weight(conv.weight, *_geometry(conv), list(x.shape))
         _PACKED[conv] = entry = (key, packed)
     return entry[1]
 
